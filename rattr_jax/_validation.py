@@ -1,0 +1,180 @@
+"""Argument checks that run before tracing.
+
+Every public function in rattr_jax validates its arguments with these helpers
+*outside* of `jax.jit`, so bad input produces a `ValueError` that names the
+offending argument instead of a shape error deep inside XLA.
+
+Checks that need concrete values (NaN/inf in ``x``, target range) are only
+performed when the value is concrete. Under an outer `jax.jit` the value is a
+tracer; then shape checks still run but value checks are skipped (documented
+behaviour: NaN inputs propagate to NaN attributions under jit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(value: Any) -> bool:
+  """True when ``value`` is not a tracer (its data can be inspected)."""
+  return not isinstance(value, jax.core.Tracer)
+
+
+def check_batch(x: Any, *, name: str = "x", min_rank: int = 2,
+                max_rank: int | None = None) -> jax.Array:
+  """Checks that ``x`` is a floating batch ``[B, *F]`` and finite if concrete."""
+  if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+    x = jnp.asarray(x)
+  ndim = len(x.shape)
+  if ndim < min_rank or (max_rank is not None and ndim > max_rank):
+    want = f"{min_rank}" if max_rank == min_rank else (
+        f">= {min_rank}" if max_rank is None else f"{min_rank}..{max_rank}")
+    raise ValueError(
+        f"`{name}` must be a batch of rank {want} ([B, *features]); got shape "
+        f"{tuple(x.shape)}.")
+  if x.shape[0] == 0:
+    raise ValueError(f"`{name}` has an empty batch dimension.")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(f"`{name}` must have a floating dtype; got {x.dtype}.")
+  if is_concrete(x):
+    arr = np.asarray(x)
+    if not np.all(np.isfinite(arr)):
+      raise ValueError(f"`{name}` contains NaN or inf values.")
+  return x
+
+
+def check_image_batch(x: Any, *, name: str = "x") -> jax.Array:
+  """Checks that ``x`` is an NHWC batch ``[B, H, W, C]``."""
+  return check_batch(x, name=name, min_rank=4, max_rank=4)
+
+
+def num_classes_of(fn: Callable[[jax.Array], jax.Array], x: jax.Array,
+                   *, name: str = "fn") -> int:
+  """Returns ``C`` for logits ``fn(x) -> [B, C]`` using abstract evaluation."""
+  try:
+    out = jax.eval_shape(fn, jax.ShapeDtypeStruct(x.shape, x.dtype))
+  except Exception as e:  # pragma: no cover - message forwarding
+    raise ValueError(f"`{name}` failed on an input of shape {tuple(x.shape)}: {e}") from e
+  if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != x.shape[0]:
+    raise ValueError(
+        f"`{name}` must map a batch [B, ...] to logits [B, C]; for x of shape "
+        f"{tuple(x.shape)} it returned {getattr(out, 'shape', type(out))}.")
+  return int(out.shape[1])
+
+
+def check_target(target: Any, batch_size: int, num_classes: int | None,
+                 *, name: str = "target") -> jax.Array:
+  """Returns ``target`` as an int32 array ``[B]``; checks length and range."""
+  if isinstance(target, (bool, np.bool_)):
+    raise ValueError(f"`{name}` must be an int or an int array; got a bool.")
+  t = jnp.asarray(target)
+  if not jnp.issubdtype(t.dtype, jnp.integer):
+    raise ValueError(f"`{name}` must be an int or an int array; got dtype {t.dtype}.")
+  if t.ndim == 0:
+    t = jnp.broadcast_to(t, (batch_size,))
+  elif t.ndim != 1 or t.shape[0] != batch_size:
+    raise ValueError(
+        f"`{name}` must be an int or have shape [B] = [{batch_size}]; got shape "
+        f"{tuple(t.shape)}.")
+  if num_classes is not None and is_concrete(t):
+    tn = np.asarray(t)
+    if tn.size and (tn.min() < 0 or tn.max() >= num_classes):
+      raise ValueError(
+          f"`{name}` must lie in [0, {num_classes}); got values in "
+          f"[{tn.min()}, {tn.max()}].")
+  return t.astype(jnp.int32)
+
+
+def check_positive_int(value: Any, *, name: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
+  if value <= 0:
+    raise ValueError(f"`{name}` must be a positive int; got {value}.")
+  return int(value)
+
+
+def check_optional_positive_int(value: Any, *, name: str) -> int | None:
+  return None if value is None else check_positive_int(value, name=name)
+
+
+def check_nonnegative(value: Any, *, name: str) -> Any:
+  """Checks ``value >= 0`` when concrete (scalars or arrays)."""
+  if is_concrete(value):
+    arr = np.asarray(value)
+    if not np.all(np.isfinite(arr)):
+      raise ValueError(f"`{name}` must be finite; got {value!r}.")
+    if np.any(arr < 0):
+      raise ValueError(f"`{name}` must be non-negative; got {value!r}.")
+  return value
+
+
+def check_positive(value: Any, *, name: str) -> Any:
+  """Checks ``value > 0`` when concrete."""
+  if is_concrete(value):
+    arr = np.asarray(value)
+    if not np.all(np.isfinite(arr)):
+      raise ValueError(f"`{name}` must be finite; got {value!r}.")
+    if np.any(arr <= 0):
+      raise ValueError(f"`{name}` must be positive; got {value!r}.")
+  return value
+
+
+def check_choice(value: Any, choices: Sequence[str], *, name: str) -> str:
+  if value not in choices:
+    raise ValueError(f"Unknown `{name}` {value!r}; expected one of {sorted(choices)}.")
+  return value
+
+
+def check_same_shape(a: Any, b: Any, *, names: tuple[str, str] = ("a", "b")) -> None:
+  sa, sb = tuple(jnp.shape(a)), tuple(jnp.shape(b))
+  if sa != sb:
+    raise ValueError(
+        f"`{names[0]}` and `{names[1]}` must have the same shape; got {sa} and {sb}.")
+
+
+def check_baseline(baseline: Any, x: jax.Array, *, name: str = "baseline") -> jax.Array:
+  """Broadcasts a scalar / per-example / full baseline to ``x``'s shape."""
+  if baseline is None:
+    return jnp.zeros_like(x)
+  b = jnp.asarray(baseline, dtype=x.dtype)
+  if b.ndim == 0:
+    return jnp.broadcast_to(b, x.shape)
+  if b.shape == x.shape[1:]:
+    return jnp.broadcast_to(b[None], x.shape)
+  if b.shape != x.shape:
+    raise ValueError(
+        f"`{name}` must be a scalar or have shape {tuple(x.shape[1:])} or "
+        f"{tuple(x.shape)}; got {tuple(b.shape)}.")
+  if is_concrete(b) and not np.all(np.isfinite(np.asarray(b))):
+    raise ValueError(f"`{name}` contains NaN or inf values.")
+  return b
+
+
+def check_key(key: Any, *, name: str = "key") -> jax.Array:
+  if key is None:
+    raise ValueError(f"`{name}` is required: pass a PRNG key, e.g. jax.random.key(0).")
+  if not hasattr(key, "dtype"):
+    raise ValueError(f"`{name}` must be a JAX PRNG key; got {type(key).__name__}.")
+  if not (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or
+          (key.dtype == jnp.uint32 and key.shape[-1:] == (2,))):
+    raise ValueError(f"`{name}` must be a JAX PRNG key; got dtype {key.dtype}.")
+  return key
+
+
+def check_explain_output(explain_fn: Callable, x: jax.Array, target: jax.Array,
+                         *, name: str = "explain_fn") -> None:
+  """Checks that ``explain_fn(x, target)`` returns an array shaped like ``x``."""
+  try:
+    out = jax.eval_shape(explain_fn, jax.ShapeDtypeStruct(x.shape, x.dtype),
+                         jax.ShapeDtypeStruct(target.shape, target.dtype))
+  except Exception as e:
+    raise ValueError(f"`{name}` failed on x of shape {tuple(x.shape)}: {e}") from e
+  if getattr(out, "shape", None) != tuple(x.shape):
+    raise ValueError(
+        f"`{name}` must return an attribution shaped like x {tuple(x.shape)}; got "
+        f"{getattr(out, 'shape', type(out))}.")

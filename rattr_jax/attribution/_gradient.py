@@ -1,0 +1,59 @@
+"""Vanilla gradient and input-times-gradient attributions."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+from jaxtyping import Array, Float
+
+from rattr_jax._typing import Target
+from rattr_jax.attribution import _target
+
+
+@functools.partial(jax.jit, static_argnames=("fn",))
+def _gradient(fn, x, t):
+  return _target.target_gradient(fn, x, t)
+
+
+@functools.partial(jax.jit, static_argnames=("fn",))
+def _input_x_gradient(fn, x, t):
+  return x * _target.target_gradient(fn, x, t)
+
+
+def gradient(fn: Callable, x: Float[Array, "B ..."], target: Target) -> Float[Array, "B ..."]:
+  """The raw gradient of the target logit (a.k.a. "saliency", "vanilla gradient").
+
+  Args:
+    fn: model, mapping a batch ``[B, *F]`` to logits ``[B, C]``.
+    x: inputs ``[B, *F]`` (images are NHWC).
+    target: class index, an int or an int array ``[B]``.
+
+  Returns:
+    ``d fn(x)[b, target[b]] / d x[b]`` with the shape ``[B, *F]`` of ``x``.
+
+  References:
+    Simonyan, Vedaldi, Zisserman, "Deep Inside Convolutional Networks", 2014.
+    https://arxiv.org/abs/1312.6034
+  """
+  x, t = _target.prepare(fn, x, target)
+  return _gradient(fn, x, t)
+
+
+def input_x_gradient(fn: Callable, x: Float[Array, "B ..."], target: Target) -> Float[Array, "B ..."]:
+  """Input times gradient, ``x * gradient(fn, x, target)``.
+
+  Args:
+    fn: model, mapping a batch ``[B, *F]`` to logits ``[B, C]``.
+    x: inputs ``[B, *F]``.
+    target: class index, an int or an int array ``[B]``.
+
+  Returns:
+    Attribution with the shape of ``x``.
+
+  References:
+    Shrikumar et al., "Not Just a Black Box", 2016. https://arxiv.org/abs/1605.01713
+  """
+  x, t = _target.prepare(fn, x, target)
+  return _input_x_gradient(fn, x, t)

@@ -1,0 +1,25 @@
+"""Flax NNX models with swappable activations, and their pure functions."""
+
+from rattr_jax.models._activation import ACTIVATIONS
+from rattr_jax.models._activation import Activation
+from rattr_jax.models._activation import as_activation
+from rattr_jax.models._conv import conv2d
+from rattr_jax.models._conv import CONV_IMPLS
+from rattr_jax.models._functional import as_fn
+from rattr_jax.models._functional import functional
+from rattr_jax.models._functional import surrogate_fn
+from rattr_jax.models._layers import Conv2D
+from rattr_jax.models._layers import max_pool2
+from rattr_jax.models._zoo import BasicBlock
+from rattr_jax.models._zoo import CifarLeNet
+from rattr_jax.models._zoo import create_model
+from rattr_jax.models._zoo import MLP
+from rattr_jax.models._zoo import MnistCNN
+from rattr_jax.models._zoo import MODELS
+from rattr_jax.models._zoo import ResNet18
+
+__all__ = [
+    "ACTIVATIONS", "Activation", "as_activation", "conv2d", "CONV_IMPLS", "as_fn",
+    "functional", "surrogate_fn", "Conv2D", "max_pool2", "BasicBlock", "CifarLeNet",
+    "create_model", "MLP", "MnistCNN", "MODELS", "ResNet18",
+]

@@ -1,0 +1,125 @@
+"""A 2-D convolution that stays on XLA:CPU's fast paths under autodiff.
+
+Plain `lax.conv_general_dilated` differentiated inside `lax.scan`/`lax.map`
+lowers its transposed convolution to a slow generic emitter on CPU (measured
+3.5-4x slower, `shared/research/cpu_performance.md`). Here:
+
+* ``impl="fast"``: a `jax.custom_vjp` convolution whose input-gradient is the
+  same custom convolution with the flipped, in/out-swapped kernel (so second
+  derivatives stay fast) and whose kernel-gradient is a sum of ``K*K`` small
+  dots. One-input-channel convolutions use an explicit im2col (slices + one
+  dot), which is differentiable to any order and forward-mode friendly.
+* ``impl="lax"``: plain `lax.conv_general_dilated` (supports forward-mode AD,
+  e.g. `jax.jvp` of `jax.grad` for Hessian-vector products).
+* ``impl="auto"`` (default): ``fast`` on the CPU backend, ``lax`` elsewhere.
+
+Note: a `custom_vjp` function has no forward-mode derivative. Code that needs
+``jax.jvp`` through a model (forward-over-reverse HVPs) should build the model
+function with ``conv_impl="lax"`` (see `rattr_jax.models.as_fn`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CONV_IMPLS = ("auto", "fast", "lax")
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _lax_conv(x, w, padding, stride=(1, 1)):
+  return lax.conv_general_dilated(x, w, stride, padding, dimension_numbers=_DN)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _fast_conv(x, w, padding):
+  return _lax_conv(x, w, padding)
+
+
+def _fast_conv_fwd(x, w, padding):
+  return _fast_conv(x, w, padding), (x, w)
+
+
+def _fast_conv_bwd(padding, res, g):
+  x, w = res
+  kh, kw = w.shape[0], w.shape[1]
+  (plh, phh), (plw, phw) = padding
+  w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+  dx = _fast_conv(g, w_t, ((kh - 1 - plh, kh - 1 - phh), (kw - 1 - plw, kw - 1 - phw)))
+  xp = jnp.pad(x, ((0, 0), (plh, phh), (plw, phw), (0, 0)))
+  ho, wo = g.shape[1], g.shape[2]
+  rows = []
+  for p in range(kh):
+    cols = []
+    for q in range(kw):
+      cols.append(jnp.einsum("bhwc,bhwo->co", xp[:, p:p + ho, q:q + wo], g))
+    rows.append(jnp.stack(cols))
+  dw = jnp.stack(rows)
+  return dx, dw.astype(w.dtype)
+
+
+_fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
+
+
+def _im2col_conv(x, w, padding):
+  kh, kw, cin, cout = w.shape
+  (plh, phh), (plw, phw) = padding
+  xp = jnp.pad(x, ((0, 0), (plh, phh), (plw, phw), (0, 0)))
+  ho = xp.shape[1] - kh + 1
+  wo = xp.shape[2] - kw + 1
+  cols = [xp[:, p:p + ho, q:q + wo, :] for p in range(kh) for q in range(kw)]
+  patches = jnp.concatenate(cols, axis=-1)  # [B, Ho, Wo, K*K*Cin], (p, q, c) order
+  return patches @ w.reshape(kh * kw * cin, cout)
+
+
+def explicit_padding(padding, kernel_size):
+  """``"SAME"``/``"VALID"`` (stride 1) or explicit pairs -> explicit pairs."""
+  if isinstance(padding, str):
+    if padding.upper() == "VALID":
+      return ((0, 0), (0, 0))
+    if padding.upper() == "SAME":
+      out = []
+      for k in kernel_size:
+        total = k - 1
+        out.append((total // 2, total - total // 2))
+      return tuple(out)
+    raise ValueError(f"Unknown `padding` {padding!r}; expected 'SAME', 'VALID' or pairs.")
+  return tuple((int(a), int(b)) for a, b in padding)
+
+
+def resolve_impl(impl: str) -> str:
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"Unknown `conv_impl` {impl!r}; expected one of {list(CONV_IMPLS)}.")
+  if impl == "auto":
+    return "fast" if jax.default_backend() == "cpu" else "lax"
+  return impl
+
+
+def conv2d(x: jax.Array, w: jax.Array, *, stride=(1, 1), padding="SAME",
+           impl: str = "auto") -> jax.Array:
+  """NHWC x HWIO convolution with a selectable autodiff implementation.
+
+  Args:
+    x: ``[B, H, W, Cin]``.
+    w: ``[KH, KW, Cin, Cout]``.
+    stride: spatial strides; the fast path is used for stride 1 only.
+    padding: ``"SAME"``, ``"VALID"`` or explicit ``((lo, hi), (lo, hi))``.
+    impl: ``"auto"``, ``"fast"`` or ``"lax"`` (see module docstring).
+
+  Returns:
+    ``[B, H', W', Cout]``.
+  """
+  impl = resolve_impl(impl)
+  stride = tuple(stride)
+  if stride != (1, 1):
+    pad = padding if isinstance(padding, str) else explicit_padding(padding, w.shape[:2])
+    return _lax_conv(x, w, pad, stride)
+  pad = explicit_padding(padding, w.shape[:2])
+  if impl == "lax":
+    return _lax_conv(x, w, pad)
+  if w.shape[2] == 1:
+    return _im2col_conv(x, w, pad)
+  return _fast_conv(x, w, pad)

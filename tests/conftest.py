@@ -1,0 +1,22 @@
+"""Shared pytest setup: CPU, deterministic, x64 available per test via `enable_x64`."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def x64():
+  """Runs a test with 64-bit floats enabled (finite differences, closed forms)."""
+  with jax.enable_x64(True):
+    yield
+
+
+@pytest.fixture(scope="session")
+def trained_cnn():
+  """``(model, dataset)``: the small MNIST CNN trained on the embedded dataset."""
+  from rattr_jax.testing import trained_mnist_cnn
+  return trained_mnist_cnn()
