@@ -8,16 +8,17 @@ from collections.abc import Callable
 import jax
 from jaxtyping import Array, Float
 
+from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import Target
 from rattr_jax.attribution import _target
 
 
-@functools.partial(jax.jit, static_argnames=("fn",))
+@jit_with_callables
 def _gradient(fn, x, t):
   return _target.target_gradient(fn, x, t)
 
 
-@functools.partial(jax.jit, static_argnames=("fn",))
+@jit_with_callables
 def _input_x_gradient(fn, x, t):
   return x * _target.target_gradient(fn, x, t)
 

@@ -12,6 +12,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from rattr_jax import _validation as V
+from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import Target
 from rattr_jax.attribution import _target
 
@@ -90,7 +91,7 @@ def chunked_path_sum(grad_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
   return acc
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "num_steps", "method", "batch_size"))
+@jit_with_callables(static_argnames=("num_steps", "method", "batch_size"))
 def _integrated_gradients(fn, x, t, baseline, num_steps, method, batch_size):
   a, w = path_points(num_steps, method)
   alphas = jnp.asarray(a, x.dtype)

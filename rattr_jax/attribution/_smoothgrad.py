@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from rattr_jax import _validation as V
+from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import PRNGKey, Target
 from rattr_jax.attribution import _target
 
@@ -59,13 +60,13 @@ def noisy_gradient_moments(fn, x, t, key, stddev, num_samples, batch_size):
   return m1 / s_total, m2 / s_total
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "num_samples", "squared", "batch_size"))
+@jit_with_callables(static_argnames=("num_samples", "squared", "batch_size"))
 def _smoothgrad(fn, x, t, key, stddev, num_samples, squared, batch_size):
   m1, m2 = noisy_gradient_moments(fn, x, t, key, stddev, num_samples, batch_size)
   return m2 if squared else m1
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "num_samples", "batch_size"))
+@jit_with_callables(static_argnames=("num_samples", "batch_size"))
 def _vargrad(fn, x, t, key, stddev, num_samples, batch_size):
   m1, m2 = noisy_gradient_moments(fn, x, t, key, stddev, num_samples, batch_size)
   return jnp.maximum(m2 - m1 * m1, 0.0)

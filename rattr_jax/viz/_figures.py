@@ -1,0 +1,98 @@
+"""Matplotlib figures: image | map grids and metric plots, written as PNG."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def _plt():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _show_image(ax, img):
+  img = np.asarray(img)
+  if img.ndim == 3 and img.shape[-1] == 1:
+    img = img[..., 0]
+  if img.ndim == 2:
+    ax.imshow(img, cmap="gray", vmin=0.0, vmax=1.0)
+  else:
+    ax.imshow(np.clip(img, 0.0, 1.0))
+
+
+def saliency_grid(columns: Mapping[str, np.ndarray], path: str | os.PathLike, *,
+                  image_columns: Sequence[str] = (), row_labels: Sequence[str] | None = None,
+                  title: str | None = None, cmap: str = "inferno") -> str:
+  """Writes a grid with one row per example and one column per entry of ``columns``.
+
+  Args:
+    columns: ordered mapping from a column title to ``[N, H, W]`` maps or
+      ``[N, H, W, C]`` images.
+    path: output PNG path (parent directories are created).
+    image_columns: titles of the columns that are images (shown in gray/RGB
+      in [0, 1]); others are maps, each panel scaled to its own max.
+    row_labels: optional label per row.
+    title: optional figure title.
+    cmap: colormap of the maps.
+
+  Returns:
+    The path written.
+  """
+  plt = _plt()
+  names = list(columns)
+  n = len(next(iter(columns.values())))
+  fig, axes = plt.subplots(n, len(names), figsize=(1.9 * len(names), 1.9 * n + 0.4),
+                           squeeze=False)
+  for j, name in enumerate(names):
+    data = np.asarray(columns[name])
+    for i in range(n):
+      ax = axes[i, j]
+      if name in image_columns:
+        _show_image(ax, data[i])
+      else:
+        m = data[i]
+        if m.ndim == 3:
+          m = np.abs(m).sum(-1)
+        ax.imshow(m, cmap=cmap, vmin=0.0, vmax=float(np.max(m)) or 1.0)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if i == 0:
+        ax.set_title(name, fontsize=9)
+      if j == 0 and row_labels is not None:
+        ax.set_ylabel(row_labels[i], fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return str(path)
+
+
+def line_plot(series: Mapping[str, Sequence[float]], path: str | os.PathLike, *,
+              xlabel: str = "", ylabel: str = "", title: str | None = None,
+              x: Sequence[float] | None = None, logx: bool = False) -> str:
+  """Writes a line plot of named series (e.g. training curves, metric sweeps)."""
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(5.5, 3.6))
+  for name, ys in series.items():
+    xs = np.arange(len(ys)) if x is None else np.asarray(x)
+    ax.plot(xs, np.asarray(ys), marker="o", ms=3, label=name)
+  if logx:
+    ax.set_xscale("log")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return str(path)
