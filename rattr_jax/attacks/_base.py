@@ -50,6 +50,11 @@ class AttackConfig:
       ``"model"`` scores it on the real model's explanation (Ghorbani's code),
       at the cost of one extra explanation per step. Without a surrogate both
       are the same.
+    random_start: start from ``x + epsilon * s`` with random signs ``s``
+      (projected; the random-sign baseline) instead of ``x`` (static). Not in
+      the paper; on ReLU networks the signed ascent from ``x`` stalls in a
+      local optimum, and a random start escapes it. ``x`` is still scored
+      first and returned if nothing beats it.
   """
 
   epsilon: float = 8.0 / 255.0
@@ -61,6 +66,7 @@ class AttackConfig:
   reduce: str = struct.field(pytree_node=False, default="abs_sum")
   normalize: str = struct.field(pytree_node=False, default="sum_to_one")
   select_on: str = struct.field(pytree_node=False, default="surrogate")
+  random_start: bool = struct.field(pytree_node=False, default=False)
 
 
 @struct.dataclass
@@ -123,7 +129,8 @@ class AttackResult:
       (including label-flipped iterates).
     label_kept_history: ``[B, num_steps]`` bool, the real model kept the label
       after each step.
-    best_step: ``[B]`` int, the step that produced ``x_adv`` (0 = ``x``).
+    best_step: ``[B]`` int, index of the returned iterate (0 = the starting
+      point, ``x`` unless ``random_start``).
     label: ``[B]`` the real model's predicted label at ``x`` (kept by
       ``x_adv``).
     surrogate_agreement: ``[B]`` bool, the surrogate predicts the same label

@@ -7,6 +7,7 @@ example if its label is kept and its objective beats the best so far, then
 moves to ``z_{p+1}``. The last iterate is scored after the scan. Because
 ``z_0 = x`` always keeps its label, the returned iterate is never a
 label-flipped one: an example with no valid improvement returns ``x``.
+With a random start ``z_0 != x``, ``x`` is scored first and is the fallback.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def _bcast(mask, like):
   return mask.reshape(mask.shape + (1,) * (like.ndim - 1))
 
 
-def run_loop(*, fn, x, label, num_steps: int, evaluate, final_value, update, opt_state):
+def run_loop(*, fn, x, label, num_steps: int, evaluate, final_value, update, opt_state,
+             start=None):
   """Runs the attack loop.
 
   Args:
@@ -52,6 +54,9 @@ def run_loop(*, fn, x, label, num_steps: int, evaluate, final_value, update, opt
     final_value: ``final_value(z, p) -> objective [B]`` (no gradient).
     update: ``update(z, grad, opt_state, p) -> (z_next, opt_state)``.
     opt_state: initial optimiser state.
+    start: optional first iterate ``z_0`` (a random start); ``None`` starts
+      at ``x``. With a random start, ``x`` is scored first and stays the
+      fallback.
 
   Returns:
     dict of per-example arrays (all with the batch axis first).
@@ -73,17 +78,23 @@ def run_loop(*, fn, x, label, num_steps: int, evaluate, final_value, update, opt
     z_next, opt_state = update(z, g, opt_state, p)
     return (z_next, opt_state, best), (d, ok)
 
-  best0 = (x, neg_inf, jnp.zeros((bsz,), jnp.int32))
-  (z, _, best), (hist, oks) = jax.lax.scan(step, (x, opt_state, best0),
+  zero = jnp.zeros((bsz,), jnp.int32)
+  if start is None:
+    z0, best0 = x, (x, neg_inf, zero)
+  else:
+    d_x = final_value(x, 0)
+    z0, best0 = start, (x, d_x, zero)
+  (z, _, best), (hist, oks) = jax.lax.scan(step, (z0, opt_state, best0),
                                             jnp.arange(num_steps))
   d_last = final_value(z, num_steps)
   ok_last = predicted_label(fn, z) == label
   best_x, best_obj, best_step = keep_best(z, d_last, ok_last, num_steps, best)
+  initial = hist[0] if start is None else best0[1]
   history = jnp.concatenate([hist[1:], d_last[None]], axis=0).T
   kept = jnp.concatenate([oks[1:], ok_last[None]], axis=0).T
-  return dict(x_adv=best_x, objective=best_obj, initial_objective=hist[0],
+  return dict(x_adv=best_x, objective=best_obj, initial_objective=initial,
               objective_history=history, label_kept_history=kept, best_step=best_step,
-              success=best_step > 0)
+              success=best_obj > initial)
 
 
 def chunked(f, args, batch_size: int | None):

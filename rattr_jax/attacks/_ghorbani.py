@@ -120,7 +120,7 @@ def _explainers(fn, explain, surrogate, t, key, pass_key, reduce, normalize):
 
 
 def _signed_core(fn, explain, surrogate, objective, config, key, pass_key, args):
-  x, t, mask = args
+  x, t, mask, signs = args
   sur = fn if surrogate is None else surrogate
   dtype = x.dtype
   eps = jnp.asarray(config.epsilon, dtype)
@@ -151,9 +151,12 @@ def _signed_core(fn, explain, surrogate, objective, config, key, pass_key, args)
   def update(z, g, state, p):
     return project(z + alpha * jnp.sign(g), x, eps, config.input_range), state
 
+  start = None
+  if signs is not None:
+    start = project(x + eps * signs, x, eps, config.input_range)
   out = _engine.run_loop(fn=fn, x=x, label=label, num_steps=config.num_steps,
                          evaluate=evaluate, final_value=final_value, update=update,
-                         opt_state=())
+                         opt_state=(), start=start)
   out.update(label=label, surrogate_agreement=agree)
   return out
 
@@ -162,9 +165,11 @@ def _signed_core(fn, explain, surrogate, objective, config, key, pass_key, args)
                                              "batch_size", "pass_key"))
 def _signed_attack(fn, explain, surrogate, objective, x, t, mask, config, key, batch_size,
                    pass_key):
+  k_start, key = jax.random.split(key)
+  signs = jax.random.rademacher(k_start, x.shape, x.dtype) if config.random_start else None
   core = functools.partial(_signed_core, fn, explain, surrogate, objective, config, key,
                            pass_key)
-  out = _engine.chunked(core, (x, t, mask), batch_size)
+  out = _engine.chunked(core, (x, t, mask, signs), batch_size)
   return AttackResult(num_steps=jnp.asarray(config.num_steps, jnp.int32), **out)
 
 

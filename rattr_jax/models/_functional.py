@@ -66,7 +66,7 @@ def functional(model: nnx.Module, *, activation=None, conv_impl: str | None = No
 
   if train:
     def apply_train(st, x):
-      mm = nnx.merge(graphdef, st)
+      mm = nnx.merge(graphdef, st, copy=True)  # never mutate the caller's state
       out = mm(x)
       return out, nnx.state(mm)
     return apply_train, state

@@ -97,70 +97,108 @@ def _learnable_concepts(model) -> bool:
 
 
 # --------------------------------------------------------------- residuals ----
-def _residual_clean(model, x, key):
-  """``sum_i h_i grad theta_i`` per example and output: ``[B, T, *F]``."""
+def _projections(key, batch, num_outputs, num_projections, dtype):
+  """Gaussian probes ``v [P, B, T]`` (``E[v v^T] = I``); the identity when exact."""
+  if num_projections is None:
+    eye = jnp.eye(num_outputs, dtype=dtype)
+    return jnp.broadcast_to(eye[:, None, :], (num_outputs, batch, num_outputs)), 1.0
+  v = jax.random.normal(key, (num_projections, batch, num_outputs), dtype)
+  return v, 1.0 / num_projections
+
+
+def _split(key, num_projections):
+  if key is None:
+    return None, None
+  if num_projections is None:
+    return key, None
+  k1, k2 = jax.random.split(key)
+  return k1, k2
+
+
+def _residual_clean(model, x, key, num_projections):
+  """``v^T (sum_i h_i grad theta_i)`` per example and probe: ``[P, B, *F]``.
+
+  Exact (``num_projections=None``): the probes are the ``T`` unit vectors, so
+  the result is the per-class residual ``[T, B, *F]``.
+  """
+  kd, kp = _split(key, num_projections)
   h, x_hat = model.concepts(x)
+  t = model.parametrizer.num_outputs
+  v, w = _projections(kp, x.shape[0], t, num_projections, x.dtype)
 
   def weighted(xx):
-    theta = model.relevances(xx, key=key)
-    return jnp.einsum("bk,bkt->t", h, theta), theta
+    theta = model.relevances(xx, key=kd)
+    return jnp.einsum("bk,bkt,pbt->p", h, theta, v), theta
 
-  r, theta = jax.jacrev(weighted, has_aux=True)(x)      # r: [T, B, *F]
-  return jnp.moveaxis(r, 0, 1), theta, h, x_hat
+  r, theta = jax.jacrev(weighted, has_aux=True)(x)      # r: [P, B, *F]
+  return r, w, theta, h, x_hat
 
 
-def _residual_original(model, x, key):
-  """``J_out - theta^T J_h`` with ``out`` = log-softmax / sigmoid: ``[B, T, *F]``."""
+def _residual_original(model, x, key, num_projections):
+  """``v^T (J_out - theta^T J_h)`` with ``out`` = log-softmax / sigmoid: ``[P, B, *F]``."""
+  kd, kp = _split(key, num_projections)
   agg = model.aggregator
+  t = model.parametrizer.num_outputs
+  v, w = _projections(kp, x.shape[0], t, num_projections, x.dtype)
 
   def out(xx):
     h, x_hat = model.concepts(xx)
-    theta = model.relevances(xx, key=key)
+    theta = model.relevances(xx, key=kd)
     o = agg.output(agg.scores(theta, h))                 # [B, T]
-    return jnp.sum(o, axis=0), (theta, h, x_hat)
+    return jnp.einsum("bt,pbt->p", o, v), (theta, h, x_hat)
 
-  jf, (theta, h, x_hat) = jax.jacrev(out, has_aux=True)(x)   # [T, B, *F]
+  jf, (theta, h, x_hat) = jax.jacrev(out, has_aux=True)(x)   # [P, B, *F]
   _, vjp_h = jax.vjp(lambda xx: model.concepts(xx)[0], x)
-  theta_jh = jax.vmap(lambda ct: vjp_h(ct)[0])(jnp.moveaxis(theta, 2, 0))  # [T, B, *F]
-  return jnp.moveaxis(jf - theta_jh, 0, 1), theta, h, x_hat
+  cts = jnp.einsum("bkt,pbt->pbk", theta, v)
+  theta_jh = jax.vmap(lambda ct: vjp_h(ct)[0])(cts)          # [P, B, *F]
+  return jf - theta_jh, w, theta, h, x_hat
 
 
-def robustness_residual_impl(model, x, *, convention: str = "clean", key=None):
-  """Unvalidated core (call inside a traced loss): ``(residual, theta, h, x_hat)``."""
+def robustness_residual_impl(model, x, *, convention: str = "clean", key=None,
+                             num_projections: int | None = None):
+  """Unvalidated core (call inside a traced loss).
+
+  Returns ``(r [P, B, *F], weight, theta, h, x_hat)``: with
+  ``num_projections=None`` the exact residual per output (``P = T``,
+  ``weight = 1``); otherwise ``P`` Gaussian probes of it, with ``weight = 1/P``
+  so that ``weight * sum ||r||^2`` is an unbiased estimate of the exact
+  squared norm. ``key`` is split into a dropout key and a probe key.
+  """
   if convention == "clean":
-    return _residual_clean(model, x, key)
-  return _residual_original(model, x, key)
+    return _residual_clean(model, x, key, num_projections)
+  return _residual_original(model, x, key, num_projections)
 
 
-def _sq_norm_per_example(r):
-  return jnp.sum(r.reshape(r.shape[0], -1) ** 2, axis=1)
-
-
-def _safe_norm(r):
-  s = jnp.sum(r * r)
-  pos = s > 0
-  return jnp.where(pos, jnp.sqrt(jnp.where(pos, s, 1.0)), 0.0)
-
-
-def robustness_from_residual(r: jax.Array, convention: str, reduction: str = "mean"):
+def robustness_from_residual(r: jax.Array, weight, convention: str, reduction: str = "mean"):
+  """``r [P, B, *F]`` -> the loss (scalar) or per-example values ``[B]`` (clean only)."""
+  sq = weight * jnp.sum(r.reshape(r.shape[0], r.shape[1], -1) ** 2, axis=(0, 2))   # [B]
   if convention == "original":
-    return _safe_norm(r)
-  per = _sq_norm_per_example(r)
-  return jnp.mean(per) if reduction == "mean" else per
+    s = jnp.sum(sq)
+    pos = s > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, s, 1.0)), 0.0)
+  return jnp.mean(sq) if reduction == "mean" else sq
+
+
+def _check_projections(num_projections, key):
+  if num_projections is None:
+    return None
+  num_projections = V.check_positive_int(num_projections, name="num_projections")
+  V.check_key(key)
+  return num_projections
 
 
 # ------------------------------------------------------------------ public ----
 @functools.partial(jax.jit, static_argnames=("graphdef", "convention"))
 def _residual_jit(graphdef, state, x, key, convention):
   model = nnx.merge(graphdef, state)
-  r, theta, h, _ = robustness_residual_impl(model, x, convention=convention, key=key)
-  return r, theta, h
+  r, _, theta, h, _ = robustness_residual_impl(model, x, convention=convention, key=key)
+  return jnp.moveaxis(r, 0, 1), theta, h
 
 
 def senn_robustness_residual(model, x: jax.Array, *, convention: str = "clean",
                              key: jax.Array | None = None) -> tuple[jax.Array, jax.Array,
                                                                     jax.Array]:
-  """The per-example robustness residual of a SENN, without forming ``J_h``.
+  """The exact per-example robustness residual of a SENN, without forming ``J_h``.
 
   ``convention="clean"``: ``r_t = grad_x z_t - theta_t^T J_h = sum_i h_i grad_x
   theta_it`` for the logits (scores) ``z``; ``"original"``: ``grad_x out_t -
@@ -185,8 +223,18 @@ def senn_robustness_residual(model, x: jax.Array, *, convention: str = "clean",
   return _residual_jit(graphdef, state, x, key, convention)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "convention", "reduction",
+                                             "num_projections"))
+def _robustness_jit(graphdef, state, x, key, convention, reduction, num_projections):
+  model = nnx.merge(graphdef, state)
+  r, w, _, _, _ = robustness_residual_impl(model, x, convention=convention, key=key,
+                                           num_projections=num_projections)
+  return robustness_from_residual(r, w, convention, reduction)
+
+
 def senn_robustness_loss(model, x: jax.Array, *, convention: str = "clean",
-                         reduction: str = "mean", key: jax.Array | None = None) -> jax.Array:
+                         reduction: str = "mean", num_projections: int | None = None,
+                         key: jax.Array | None = None) -> jax.Array:
   """SENN's robustness loss ``L_theta = ||grad_x f - theta^T J_h||``.
 
   * ``"clean"``: ``mean_b ||r_b||_F^2`` over the logits' residuals
@@ -195,14 +243,24 @@ def senn_robustness_loss(model, x: jax.Array, *, convention: str = "clean",
     log-softmax/sigmoid residuals, unsquared (only ``reduction="mean"``, i.e.
     the one batch scalar, exists for it).
 
+  ``num_projections=None`` (default) computes the residual of every output
+  exactly (``T`` backward passes through ``theta``). An integer ``P`` instead
+  uses ``P`` Gaussian probes ``v ~ N(0, I_T)`` per example, ``||r_b||_F^2 ~=
+  1/P sum_p ||v_p^T r_b||^2`` (unbiased for the squared norm, as in Hoffman et
+  al.'s Jacobian regularizer), ``P`` backward passes instead of ``T``; it
+  needs ``key``.
+
   Lower is better: 0 means ``theta`` acts locally like the gradient.
   """
+  x = _check_model(model, x)
+  V.check_choice(convention, CONVENTIONS, name="convention")
   V.check_choice(reduction, REDUCTIONS, name="reduction")
   if convention == "original" and reduction != "mean":
     raise ValueError("`reduction`='none' does not exist for `convention`='original' (one "
                      "Frobenius norm over the batch).")
-  r, _, _ = senn_robustness_residual(model, x, convention=convention, key=key)
-  return robustness_from_residual(r, convention, reduction)
+  num_projections = _check_projections(num_projections, key)
+  graphdef, state = nnx.split(model)
+  return _robustness_jit(graphdef, state, x, key, convention, reduction, num_projections)
 
 
 def senn_concept_loss(x: jax.Array, x_hat: jax.Array, h: jax.Array, *,
@@ -219,10 +277,12 @@ def senn_concept_loss(x: jax.Array, x_hat: jax.Array, h: jax.Array, *,
 
 
 def senn_loss_impl(model, x, y, *, lambda_robustness, lambda_reconstruction=1.0,
-                   lambda_sparsity=2e-5, convention="clean", key=None):
+                   lambda_sparsity=2e-5, convention="clean", key=None,
+                   num_projections=None):
   """Unvalidated core of `senn_loss` (call inside a traced loss function)."""
-  r, theta, h, x_hat = robustness_residual_impl(model, x, convention=convention, key=key)
-  robust = robustness_from_residual(r, convention)
+  r, w, theta, h, x_hat = robustness_residual_impl(model, x, convention=convention, key=key,
+                                                   num_projections=num_projections)
+  robust = robustness_from_residual(r, w, convention)
   logits = model.aggregator(theta, h)
   logp = jax.nn.log_softmax(logits, axis=-1)
   ce = -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
@@ -245,7 +305,7 @@ def check_loss_weights(lambda_robustness, lambda_reconstruction, lambda_sparsity
 
 def senn_loss(model, x: jax.Array, y: jax.Array, *, lambda_robustness: Any = 1e-2,
               lambda_reconstruction: Any = 1.0, lambda_sparsity: Any = 2e-5,
-              convention: str = "clean",
+              convention: str = "clean", num_projections: int | None = None,
               key: jax.Array | None = None) -> tuple[jax.Array, SENNLossOutput]:
   """The SENN training objective and its parts.
 
@@ -263,7 +323,9 @@ def senn_loss(model, x: jax.Array, y: jax.Array, *, lambda_robustness: Any = 1e-
     lambda_reconstruction: weight of the reconstruction MSE (1 in the code).
     lambda_sparsity: L1 sparsity strength of ``h`` (2e-5 in the paper).
     convention: ``"clean"`` (default) or ``"original"`` (see module docstring).
-    key: optional dropout key.
+    num_projections: ``None`` (exact, default) or the number of Gaussian
+      probes of the residual (see `senn_robustness_loss`); needs ``key``.
+    key: PRNG key for dropout (if the parametrizer has any) and probes.
 
   Returns:
     ``(total, SENNLossOutput(terms, logits, explanation))``. Lower is better.
@@ -271,6 +333,8 @@ def senn_loss(model, x: jax.Array, y: jax.Array, *, lambda_robustness: Any = 1e-
   x = _check_model(model, x)
   y = V.check_target(y, x.shape[0], model.num_classes, name="y")
   check_loss_weights(lambda_robustness, lambda_reconstruction, lambda_sparsity, convention)
+  num_projections = _check_projections(num_projections, key)
   return senn_loss_impl(model, x, y, lambda_robustness=lambda_robustness,
                         lambda_reconstruction=lambda_reconstruction,
-                        lambda_sparsity=lambda_sparsity, convention=convention, key=key)
+                        lambda_sparsity=lambda_sparsity, convention=convention, key=key,
+                        num_projections=num_projections)

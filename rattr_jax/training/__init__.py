@@ -22,6 +22,8 @@ from rattr_jax.training._engine import make_optimizer
 from rattr_jax.training._engine import make_train_step
 from rattr_jax.training._engine import TrainState
 from rattr_jax.training._engine import TrainStep
+from rattr_jax.training._loop import MODEL_BUILDERS
+from rattr_jax.training._loop import register_model
 from rattr_jax.training._loop import train
 from rattr_jax.training._loop import TrainResult
 from rattr_jax.training._terms import activation_sensitivity_term
@@ -40,7 +42,7 @@ from rattr_jax.training._terms import trades_term
 __all__ = [
     "fast_cpu_method", "MethodConfig", "METHODS", "OptimizerConfig", "preset", "PRESETS",
     "TrainConfig", "validate", "default_mesh", "make_optimizer", "make_train_step",
-    "TrainState", "TrainStep", "train", "TrainResult", "activation_sensitivity_term", "Batch",
+    "TrainState", "TrainStep", "MODEL_BUILDERS", "register_model", "train", "TrainResult", "activation_sensitivity_term", "Batch",
     "cross_entropy_term", "fgsm_term", "gradient_alignment_term", "hessian_norm_term",
     "input_gradient_norm_term", "LossTerm", "method_terms", "pgd_term", "TermContext",
     "trades_term",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 from rattr_jax.models._activation import as_activation
@@ -291,13 +290,14 @@ PRESETS: dict[str, TrainConfig] = {
         model="resnet18", dataset="cifar10", activation="softplus:3", epochs=200, batch_size=128,
         method=MethodConfig(name="hessian_norm", lam=1e-4), optimizer=_AGA_RESNET_OPT),
     # Fast CPU preset on the embedded MNIST subset (4,000 train images): a few
-    # seconds per epoch for CE on 2 cores. Method settings are MNIST-scaled
-    # (see `fast_cpu_method`).
+    # seconds per CE epoch on 2 cores, > 90% test accuracy after one epoch.
+    # Softplus beta 3 as in Joo et al. (a ReLU network has a zero input
+    # Hessian almost everywhere). Method settings are MNIST-scaled (see
+    # `fast_cpu_method`).
     "fast_cpu": TrainConfig(
-        model="cnn", dataset="mnist_embedded", activation="softplus:3", epochs=3, batch_size=64,
+        model="cnn", dataset="mnist_embedded", activation="softplus:3", epochs=3, batch_size=32,
         method=MethodConfig(name="ce"),
-        optimizer=OptimizerConfig(name="adam", learning_rate=2e-3, schedule="cosine",
-                                  clip_norm=None)),
+        optimizer=OptimizerConfig(name="adam", learning_rate=2e-3, schedule="constant")),
 }
 
 
@@ -345,6 +345,3 @@ def preset(name: str, *, method: str | None = None, **overrides) -> TrainConfig:
   cfg = replace(cfg, **overrides) if overrides else cfg
   return validate(cfg)
 
-
-def _as_tuple(v: Sequence[Any] | Any):
-  return tuple(v) if isinstance(v, (list, tuple)) else v

@@ -25,6 +25,25 @@ LOG_NAME = "log.json"
 PLOT_NAME = "curves.png"
 
 
+#: ``name -> build(config, dataset) -> model`` or ``(model, terms)``; see `register_model`.
+MODEL_BUILDERS: dict[str, Callable[..., Any]] = {}
+
+
+def register_model(name: str, build: Callable[..., Any]) -> None:
+  """Makes ``TrainConfig(model=name)`` (and ``rattr train --model name``) build a custom model.
+
+  Args:
+    name: model name; must not shadow a zoo model.
+    build: ``build(config, dataset)`` returning an NNX model mapping
+      ``[B, *F]`` to logits, or ``(model, terms)`` with the model's own loss
+      terms (``None`` to use ``config.method``'s).
+  """
+  from rattr_jax.models import MODELS
+  if name in MODELS:
+    raise ValueError(f"`name` {name!r} is a zoo model; choose another name.")
+  MODEL_BUILDERS[name] = build
+
+
 class TrainResult(NamedTuple):
   """Outcome of `train`.
 
@@ -169,9 +188,14 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
   x_tr, y_tr, x_val, y_val, val_name = _split_val(data, config.val_fraction, config.seed)
   has_test = val_name == "val"
   if model is None:
-    model = create_model(config.model, input_shape=data.input_shape,
-                         num_classes=data.num_classes, activation=config.activation,
-                         seed=config.seed)
+    if config.model in MODEL_BUILDERS:
+      built = MODEL_BUILDERS[config.model](config, data)
+      model, built_terms = built if isinstance(built, tuple) else (built, None)
+      terms = built_terms if terms is None else terms
+    else:
+      model = create_model(config.model, input_shape=data.input_shape,
+                           num_classes=data.num_classes, activation=config.activation,
+                           seed=config.seed)
   mesh = E.default_mesh(config.data_parallel)
   n_dev = 1 if mesh is None else mesh.devices.size
   if config.batch_size % n_dev:
@@ -191,7 +215,7 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
 
   ckpt = Checkpointer(out_dir) if out_dir is not None else None
   history: list[dict] = []
-  step_log: dict[str, list] = {"step": [], "loss": [], "acc": []}
+  step_log: dict[str, list] = {"step": [], "loss": [], "acc": [], "lr": []}
   best_val = -1.0
   start_epoch = 0
   cfg_dict = config.to_dict()
@@ -266,6 +290,8 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
         step_log["step"] += list(range(first + 1, first + n_steps + 1))
         step_log["loss"] += [float(v) for v in met["loss"]]
         step_log["acc"] += [float(v) for v in met["acc"]]
+        lrs = np.broadcast_to(np.asarray(schedule(np.arange(first, first + n_steps))), (n_steps,))
+        step_log["lr"] += [float(v) for v in lrs]
         dt = time.perf_counter() - tc
         shown = "  ".join(f"{nm} {_fmt(sums[nm] / count)}" for nm in ["loss"] + term_names
                           if nm in sums)

@@ -58,9 +58,12 @@ def plot_curves(path: str, history: list[dict], step_log: dict, *, title: str = 
   ax.legend(fontsize=7)
 
   ax = axes[2]
-  ax.plot(ep_steps, [h.get("learning_rate", np.nan) for h in history], "-o")
+  if len(steps) and len(step_log.get("lr", [])) == len(steps):
+    ax.plot(steps, step_log["lr"], "-")
+  else:
+    ax.plot(ep_steps, [h.get("learning_rate", np.nan) for h in history], "-o")
   ax.set_xlabel("step")
-  ax.set_title("learning rate (end of epoch)")
+  ax.set_title("learning rate")
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=90)

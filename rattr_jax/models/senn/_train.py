@@ -38,6 +38,9 @@ class SENNConfig:
     lambda_reconstruction: reconstruction-MSE weight (>= 0).
     lambda_sparsity: L1 concept-sparsity strength (>= 0).
     convention: robustness-loss convention, ``"clean"`` or ``"original"``.
+    num_projections: ``None``: exact robustness residual (``T`` backward
+      passes per step); an int ``P``: ``P`` Gaussian probes (unbiased for the
+      squared norm, about ``T / P`` times cheaper).
     learning_rate: Adam learning rate.
     batch_size: minibatch size (the remainder of each epoch is dropped).
     epochs: passes over the training data.
@@ -55,6 +58,7 @@ class SENNConfig:
   lambda_reconstruction: float = 1.0
   lambda_sparsity: float = 2e-5
   convention: str = "clean"
+  num_projections: int | None = None
   learning_rate: float = 2e-4
   batch_size: int = 200
   epochs: int = 10
@@ -63,6 +67,8 @@ class SENNConfig:
   def __post_init__(self):
     if self.num_concepts is not None:
       V.check_positive_int(self.num_concepts, name="num_concepts")
+    if self.num_projections is not None:
+      V.check_positive_int(self.num_projections, name="num_projections")
     V.check_positive_int(self.batch_size, name="batch_size")
     V.check_positive_int(self.epochs, name="epochs")
     V.check_positive(self.learning_rate, name="learning_rate")
@@ -169,13 +175,13 @@ def concept_statistics(model: SENN, x: np.ndarray, y: np.ndarray | None = None, 
   return out
 
 
-def _make_epoch(graphdef, opt, convention: str, use_dropout: bool):
+def _make_epoch(graphdef, opt, convention: str, num_projections: int | None):
   def loss_fn(state, xb, yb, key, lambdas):
     m = nnx.merge(graphdef, state)
     total, out = L.senn_loss_impl(m, xb, yb, lambda_robustness=lambdas[0],
                                   lambda_reconstruction=lambdas[1],
                                   lambda_sparsity=lambdas[2], convention=convention,
-                                  key=key if use_dropout else None)
+                                  key=key, num_projections=num_projections)
     acc = jnp.mean(jnp.argmax(out.logits, -1) == yb)
     return total, (out.terms, acc)
 
@@ -223,7 +229,7 @@ def fit_senn(model: SENN, x: np.ndarray, y: np.ndarray, config: SENNConfig, *,
   graphdef, state = nnx.split(model)
   opt = optax.adam(config.learning_rate)
   opt_state = opt.init(state)
-  epoch_fn = _make_epoch(graphdef, opt, config.convention, config.dropout > 0)
+  epoch_fn = _make_epoch(graphdef, opt, config.convention, config.num_projections)
   lambdas = jnp.asarray([config.lambda_robustness, config.lambda_reconstruction,
                          config.lambda_sparsity], x.dtype)
   rng = np.random.default_rng(config.seed)

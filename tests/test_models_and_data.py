@@ -1,0 +1,151 @@
+"""Models (activations, fast conv, pure functions) and dataset loaders."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rattr_jax import attribution as A
+from rattr_jax import data as D
+from rattr_jax import models
+
+
+def test_softplus_beta_formula_and_limit():
+  z = jnp.linspace(-3, 3, 13)
+  act = models.Activation.softplus(4.0)
+  np.testing.assert_allclose(act(z), np.log1p(np.exp(4.0 * np.asarray(z))) / 4.0, rtol=1e-5)
+  np.testing.assert_allclose(models.Activation.softplus(1e3)(z), jax.nn.relu(z), atol=1e-3)
+  with pytest.raises(ValueError, match="name"):
+    models.Activation("gelu2")
+  with pytest.raises(ValueError, match="beta"):
+    models.Activation("softplus", 0.0)
+
+
+@pytest.mark.parametrize("cin,k,padding", [(1, 5, "SAME"), (3, 3, "SAME"), (4, 3, "VALID"),
+                                           (2, 3, ((2, 0), (1, 1)))])
+def test_fast_conv_matches_lax_to_second_order(x64, cin, k, padding):
+  x = jax.random.normal(jax.random.key(0), (2, 7, 6, cin), jnp.float64)
+  w = jax.random.normal(jax.random.key(1), (k, k, cin, 3), jnp.float64)
+
+  def loss(impl):
+    def f(x, w):
+      y = models.conv2d(x, w, padding=padding, impl=impl)
+      return jnp.sum(jnp.sin(y) ** 2)
+    return f
+
+  for impl in ("fast",):
+    np.testing.assert_allclose(models.conv2d(x, w, padding=padding, impl=impl),
+                               models.conv2d(x, w, padding=padding, impl="lax"), rtol=1e-10)
+    g_fast = jax.grad(loss(impl), argnums=(0, 1))(x, w)
+    g_lax = jax.grad(loss("lax"), argnums=(0, 1))(x, w)
+    for a, b in zip(g_fast, g_lax):
+      np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+    # Second order: gradient of the squared input-gradient norm (attack objective).
+    h = lambda impl: jax.grad(lambda x: jnp.sum(jax.grad(loss(impl))(x, w) ** 2))(x)
+    np.testing.assert_allclose(h(impl), h("lax"), rtol=1e-8, atol=1e-9)
+
+
+def test_zoo_shapes_and_surrogate():
+  x = jax.random.uniform(jax.random.key(2), (3, 28, 28, 1))
+  for name in ("mlp", "cnn"):
+    m = models.create_model(name, input_shape=(28, 28, 1), num_classes=10)
+    fn = models.as_fn(m)
+    assert fn(x).shape == (3, 10)
+    sur = models.surrogate_fn(m, beta=200.0)
+    np.testing.assert_allclose(sur(x), fn(x), atol=0.05)
+    soft = models.as_fn(m, activation="softplus:2")
+    assert not np.allclose(soft(x), fn(x), atol=1e-3)
+  lenet = models.create_model("lenet", input_shape=(32, 32, 3), num_classes=10)
+  assert models.as_fn(lenet)(jnp.ones((2, 32, 32, 3))).shape == (2, 10)
+  with pytest.raises(ValueError, match="`name`"):
+    models.create_model("vgg", input_shape=(32, 32, 3), num_classes=10)
+
+
+@pytest.mark.slow
+def test_resnet_inference_mode_examples_do_not_interact():
+  m = models.create_model("resnet18", input_shape=(8, 8, 3), num_classes=4, width=2)
+  fn = models.as_fn(m)
+  x = jax.random.uniform(jax.random.key(3), (3, 8, 8, 3))
+  batched = A.gradient(fn, x, 1)
+  per = jnp.concatenate([A.gradient(fn, x[i:i + 1], 1) for i in range(3)])
+  np.testing.assert_allclose(batched, per, rtol=1e-4, atol=1e-6)
+  # Train-mode apply returns updated batch statistics explicitly.
+  apply, state = models.functional(m, train=True)
+  before = [np.array(a) for a in jax.tree.leaves(state)]
+  logits, new_state = apply(state, x)
+  for a, b in zip(before, jax.tree.leaves(state)):
+    np.testing.assert_array_equal(a, b)  # the input state is not mutated
+  assert logits.shape == (3, 4)
+  assert not all(np.allclose(a, b) for a, b in zip(before,
+                                                     jax.tree.leaves(new_state)))
+
+
+def test_as_fn_is_a_pytree_that_reuses_compilation():
+  from rattr_jax.attribution import _gradient
+  x = jnp.ones((2, 28, 28, 1))
+  _gradient._gradient.clear_cache()
+  for seed in range(3):
+    fn = models.as_fn(models.create_model("cnn", input_shape=(28, 28, 1), num_classes=10,
+                                          seed=seed))
+    A.gradient(fn, x, 0)
+  assert _gradient._gradient._cache_size() == 1
+
+
+# -------------------------------------------------------------------- data --
+def test_embedded_default():
+  d = D.load_dataset()
+  assert d.x_train.shape == (4000, 28, 28, 1) and d.x_test.shape == (1000, 28, 28, 1)
+  assert d.x_train.dtype == np.float32 and 0.0 <= d.x_train.min() and d.x_train.max() <= 1.0
+  assert set(np.unique(d.y_test)) == set(range(10))
+  assert np.bincount(d.y_test).tolist() == [100] * 10  # stratified
+  d2 = D.load_dataset(seed=0)
+  np.testing.assert_array_equal(d.x_train[:5], d2.x_train[:5])
+
+
+@pytest.mark.parametrize("name,shape", [("digits", (8, 8, 1)), ("breast_cancer", (30,)),
+                                        ("wine", (13,))])
+def test_sklearn_sets(name, shape):
+  d = D.load_dataset(name)
+  assert d.input_shape == shape
+  assert d.x_train.min() >= 0 and d.x_train.max() <= 1
+
+
+def test_local_files_written_by_test(tmp_path, monkeypatch):
+  monkeypatch.delenv(D.DATA_DIR_ENV, raising=False)
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
+  y = np.repeat(np.arange(10), 5).astype(np.uint8)
+  np.savez(tmp_path / "mnist_t10k.npz", x=x, y=y)
+  d = D.load_dataset("mnist", data_dir=tmp_path)
+  assert d.x_train.shape == (40, 28, 28, 1) and d.x_test.shape == (10, 28, 28, 1)
+  assert d.source == str(tmp_path / "mnist_t10k.npz")
+  c = {"x_train": rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
+       "y_train": np.arange(20) % 10, "x_test": rng.integers(0, 256, (10, 32, 32, 3),
+                                                             dtype=np.uint8),
+       "y_test": np.arange(10)}
+  np.savez(tmp_path / "cifar10.npz", **c)
+  monkeypatch.setenv(D.DATA_DIR_ENV, str(tmp_path))
+  d = D.load_dataset("cifar10")
+  np.testing.assert_allclose(d.x_test, c["x_test"] / 255.0, rtol=1e-6)
+
+
+def test_shared_data_when_present():
+  import os
+  if not os.path.exists("../shared/data/mnist_t10k.npz"):
+    pytest.skip("../shared/data not present")
+  d = D.load_dataset("mnist", data_dir="../shared/data")
+  assert d.x_train.shape == (8000, 28, 28, 1) and d.x_test.shape == (2000, 28, 28, 1)
+
+
+def test_offline_tfds_fails_fast(tmp_path, monkeypatch):
+  import time
+  from rattr_jax.data import _datasets
+  monkeypatch.delenv(D.DATA_DIR_ENV, raising=False)
+  monkeypatch.setattr(_datasets, "candidate_dirs", lambda data_dir=None: [tmp_path])
+  monkeypatch.setattr(_datasets, "network_available", lambda *a, **k: False)
+  t0 = time.time()
+  with pytest.raises(ValueError, match="data_dir"):
+    D.load_dataset("fashion_mnist")
+  assert time.time() - t0 < 5
+  with pytest.raises(ValueError, match="`name`"):
+    D.load_dataset("imagenet")
