@@ -15,18 +15,22 @@ from rattr_jax.attribution import _decoy, _decoy_solver as S
 from rattr_jax.testing import linear_model
 
 
+def _conv_relu(w, b, z):
+  y = jax.lax.conv_general_dilated(z, w, (1, 1), "SAME",
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return jax.nn.relu(y + b)
+
+
 def _conv_relu_features(seed, cin, cout=3):
-  """A random 3x3 conv + ReLU feature map (a nonlinear layer with dead units)."""
+  """A random 3x3 conv + ReLU feature map (a nonlinear layer with dead units).
+
+  A `jax.tree_util.Partial` of a module-level function: new weights reuse the
+  compiled solver (the weights are traced).
+  """
   k1, k2 = jax.random.split(jax.random.key(seed))
   w = jax.random.normal(k1, (3, 3, cin, cout)) / 3.0
   b = 0.3 * jax.random.normal(k2, (cout,))
-
-  def features(z):
-    y = jax.lax.conv_general_dilated(z, w, (1, 1), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return jax.nn.relu(y + b)
-
-  return features
+  return jax.tree_util.Partial(_conv_relu, w, b)
 
 
 def _tanh_mlp(num_features, num_classes=3, seed=0):
@@ -52,16 +56,17 @@ def _patch_mask(offset, shape, k):
 
 
 # ----------------------------------------------------------- constraints ----
+# Examples differ in traced values (weights, inputs, epsilon, bounds) and in
+# two (patch_size, stride) pairs, so the solver compiles at most twice.
 @settings(max_examples=8, deadline=None)
-@given(seed=st.integers(0, 2**16), patch_size=st.integers(1, 3), stride=st.integers(1, 3),
-       epsilon=st.floats(0.0, 0.5), use_max_change=st.booleans())
-def test_every_returned_decoy_satisfies_its_constraints(seed, patch_size, stride, epsilon,
-                                                        use_max_change):
+@given(seed=st.integers(0, 2**16), geometry=st.sampled_from([(2, 2), (3, 1)]),
+       epsilon=st.floats(0.0, 0.5), bound=st.floats(0.02, 2.0))
+def test_every_returned_decoy_satisfies_its_constraints(seed, geometry, epsilon, bound):
   h, w, c = 5, 5, 2
-  features = _conv_relu_features(seed % 7, c)
+  patch_size, stride = geometry
+  features = _conv_relu_features(seed, c)
   x = jax.random.uniform(jax.random.key(seed), (2, h, w, c))
-  max_change = (0.2 * jax.random.uniform(jax.random.key(seed + 1), (h, w, c))
-                if use_max_change else None)
+  max_change = bound * jax.random.uniform(jax.random.key(seed + 1), (h, w, c))
   res = A.generate_decoys(features, x, key=jax.random.key(seed), patch_size=patch_size,
                           stride=stride, epsilon=epsilon, max_change=max_change, num_steps=15,
                           step_size=0.1, batch_size=16)
@@ -83,12 +88,22 @@ def test_every_returned_decoy_satisfies_its_constraints(seed, patch_size, stride
   for j in range(n2):
     outside = ~_patch_mask(offsets[j // 2], (h, w, c), patch_size)
     assert np.all(delta[:, j][:, outside] == 0.0)
-  if use_max_change:
-    assert np.all(np.abs(delta) <= np.asarray(max_change)[None, None] + 1e-6)
+  assert np.all(np.abs(delta) <= np.asarray(max_change)[None, None] + 1e-6)
   # Objective is the one-sided l1 change of the returned decoy.
   sign = np.where(np.arange(n2) % 2 == 0, 1.0, -1.0)[None, :, None, None, None]
   np.testing.assert_allclose(np.maximum(sign * delta, 0).sum((2, 3, 4)),
                              np.asarray(res.objective), rtol=1e-5, atol=1e-6)
+
+
+def test_without_max_change_decoys_move_further():
+  features = _conv_relu_features(0, 2)
+  x = jax.random.uniform(jax.random.key(3), (2, 5, 5, 2))
+  kw = dict(key=jax.random.key(0), patch_size=2, stride=2, epsilon=0.3, num_steps=15,
+            step_size=0.1, batch_size=16)
+  free = A.generate_decoys(features, x, **kw)
+  tight = A.generate_decoys(features, x, max_change=0.01, **kw)
+  assert float(jnp.max(jnp.abs(tight.decoys - x[:, None]))) <= 0.01 + 1e-7
+  assert float(jnp.sum(free.objective)) > float(jnp.sum(tight.objective))
 
 
 def test_solver_reaches_the_box_when_the_layer_is_blind():
@@ -115,8 +130,8 @@ def test_identity_layer_with_slack_attains_the_closed_form_optimum():
     m = _patch_mask(off, xn.shape, 3)
     best_up = np.minimum(eps, 1.0 - xn[m]).sum()
     best_down = np.minimum(eps, xn[m]).sum()
-    assert best_up * 0.85 <= float(res.objective[0, 2 * j]) <= best_up + 1e-5
-    assert best_down * 0.85 <= float(res.objective[0, 2 * j + 1]) <= best_down + 1e-5
+    assert best_up * 0.9 <= float(res.objective[0, 2 * j]) <= best_up + 1e-5
+    assert best_down * 0.9 <= float(res.objective[0, 2 * j + 1]) <= best_down + 1e-5
   assert float(jnp.max(res.layer_change)) <= eps
 
 
@@ -150,10 +165,9 @@ def test_linear_model_range_map_is_zero():
   x = jax.random.uniform(jax.random.key(5), (2, 6, 6, 1))
   lin = linear_model(jax.random.key(6), 36, 3)
   kw = dict(layer=_dead, key=jax.random.key(0), num_steps=20)
-  for base in ("gradient", "smoothgrad"):
-    res = A.decoy_saliency(lin, x, 2, base=base, num_samples=4, **kw)
-    assert int(jnp.min(res.num_moved)) > 0
-    np.testing.assert_allclose(np.asarray(res.attribution), 0.0, atol=1e-5)
+  res = A.decoy_saliency(lin, x, 2, base="gradient", **kw)
+  assert int(jnp.min(res.num_moved)) > 0
+  np.testing.assert_allclose(np.asarray(res.attribution), 0.0, atol=1e-5)
   res = A.decoy_saliency(lin, x, 2, base="integrated_gradients", ig_num_steps=4, **kw)
   dec = np.asarray(res.decoys.decoys)
   expect = np.abs(np.asarray(lin.W[2]).reshape(6, 6, 1)) * (dec.max(1) - dec.min(1))
@@ -169,9 +183,9 @@ def test_vmapped_generation_equals_a_per_patch_loop(x64):
 
   x = jax.random.uniform(jax.random.key(7), (2, 4, 4, 1), jnp.float64)
   key = jax.random.key(8)
-  kw = dict(epsilon=0.05, num_steps=25, step_size=0.1)
-  res = A.generate_decoys(features, x, key=key, patch_size=2, batch_size=5, **kw)
-  hyper = S.make_hyper(x, init_multiplier=1.0, growth=1.1, init_scale=0.01, **kw)
+  kw = dict(epsilon=0.05, step_size=0.1)
+  res = A.generate_decoys(features, x, key=key, patch_size=2, batch_size=5, num_steps=25, **kw)
+  hyper = S.make_hyper(x, init_multiplier=1.0, growth=1.02, init_scale=0.01, **kw)
   solve = jax.jit(functools.partial(S.solve_problem, features, patch_size=2, num_steps=25))
   offsets = np.asarray(res.offsets)
   lo, hi = jnp.asarray(0.0, x.dtype), jnp.asarray(1.0, x.dtype)
@@ -262,10 +276,10 @@ def test_layer_name_resolves_through_the_model():
   fn = models.as_fn(model)
   kw = dict(key=jax.random.key(0), patch_size=4, epsilon=0.05, num_steps=10)
   by_name = A.decoy_saliency(fn, x, 1, layer="conv2", model=model, **kw)
-  by_fn = A.decoy_saliency(fn, x, 1, layer=models.feature_fn(model, "conv2"), **kw)
-  np.testing.assert_allclose(np.asarray(by_name.attribution), np.asarray(by_fn.attribution),
-                             atol=1e-6)
   assert float(jnp.max(by_name.decoys.layer_change)) <= 0.05
+  change = jnp.max(jnp.abs(models.feature_fn(model, "conv2")(by_name.decoys.decoys[0])
+                           - models.feature_fn(model, "conv2")(x)), axis=(1, 2, 3))
+  assert float(jnp.max(change)) <= 0.05 + 1e-6
   explain = A.decoy_explainer(fn, layer="conv2", model=model, **kw)
   np.testing.assert_allclose(np.asarray(explain(x, 1)), np.asarray(by_name.attribution),
                              atol=1e-6)

@@ -20,7 +20,6 @@ the decoy, so its range is ``|w_i| * (max - min of x~_i)``.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +29,7 @@ from flax import struct
 from jaxtyping import Array, Float
 
 from rattr_jax import _validation as V
+from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import PRNGKey, Target
 from rattr_jax.attribution import _decoy_solver as S
 from rattr_jax.attribution import _integrated, _smoothgrad, _target
@@ -72,7 +72,7 @@ class _BaseSpec(struct.PyTreeNode):
   """Base explanation method: static structure plus traced continuous options."""
 
   name: str = struct.field(pytree_node=False)
-  explain: Any = struct.field(pytree_node=False)
+  explain: Any  # a pytree (e.g. a `jax.tree_util.Partial`) or a function
   num_samples: int = struct.field(pytree_node=False)
   num_steps: int = struct.field(pytree_node=False)
   method: str = struct.field(pytree_node=False)
@@ -114,10 +114,10 @@ def aggregate(maps: jax.Array, used: jax.Array, aggregation: str) -> jax.Array:
   return total / jnp.maximum(count, 1)
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "features", "patch_size", "stride",
-                                             "num_steps", "batch_size", "aggregation"))
+@jit_with_callables(callables=("fn", "features", "spec"),
+                    static_argnames=("patch_size", "stride", "num_steps", "batch_size"))
 def _decoy_saliency(fn, features, spec, x, t, key, hyper, lo, hi, max_change, percentile,
-                    patch_size, stride, num_steps, batch_size, aggregation):
+                    use_mean, patch_size, stride, num_steps, batch_size):
   k_dec, k_base = jax.random.split(key)
   res = S.solve_all(features, x, k_dec, hyper, lo, hi, max_change, patch_size=patch_size,
                     stride=stride, num_steps=num_steps, batch_size=batch_size)
@@ -129,7 +129,8 @@ def _decoy_saliency(fn, features, spec, x, t, key, hyper, lo, hi, max_change, pe
                      batch_size=batch_size)
   maps = maps.reshape((b, p) + feat)
   used = res.feasible
-  attr = aggregate(maps, used, aggregation)
+  # Both aggregations are cheap; selecting with a traced flag avoids a recompile.
+  attr = jnp.where(use_mean, aggregate(maps, used, "mean"), aggregate(maps, used, "range"))
   sal = _saliency.normalize_map(_saliency.reduce_channels(attr, "max_abs"), "winsorize",
                                 percentile)
   count = lambda m: jnp.sum(m, axis=1).astype(jnp.int32)  # noqa: E731
@@ -161,7 +162,7 @@ def decoy_saliency(fn: Callable, x: Float[Array, "B H W C"], target: Target, *,
                    stride: int | None = None, epsilon: float = 0.1,
                    bounds: tuple[float, float] | None = (0.0, 1.0), max_change: Any = None,
                    num_steps: int = 100, step_size: float = 0.05,
-                   init_multiplier: float = 1.0, growth: float = 1.1,
+                   init_multiplier: float = 1.0, growth: float = 1.02,
                    init_scale: float = 0.01, batch_size: int | None = 256,
                    num_samples: int = 50, stddev: float = 0.15,
                    ig_num_steps: int = 20, ig_method: str = "riemann_trapezoid",
@@ -227,8 +228,8 @@ def decoy_saliency(fn: Callable, x: Float[Array, "B H W C"], target: Target, *,
   if spec.explain is not None:
     V.check_explain_output(spec.explain, x[:1], t[:1], name="base")
   return _decoy_saliency(fn, features, spec, x, t, key, hyper, lo, hi, mc,
-                         jnp.asarray(percentile, x.dtype), patch_size, stride, num_steps,
-                         batch_size, aggregation)
+                         jnp.asarray(percentile, x.dtype), jnp.asarray(aggregation == "mean"),
+                         patch_size, stride, num_steps, batch_size)
 
 
 def decoy_explainer(fn: Callable, *, layer: Any, key: PRNGKey, model: Any = None,

@@ -46,7 +46,6 @@ References:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +56,7 @@ import optax
 from flax import struct
 
 from rattr_jax import _validation as V
+from rattr_jax._jit import jit_with_callables
 
 SIGNS = (1.0, -1.0)
 _MAX_MULTIPLIER = 1e8
@@ -279,8 +279,8 @@ def solve_all(features, x, key, hyper, lo, hi, max_change, *, patch_size, stride
                      layer_change=change, objective=obj, multiplier=lam, offsets=offsets)
 
 
-@functools.partial(jax.jit, static_argnames=("features", "patch_size", "stride", "num_steps",
-                                             "batch_size"))
+@jit_with_callables(callables=("features",),
+                    static_argnames=("patch_size", "stride", "num_steps", "batch_size"))
 def _generate_decoys(features, x, key, hyper, lo, hi, max_change, patch_size, stride,
                      num_steps, batch_size):
   return solve_all(features, x, key, hyper, lo, hi, max_change, patch_size=patch_size,
@@ -384,7 +384,7 @@ def generate_decoys(layer: Any, x: jax.Array, *, key: jax.Array, model: Any = No
                     patch_size: int = 3, stride: int | None = None, epsilon: float = 0.1,
                     bounds: tuple[float, float] | None = (0.0, 1.0), max_change: Any = None,
                     num_steps: int = 100, step_size: float = 0.05,
-                    init_multiplier: float = 1.0, growth: float = 1.1,
+                    init_multiplier: float = 1.0, growth: float = 1.02,
                     init_scale: float = 0.01, batch_size: int | None = 256) -> DecoyResult:
   """DANCE decoys of a batch of images at layer ``F_l``: 2 per patch (signs +-1).
 

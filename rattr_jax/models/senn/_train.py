@@ -45,6 +45,7 @@ class SENNConfig:
     batch_size: minibatch size (the remainder of each epoch is dropped).
     epochs: passes over the training data.
     seed: initialisation, shuffling and dropout seed.
+    conv_impl: convolution autodiff implementation of the model.
   """
 
   dataset: str = "mnist_embedded"
@@ -63,6 +64,7 @@ class SENNConfig:
   batch_size: int = 200
   epochs: int = 10
   seed: int = 0
+  conv_impl: str = "auto"
 
   def __post_init__(self):
     if self.num_concepts is not None:
@@ -93,7 +95,8 @@ class SENNConfig:
     return create_senn(input_shape=input_shape, num_classes=num_classes,
                        conceptizer=self.conceptizer, parametrizer=self.parametrizer,
                        num_concepts=self.num_concepts, aggregator=self.aggregator,
-                       hidden=self.hidden, dropout=self.dropout, seed=self.seed)
+                       hidden=self.hidden, dropout=self.dropout, conv_impl=self.conv_impl,
+                       seed=self.seed)
 
 
 #: Paper-faithful presets (``mnist``: the offline MNIST copy, 8,000/2,000) and
