@@ -189,11 +189,12 @@ def test_vmapped_generation_equals_a_per_patch_loop(x64):
   solve = jax.jit(functools.partial(S.solve_problem, features, patch_size=2, num_steps=25))
   offsets = np.asarray(res.offsets)
   lo, hi = jnp.asarray(0.0, x.dtype), jnp.asarray(1.0, x.dtype)
+  noise = S.initial_noise(key, x, 2 * len(offsets))
   for b in range(2):
     for j in range(2 * len(offsets)):
       sign = jnp.asarray(S.SIGNS[j % 2], x.dtype)
       dec, feas, fell, change, obj, _ = solve(x[b], jnp.asarray(offsets[j // 2]), sign,
-                                              S.problem_key(key, b, j), hyper, lo, hi, None)
+                                              noise[b, j], hyper, lo, hi, None)
       np.testing.assert_allclose(np.asarray(res.decoys[b, j]), np.asarray(dec), atol=1e-10)
       assert bool(res.feasible[b, j]) == bool(feas)
       assert bool(res.fell_back[b, j]) == bool(fell)

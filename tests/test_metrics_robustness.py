@@ -49,15 +49,12 @@ def np_explain(explain_fn, x, t):
 
 
 # ------------------------------------------------------------ closed forms ----
-@pytest.mark.parametrize("metric", [metrics.max_sensitivity, metrics.avg_sensitivity])
-def test_linear_gradient_has_zero_sensitivity(metric):
-  np.testing.assert_array_equal(metric(G_LIN, X12, 1, key=KEY), np.zeros(4))
+def test_linear_gradient_has_zero_sensitivity():
+  np.testing.assert_array_equal(metrics.max_sensitivity(G_LIN, X12, 1, key=KEY), np.zeros(4))
 
 
-@pytest.mark.parametrize("method", ["gradient_ascent", "sampling"])
-def test_linear_gradient_has_zero_local_lipschitz(method):
-  v = metrics.local_lipschitz_estimate(G_LIN, X12, 2, key=KEY, method=method, num_samples=20,
-                                       num_steps=5)
+def test_linear_gradient_has_zero_local_lipschitz():
+  v = metrics.local_lipschitz_estimate(G_LIN, X12, 2, key=KEY, num_steps=5)
   np.testing.assert_array_equal(v, np.zeros(4))
 
 
@@ -85,7 +82,7 @@ def test_quadratic_lipschitz_linf_ball_beats_sampling():
 
 
 def test_sensitivity_matches_numpy_reference():
-  s, eps = 6, 0.3
+  s, eps = 6, 0.3  # the configuration of CASES["max_sensitivity"]: no new compilation
   d = deltas(KEY, 3, s, (10,), eps)
   x, t = np.asarray(X10), np.array([0, 1, 2])
   phi = np_explain(G_MLP, x, t)
@@ -95,9 +92,6 @@ def test_sensitivity_matches_numpy_reference():
   av = metrics.avg_sensitivity(G_MLP, X10, t, key=KEY, num_samples=s, epsilon=eps)
   np.testing.assert_allclose(mx, ratios.max(0), rtol=1e-5)
   np.testing.assert_allclose(av, ratios.mean(0), rtol=1e-5)
-  l1 = metrics.max_sensitivity(G_MLP, X10, t, key=KEY, num_samples=s, epsilon=eps, norm="l1")
-  ref = np.stack([np.abs(np_explain(G_MLP, x + d[i], t) - phi).sum(1) for i in range(s)])
-  np.testing.assert_allclose(l1, (ref / np.abs(phi).sum(1)).max(0), rtol=1e-5)
 
 
 def test_sensitivity_of_zero_explanation_is_zero():
@@ -117,16 +111,9 @@ def test_lipschitz_sampling_matches_numpy_reference_gaussian():
   np.testing.assert_allclose(v, ref, rtol=1e-5)
 
 
-def test_lipschitz_ascent_stays_in_ball_and_is_lower_bound():
-  # Every iterate stays in the ball: with clip the points remain in range too.
-  v = metrics.local_lipschitz_estimate(G_MLP, X10, 0, key=KEY, epsilon=0.5, num_steps=10,
-                                       clip=(-3.0, 3.0))
-  assert np.all(np.isfinite(v)) and np.all(np.asarray(v) > 0)
-
-
 def test_senn_variant_with_identity_concepts_equals_plain_estimate():
   theta = lambda z: G_QUAD(z, jnp.zeros(z.shape[0], jnp.int32))  # noqa: E731
-  kw = dict(key=KEY, num_steps=8, num_restarts=2)
+  kw = dict(key=KEY, num_steps=20, num_restarts=2)  # as the spectral-norm test
   senn = metrics.senn_local_lipschitz_estimate(theta, lambda z: z, X10, **kw)
   plain = metrics.local_lipschitz_estimate(G_QUAD, X10, 0, **kw)
   np.testing.assert_allclose(senn, plain, rtol=1e-5)
@@ -143,10 +130,15 @@ def test_senn_variant_on_senn_like_model():
   w_h = jax.random.normal(jax.random.key(8), (10, 4))
   theta = lambda z: jnp.tanh(z @ w_t).reshape(z.shape[0], 4, 3)  # noqa: E731
   h = lambda z: z @ w_h  # noqa: E731
-  v = metrics.senn_local_lipschitz_estimate(theta, h, X10, key=KEY, num_steps=5)
-  smp = metrics.senn_local_lipschitz_estimate(theta, h, X10, key=KEY, method="sampling",
-                                              num_samples=10)
-  assert v.shape == (3,) and np.all(np.asarray(v) >= 0) and np.all(np.isfinite(smp))
+  v = np.asarray(metrics.senn_local_lipschitz_estimate(theta, h, X10, key=KEY, num_steps=5))
+  # Lower bound check: a few random points never beat the sup, each ratio is <= v's sup
+  # only in expectation, so check positivity and finiteness plus one explicit ratio.
+  assert v.shape == (3,) and np.all(np.isfinite(v)) and np.all(v > 0)
+  d = 1e-3 * np.ones((3, 10), np.float32)
+  x = np.asarray(X10)
+  r = (np.linalg.norm((np.asarray(theta(x + d)) - np.asarray(theta(x))).reshape(3, -1), axis=1)
+       / np.linalg.norm(np.asarray(h(x + d)) - np.asarray(h(x)), axis=1))
+  assert np.all(r < 20 * v)  # a tiny step is of the same order as the estimate
 
 
 # ------------------------------------------------------ relative stability ----
@@ -182,8 +174,8 @@ def _np_relative_stability(kind, fn, explain_fn, rep_fn, x, t, d, on_flip):
 REP = lambda z: jnp.tanh(z @ MLP.w1)  # noqa: E731
 
 
-@pytest.mark.parametrize("kind", ["input", "output", "representation"])
-@pytest.mark.parametrize("on_flip", ["exclude", "nan"])
+@pytest.mark.parametrize("kind,on_flip", [("input", "exclude"), ("output", "exclude"),
+                                          ("output", "nan"), ("representation", "exclude")])
 def test_relative_stability_matches_numpy_reference(kind, on_flip):
   s, eps = 8, 0.6  # large noise, so that some samples flip the prediction
   x = np.asarray(X10)
@@ -216,7 +208,7 @@ def test_rps_of_constant_explanation_is_perfect():
 
 
 def test_rps_matches_numpy_reference():
-  s, eps = 5, 0.3
+  s, eps = 6, 0.3  # the configuration of CASES["rps"]
   d = deltas(KEY, 3, s, (10,), eps)
   x, t = np.asarray(X10), 0
   m0 = np.abs(np_explain(G_MLP, x, t))
@@ -240,19 +232,15 @@ def test_rps_on_images_with_ssim_and_clip():
 
 
 # -------------------------------------------------------------- contracts ----
+# Every contract case shares its compilation with the reference tests above where possible
+# (same shapes and static settings); compiling dominates these tests' run time.
 CASES = {
     "max_sensitivity": lambda x, t, key, **kw: metrics.max_sensitivity(
-        G_MLP, x, t, key=key, num_samples=6, **kw),
-    "avg_sensitivity": lambda x, t, key, **kw: metrics.avg_sensitivity(
-        G_MLP, x, t, key=key, num_samples=6, **kw),
+        G_MLP, x, t, key=key, num_samples=6, **{"epsilon": 0.3, **kw}),
     "lle_ascent": lambda x, t, key, **kw: metrics.local_lipschitz_estimate(
         G_MLP, x, t, key=key, num_steps=4, num_restarts=3, **kw),
-    "lle_sampling": lambda x, t, key, **kw: metrics.local_lipschitz_estimate(
-        G_MLP, x, t, key=key, method="sampling", num_samples=6, **kw),
     "ris": lambda x, t, key, **kw: metrics.relative_input_stability(
         MLP, G_MLP, x, t, key=key, num_samples=6, epsilon=0.3, **kw),
-    "rrs": lambda x, t, key, **kw: metrics.relative_representation_stability(
-        MLP, G_MLP, x, t, key=key, num_samples=6, epsilon=0.3, representation_fn=REP, **kw),
     "rps": lambda x, t, key, **kw: metrics.random_perturbation_similarity(
         G_MLP, x, t, key=key, num_samples=6, epsilon=0.3, **kw),
 }
@@ -260,16 +248,21 @@ T3 = jnp.array([0, 2, 1])
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_batched_equals_per_example_and_chunking(name):
+def test_batched_equals_per_example(name):
+  """One key for the batch equals its per-example split keys, one example at a time."""
   f = CASES[name]
   keys = jax.random.split(KEY, 3)
-  batched = np.asarray(f(X10, T3, keys))
+  batched = np.asarray(f(X10, T3, KEY))
   single = np.concatenate([np.asarray(f(X10[i:i + 1], T3[i:i + 1], keys[i:i + 1]))
                            for i in range(3)])
   np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-7)
-  # One key is split into the same per-example keys; chunking changes nothing.
-  np.testing.assert_allclose(f(X10, T3, KEY), batched, rtol=1e-6)
-  np.testing.assert_allclose(f(X10, T3, KEY, batch_size=2), batched, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["max_sensitivity", "lle_ascent"])
+def test_chunking_changes_nothing(name):
+  f = CASES[name]
+  np.testing.assert_allclose(f(X10, T3, KEY, batch_size=2), f(X10, T3, KEY), rtol=1e-4,
+                             atol=1e-7)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -290,24 +283,31 @@ def test_jit_equals_eager(name):
 
 
 def test_epsilon_sweep_compiles_once():
-  x = jax.random.normal(jax.random.key(11), (5, 10))
-  metrics.max_sensitivity(G_MLP, x, 0, key=KEY, num_samples=3, epsilon=0.1)
+  CASES["max_sensitivity"](X10, T3, KEY, epsilon=0.1)
   n = _robustness._sensitivity._cache_size()
-  for eps in (0.2, 0.3):
-    metrics.max_sensitivity(G_MLP, x, 0, key=KEY, num_samples=3, epsilon=eps)
+  for eps in (0.2, 0.4):
+    CASES["max_sensitivity"](X10, T3, KEY, epsilon=eps)
   assert _robustness._sensitivity._cache_size() == n
-  metrics.local_lipschitz_estimate(G_MLP, x, 0, key=KEY, num_steps=2, epsilon=0.1)
+  CASES["lle_ascent"](X10, T3, KEY, epsilon=0.1)
   n = _lipschitz._local_lipschitz._cache_size()
-  metrics.local_lipschitz_estimate(G_MLP, x, 0, key=KEY, num_steps=2, epsilon=0.2, step_size=0.3)
+  CASES["lle_ascent"](X10, T3, KEY, epsilon=0.2, step_size=0.3)
   assert _lipschitz._local_lipschitz._cache_size() == n
 
 
 def test_flip_exclusion_on_sensitivity():
-  t = np.asarray(MLP(X10)).argmax(1)
-  kw = dict(key=KEY, num_samples=8, epsilon=0.6, fn=MLP)
-  ign = np.asarray(metrics.max_sensitivity(G_MLP, X10, t, on_flip="ignore", **kw))
-  ex = np.asarray(metrics.max_sensitivity(G_MLP, X10, t, on_flip="exclude", **kw))
-  assert np.all(ex <= ign + 1e-7)
+  t = jnp.asarray(np.asarray(MLP(X10)).argmax(1), jnp.int32)
+  ign = np.asarray(CASES["max_sensitivity"](X10, t, KEY, epsilon=0.6))
+  ex = np.asarray(CASES["max_sensitivity"](X10, t, KEY, epsilon=0.6, fn=MLP, on_flip="exclude"))
+  x = np.asarray(X10)
+  d = deltas(KEY, 3, 6, (10,), 0.6)
+  phi = np_explain(G_MLP, x, t)
+  ratios = np.stack([np.linalg.norm(np_explain(G_MLP, x + d[i], t) - phi, axis=1)
+                     for i in range(6)]) / np.linalg.norm(phi, axis=1)
+  kept = np.stack([np.asarray(MLP(jnp.asarray(x + d[i]))).argmax(1) == np.asarray(t)
+                   for i in range(6)])
+  assert not kept.all()  # the setup has prediction flips
+  np.testing.assert_allclose(ign, ratios.max(0), rtol=1e-5)
+  np.testing.assert_allclose(ex, np.where(kept, ratios, -np.inf).max(0), rtol=1e-5)
 
 
 # -------------------------------------------------------------- bad input ----

@@ -176,18 +176,21 @@ def sample_noise(keys: jax.Array, idx: jax.Array, feat: tuple[int, ...], dtype,
   """
   d = int(np.prod(feat))
 
-  def one(k, s):
-    k = jax.random.fold_in(k, s)
+  def one(k):
+    # One flat draw per key: XLA:CPU compiles a multi-dimensional (or vmapped)
+    # threefry draw about 5x slower (~2 s) than a flat one inside `lax.map`.
     if noise == "gaussian":
-      return epsilon * jax.random.normal(k, feat, dtype)
+      return jax.random.normal(k, (d,), dtype)
     if ball == "linf":
-      return epsilon * jax.random.uniform(k, feat, dtype, -1.0, 1.0)
+      return jax.random.uniform(k, (d,), dtype, -1.0, 1.0)
     k1, k2 = jax.random.split(k)
-    g = jax.random.normal(k1, feat, dtype)
+    g = jax.random.normal(k1, (d,), dtype)
     r = jax.random.uniform(k2, (), dtype) ** (1.0 / d)
-    return epsilon * r * g / jnp.linalg.norm(g)
+    return r * g / jnp.linalg.norm(g)
 
-  return jax.vmap(lambda s: jax.vmap(lambda k: one(k, s))(keys))(idx)
+  ks = jax.vmap(lambda s: jax.vmap(lambda k: jax.random.fold_in(k, s))(keys))(idx)  # [S, B]
+  unit = jax.lax.map(one, ks.reshape(-1))
+  return epsilon * unit.reshape(idx.shape + keys.shape + tuple(feat))
 
 
 def map_chunks(f: Callable[[jax.Array], Any], n: int, batch_size: int | None) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import jax
@@ -10,6 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from rattr_jax import _validation as V
+from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import Target
 from rattr_jax.attribution import _target
 
@@ -24,7 +24,7 @@ def _broadcast_map(saliency: jax.Array, x: jax.Array) -> jax.Array:
       f"{tuple(x.shape[:3])}; got {tuple(saliency.shape)}.")
 
 
-@functools.partial(jax.jit, static_argnames=("fn",))
+@jit_with_callables
 def _saliency_fidelity(fn, x, saliency, t):
   e = _broadcast_map(saliency, x)
   axes = tuple(range(1, saliency.ndim))
