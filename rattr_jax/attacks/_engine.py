@@ -85,10 +85,10 @@ def run_loop(*, fn, x, label, num_steps: int, evaluate, final_value, update, opt
     d_x = final_value(x, 0)
     z0, best0 = start, (x, d_x, zero)
   (z, _, best), (hist, oks) = jax.lax.scan(step, (z0, opt_state, best0),
-                                            jnp.arange(num_steps))
+                                            jnp.arange(num_steps, dtype=jnp.int32))
   d_last = final_value(z, num_steps)
   ok_last = predicted_label(fn, z) == label
-  best_x, best_obj, best_step = keep_best(z, d_last, ok_last, num_steps, best)
+  best_x, best_obj, best_step = keep_best(z, d_last, ok_last, jnp.int32(num_steps), best)
   initial = hist[0] if start is None else best0[1]
   history = jnp.concatenate([hist[1:], d_last[None]], axis=0).T
   kept = jnp.concatenate([oks[1:], ok_last[None]], axis=0).T

@@ -118,8 +118,8 @@ def aggregate(maps: jax.Array, used: jax.Array, aggregation: str) -> jax.Array:
                     static_argnames=("patch_size", "stride", "num_steps", "batch_size"))
 def _decoy_saliency(fn, features, spec, x, t, key, hyper, lo, hi, max_change, percentile,
                     use_mean, patch_size, stride, num_steps, batch_size):
-  k_dec, k_base = jax.random.split(key)
-  res = S.solve_all(features, x, k_dec, hyper, lo, hi, max_change, patch_size=patch_size,
+  k_base = S.rbg_key(key, 1)
+  res = S.solve_all(features, x, key, hyper, lo, hi, max_change, patch_size=patch_size,
                     stride=stride, num_steps=num_steps, batch_size=batch_size)
   b, p = res.feasible.shape
   feat = x.shape[1:]

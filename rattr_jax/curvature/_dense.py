@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from rattr_jax import _validation as V
+from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import Target
 from rattr_jax.curvature import _hvp
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "objective", "mode", "batch_size"))
+@jit_with_callables(static_argnames=("objective", "mode", "batch_size"))
 def _dense_hessian(fn, x, t, objective, mode, batch_size):
   bsz = x.shape[0]
   n = _hvp.num_features(x)

@@ -17,7 +17,6 @@ All three use Hessian-vector products only (Lanczos / SLQ).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import jax
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rattr_jax import _validation as V
+from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import Target
 from rattr_jax.curvature import _hvp, _spectrum
 from rattr_jax.curvature._results import GradientAngles, PrincipalCurvature
@@ -37,7 +37,7 @@ EIGEN_ORDERS = ("magnitude", "algebraic")
 # Principal curvature.
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "k", "num_iters", "objective", "mode"))
+@jit_with_callables(static_argnames=("k", "num_iters", "objective", "mode"))
 def _principal_curvature(fn, x, t, key, k, num_iters, objective, mode):
   bsz = x.shape[0]
   grad, op = _hvp.input_hessian_operator(fn, x, t, objective, mode)
@@ -107,7 +107,7 @@ def principal_curvature(fn: Callable, x: jax.Array, target: Target, *, num_iters
 # Angles between top eigenvectors and the gradient.
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "k", "num_iters", "objective", "mode", "by"))
+@jit_with_callables(static_argnames=("k", "num_iters", "objective", "mode", "by"))
 def _gradient_angles(fn, x, t, key, k, num_iters, objective, mode, by):
   bsz = x.shape[0]
   grad, op = _hvp.input_hessian_operator(fn, x, t, objective, mode)
@@ -187,8 +187,8 @@ def effective_rank_from_density(density, kind: str) -> jax.Array:
   return jnp.where(pos, nuc ** 2 / jnp.where(pos, fro2, 1), 0)
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "num_samples", "num_iters", "objective",
-                                             "mode", "batch_size", "kind"))
+@jit_with_callables(static_argnames=("num_samples", "num_iters", "objective", "mode",
+                                     "batch_size", "kind"))
 def _effective_rank(fn, x, t, key, num_samples, num_iters, objective, mode, batch_size, kind):
   dens = _spectrum._spectral_density(fn, x, t, key, num_samples, num_iters, objective, mode,
                                      batch_size)

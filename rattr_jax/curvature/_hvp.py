@@ -45,6 +45,7 @@ import jax.extend as jex
 import jax.numpy as jnp
 
 from rattr_jax import _validation as V
+from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import Target
 from rattr_jax.attribution import _target
 
@@ -197,7 +198,7 @@ def prepare(fn: Callable, x: Any, target: Any, objective: str, mode: str
 # Public: input HVP.
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "objective", "mode"))
+@jit_with_callables(static_argnames=("objective", "mode"))
 def _hvp(fn, x, t, v, objective, mode):
   _, op = input_hessian_operator(fn, x, t, objective, mode)
   return op(v)
@@ -287,7 +288,7 @@ def prepare_params(apply: Callable, params: Any, x: Any, target: Any, objective:
   return x, t, mode
 
 
-@functools.partial(jax.jit, static_argnames=("apply", "objective", "mode"))
+@jit_with_callables(callables=("apply",), static_argnames=("objective", "mode"))
 def _param_hvp(apply, params, x, t, v, objective, mode):
   _, op = linearize_gradient(param_objective(apply, x, t, objective), params, mode)
   return op(v)

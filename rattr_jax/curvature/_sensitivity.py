@@ -9,13 +9,13 @@ logit's change ``grad s . v`` stays small.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from rattr_jax import _validation as V
+from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import ExplainFn, Target
 from rattr_jax.attribution import _target
 from rattr_jax.curvature import _hvp
@@ -41,8 +41,8 @@ def reverse_jvp(f: Callable, x: jax.Array, v: jax.Array) -> tuple[jax.Array, jax
   return y, vjp2(v)[0]
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "explain_fn", "reduce", "normalize",
-                                             "mode"))
+@jit_with_callables(callables=("fn", "explain_fn"),
+                    static_argnames=("reduce", "normalize", "mode"))
 def _explanation_sensitivity(fn, x, t, v, explain_fn, reduce, normalize, percentile, mode):
   m = _map_fn(fn, explain_fn, t, reduce, normalize, percentile)
   if mode == _hvp.FORWARD:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +10,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from rattr_jax import _validation as V
+from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import Target
 from rattr_jax.curvature import _hvp, _lanczos
 from rattr_jax.curvature._results import HessianEigs, ParamHessianEigs, SpectralDensity
@@ -39,7 +39,7 @@ def eigs_from_operator(matvec: Callable, v0: jax.Array, key: jax.Array, k: int,
   return tri, theta, alg, mag
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "k", "num_iters", "objective", "mode"))
+@jit_with_callables(static_argnames=("k", "num_iters", "objective", "mode"))
 def _hessian_eigs(fn, x, t, key, k, num_iters, objective, mode):
   bsz = x.shape[0]
   _, op = _hvp.input_hessian_operator(fn, x, t, objective, mode)
@@ -114,8 +114,8 @@ def slq(matvec: Callable, shape: tuple[int, int], dtype, key: jax.Array, num_sam
   return jnp.swapaxes(nodes, 0, 1), jnp.swapaxes(weights, 0, 1)
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "num_samples", "num_iters", "objective",
-                                             "mode", "batch_size"))
+@jit_with_callables(static_argnames=("num_samples", "num_iters", "objective", "mode",
+                                     "batch_size"))
 def _spectral_density(fn, x, t, key, num_samples, num_iters, objective, mode, batch_size):
   _, op = _hvp.input_hessian_operator(fn, x, t, objective, mode)
   n = _hvp.num_features(x)
@@ -167,7 +167,8 @@ def spectral_density(fn: Callable, x: jax.Array, target: Target, *, key: jax.Arr
 # Parameter Hessian.
 
 
-@functools.partial(jax.jit, static_argnames=("apply", "k", "num_iters", "objective", "mode"))
+@jit_with_callables(callables=("apply",),
+                    static_argnames=("k", "num_iters", "objective", "mode"))
 def _param_hessian_eigs(apply, params, x, t, key, k, num_iters, objective, mode):
   flat, unravel = ravel_pytree(params)
   _, op = _hvp.linearize_gradient(_hvp.param_objective(apply, x, t, objective), params, mode)

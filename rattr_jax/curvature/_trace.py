@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from rattr_jax import _validation as V
+from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import Target
 from rattr_jax.curvature import _hvp
 from rattr_jax.curvature._results import StochasticEstimate
@@ -37,19 +37,18 @@ def mean_and_stderr(samples: jax.Array) -> tuple[jax.Array, jax.Array]:
   return mean, jnp.std(samples, axis=-1, ddof=1) / jnp.sqrt(s)
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "num_samples", "objective", "mode",
-                                             "batch_size", "which"))
-def _estimate(fn, x, t, key, num_samples, objective, mode, batch_size, which):
+@jit_with_callables(static_argnames=("num_samples", "objective", "mode", "batch_size"))
+def _estimate(fn, x, t, key, num_samples, objective, mode, batch_size):
+  """Both estimates from the same probes (one compilation serves both functions)."""
   _, op = _hvp.input_hessian_operator(fn, x, t, objective, mode)
   quad, sq = probe_products(op, x, key, num_samples, batch_size)
-  if which == "trace":
-    mean, se = mean_and_stderr(quad)
-    return StochasticEstimate(mean, se, quad)
+  mean, se = mean_and_stderr(quad)
+  trace = StochasticEstimate(mean, se, quad)
   mean, se = mean_and_stderr(sq)
   norm = jnp.sqrt(mean)
   # Delta method: se(sqrt(m)) = se(m) / (2 sqrt(m)); a zero Hessian has zero samples, so 0.
   se_norm = jnp.where(norm > 0, se / (2 * jnp.where(norm > 0, norm, 1)), 0)
-  return StochasticEstimate(norm, se_norm, sq)
+  return trace, StochasticEstimate(norm, se_norm, sq)
 
 
 def _prepare(fn, x, target, key, num_samples, objective, mode, batch_size):
@@ -89,7 +88,7 @@ def hutchinson_trace(fn: Callable, x: jax.Array, target: Target, *, key: jax.Arr
   """
   x, t, key, num_samples, mode, batch_size = _prepare(fn, x, target, key, num_samples,
                                                       objective, mode, batch_size)
-  return _estimate(fn, x, t, key, num_samples, objective, mode, batch_size, "trace")
+  return _estimate(fn, x, t, key, num_samples, objective, mode, batch_size)[0]
 
 
 def hessian_frobenius_norm(fn: Callable, x: jax.Array, target: Target, *, key: jax.Array,
@@ -124,4 +123,4 @@ def hessian_frobenius_norm(fn: Callable, x: jax.Array, target: Target, *, key: j
   """
   x, t, key, num_samples, mode, batch_size = _prepare(fn, x, target, key, num_samples,
                                                       objective, mode, batch_size)
-  return _estimate(fn, x, t, key, num_samples, objective, mode, batch_size, "frobenius")
+  return _estimate(fn, x, t, key, num_samples, objective, mode, batch_size)[1]

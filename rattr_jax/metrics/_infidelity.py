@@ -39,9 +39,10 @@ def _infidelity(fn, explain_fn, x, t, key, epsilon, baseline, num_samples, noise
   a, d = C.map_chunks(chunk, num_samples, batch_size)                # [S, B] each
   if not normalize:
     return jnp.mean((a - d) ** 2, axis=0)
-  saa, sad, sdd = jnp.sum(a * a, 0), jnp.sum(a * d, 0), jnp.sum(d * d, 0)
+  saa, sad = jnp.sum(a * a, 0), jnp.sum(a * d, 0)
   beta = sad / jnp.where(saa == 0, jnp.ones_like(saa), saa)
-  return (beta * beta * saa - 2 * beta * sad + sdd) / num_samples
+  # Captum expands the square into sums; the direct form avoids cancellation.
+  return jnp.mean((beta[None] * a - d) ** 2, axis=0)
 
 
 def infidelity(fn: Callable, explain_fn: Any, x: Float[Array, "B ..."], target: Target, *,

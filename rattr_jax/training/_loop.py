@@ -182,9 +182,11 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
   if resume and out_dir is None:
     raise ValueError("`resume=True` needs `out_dir`.")
   data = dataset if dataset is not None else load_dataset(
-      config.dataset, data_dir=config.data_dir, seed=config.seed,
-      **{k: v for k, v in (("max_train", config.max_train), ("max_test", config.max_test))
-         if v is not None})
+      config.dataset, data_dir=config.data_dir, seed=config.seed)
+  if config.max_train is not None or config.max_test is not None:
+    data = data._replace(x_train=data.x_train[:config.max_train],
+                         y_train=data.y_train[:config.max_train],
+                         x_test=data.x_test[:config.max_test], y_test=data.y_test[:config.max_test])
   x_tr, y_tr, x_val, y_val, val_name = _split_val(data, config.val_fraction, config.seed)
   has_test = val_name == "val"
   if model is None:

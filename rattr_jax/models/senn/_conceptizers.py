@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rattr_jax.models._conv import conv2d
 from rattr_jax.models._layers import Conv2D, max_pool2
 
 CONCEPTIZERS = ("identity", "autoencoder")
@@ -42,27 +43,37 @@ class IdentityConceptizer(nnx.Module):
     return f, x
 
 
+def _dilate(x: jax.Array, stride: int) -> jax.Array:
+  """Inserts ``stride - 1`` zeros between pixels: ``[B, H, W, C] -> [B, (H-1)s+1, (W-1)s+1, C]``."""
+  if stride == 1:
+    return x
+  b, h, w, c = x.shape
+  z = jnp.zeros((b, h, stride, w, stride, c), x.dtype).at[:, :, 0, :, 0].set(x)
+  return z.reshape(b, h * stride, w * stride, c)[:, :(h - 1) * stride + 1, :(w - 1) * stride + 1]
+
+
 class _ConvTranspose(nnx.Module):
   """PyTorch-style ``ConvTranspose2d(cin, cout, k, stride, padding)`` in NHWC.
 
-  Output side ``(n - 1) * stride - 2 * padding + k``, computed as a convolution
-  of the ``stride``-dilated input padded by ``k - 1 - padding``.
+  Output side ``(n - 1) * stride - 2 * padding + k``, computed as a stride-1
+  convolution of the zero-dilated input padded by ``k - 1 - padding``, through
+  `rattr_jax.models.conv2d` so it stays on the fast CPU path under autodiff.
   """
 
   def __init__(self, cin: int, cout: int, kernel_size: int, *, stride: int = 1,
-               padding: int = 0, rngs: nnx.Rngs):
+               padding: int = 0, conv_impl: str = "auto", rngs: nnx.Rngs):
     k = kernel_size
     init = nnx.initializers.lecun_normal()
     self.kernel = nnx.Param(init(rngs.params(), (k, k, cin, cout)))
     self.bias = nnx.Param(jnp.zeros((cout,)))
     self.stride = int(stride)
     self.pad = int(k - 1 - padding)
+    self.conv_impl = conv_impl
 
   def __call__(self, x: jax.Array) -> jax.Array:
     p = self.pad
-    y = jax.lax.conv_general_dilated(
-        x, self.kernel[...], (1, 1), ((p, p), (p, p)), lhs_dilation=(self.stride, self.stride),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = conv2d(_dilate(x, self.stride), self.kernel[...], padding=((p, p), (p, p)),
+               impl=self.conv_impl)
     return y + self.bias[...]
 
 
@@ -104,9 +115,10 @@ class ConvConceptizer(nnx.Module):
     self.conv2 = Conv2D(10, k, 5, padding="VALID", conv_impl=conv_impl, rngs=rngs)
     self.linear = nnx.Linear(s * s, 1, rngs=rngs)
     self.unlinear = nnx.Linear(1, s * s, rngs=rngs)
-    self.deconv3 = _ConvTranspose(k, 16, 5, stride=2, rngs=rngs)
-    self.deconv2 = _ConvTranspose(16, 8, 5, rngs=rngs)
-    self.deconv1 = _ConvTranspose(8, in_channels, 2, stride=2, padding=1, rngs=rngs)
+    self.deconv3 = _ConvTranspose(k, 16, 5, stride=2, conv_impl=conv_impl, rngs=rngs)
+    self.deconv2 = _ConvTranspose(16, 8, 5, conv_impl=conv_impl, rngs=rngs)
+    self.deconv1 = _ConvTranspose(8, in_channels, 2, stride=2, padding=1, conv_impl=conv_impl,
+                                   rngs=rngs)
 
   def encode(self, x: jax.Array) -> jax.Array:
     """``x [B, H, W, C] -> h [B, k]``."""
