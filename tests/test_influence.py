@@ -99,8 +99,8 @@ def test_influence_attack_changes_top_training_points(cnn_influence):
   r = I.influence_attack(state, x, label, cfg, key=jax.random.key(0))
   assert float(jnp.max(jnp.abs(r.attack.x_adv - x))) <= 8 / 255 + 1e-6
   np.testing.assert_array_equal(jnp.argmax(state.logits(r.attack.x_adv), -1), label)
-  np.testing.assert_allclose(r.scores_before, I.influence(state, x, label), rtol=1e-4,
-                             atol=1e-6)
+  np.testing.assert_allclose(r.scores_before, I.influence(state, x, label), rtol=1e-3,
+                             atol=2e-5)
   ov = np.asarray(r.topk_overlap)
   assert np.all(ov[~np.asarray(r.attack.success)] == 1.0)
   assert float(ov.mean()) < 0.9, ov  # measured about 0.75

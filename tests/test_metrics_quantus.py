@@ -138,18 +138,22 @@ def test_faithfulness_estimate_matches_quantus(setup):
 
 def test_deletion_matches_quantus_pixel_flipping(setup):
   s = setup
+  # PixelFlipping's __call__ defaults to softmax=True (FaithfulnessEstimate's to False).
   q = run_quantus(quantus.PixelFlipping(features_in_step=4, perturb_baseline="black",
                                         disable_warnings=True), s)
   ours = metrics.deletion(s["fn"], s["explain"], s["x"], s["t"], num_steps=16, baseline="min",
-                          reduce="sum", output="logit")
+                          reduce="sum", output="probability")
   np.testing.assert_allclose(np.asarray(ours.curve)[:, 1:], q, rtol=1e-4, atol=1e-4)
 
 
 # ------------------------------------------------------------------ Captum ----
 def jax_to_torch(f):
   def g(inp, target=None):
+    was_tuple = isinstance(inp, tuple)
+    inp = inp[0] if was_tuple else inp
     out = f(jnp.asarray(inp.detach().numpy()), jnp.asarray(target.numpy().astype(np.int32)))
-    return torch.from_numpy(np.array(out))
+    out = torch.from_numpy(np.array(out))
+    return (out,) if was_tuple else out  # Captum iterates over what it passed in
   return g
 
 

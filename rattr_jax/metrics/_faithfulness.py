@@ -283,7 +283,8 @@ deletion.__doc__ = """Deletion curve (pixel flipping): the model output as top f
   the baseline (step ``i = 0..num_steps``). With ``reduce="sum"`` on
   single-channel images (or ``"none"``) and ``baseline="min"`` this is
   Quantus's PixelFlipping with ``features_in_step = n / num_steps`` (its curve
-  is ``curve[:, 1:]``, on logits). **Lower is better** for ``auc``; **higher is
+  is ``curve[:, 1:]``, with its default ``softmax=True``, i.e. ``output="probability"``).
+  **Lower is better** for ``auc``; **higher is
   better** for ``aopc`` (the mean drop, Samek et al.).
 
   References:

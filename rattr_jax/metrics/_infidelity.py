@@ -16,7 +16,7 @@ from rattr_jax.metrics._faithfulness import _attribution, _check_attribution
 
 
 @jit_with_callables(callables=("fn", "explain_fn"),
-                    static_argnames=("num_samples", "noise", "normalize", "multiply_by_inputs",
+                    static_argnames=("num_samples", "noise", "multiply_by_inputs",
                                      "output", "batch_size"))
 def _infidelity(fn, explain_fn, x, t, key, epsilon, baseline, num_samples, noise, normalize,
                 multiply_by_inputs, output, batch_size):
@@ -37,10 +37,9 @@ def _infidelity(fn, explain_fn, x, t, key, epsilon, baseline, num_samples, noise
     return a, f0[None] - f
 
   a, d = C.map_chunks(chunk, num_samples, batch_size)                # [S, B] each
-  if not normalize:
-    return jnp.mean((a - d) ** 2, axis=0)
   saa, sad = jnp.sum(a * a, 0), jnp.sum(a * d, 0)
   beta = sad / jnp.where(saa == 0, jnp.ones_like(saa), saa)
+  beta = jnp.where(normalize, beta, jnp.ones_like(beta))  # traced: one program for both
   # Captum expands the square into sums; the direct form avoids cancellation.
   return jnp.mean((beta[None] * a - d) ** 2, axis=0)
 
@@ -108,4 +107,4 @@ def infidelity(fn: Callable, explain_fn: Any, x: Float[Array, "B ..."], target: 
   b = V.check_baseline(baseline, x)
   batch_size = V.check_optional_positive_int(batch_size, name="batch_size")
   return _infidelity(fn, explain_fn, x, t, key, jnp.asarray(epsilon, x.dtype), b, num_samples,
-                     noise, bool(normalize), bool(multiply_by_inputs), output, batch_size)
+                     noise, jnp.asarray(bool(normalize)), bool(multiply_by_inputs), output, batch_size)

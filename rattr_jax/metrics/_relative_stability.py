@@ -52,16 +52,17 @@ def _relative(a, a_pert, eps_min):
 
 
 @jit_with_callables(callables=("explain_fn", "fn", "representation_fn"),
-                    static_argnames=("kind", "num_samples", "norm", "noise", "on_flip", "clip",
+                    static_argnames=("with_representation", "num_samples", "norm", "noise", "on_flip", "clip",
                                      "batch_size"))
-def _relative_stability(explain_fn, fn, representation_fn, x, t, key, epsilon, eps_min, kind,
-                        num_samples, norm, noise, on_flip, clip, batch_size):
+def _relative_stability(explain_fn, fn, representation_fn, x, t, key, epsilon, eps_min,
+                        with_representation, num_samples, norm, noise, on_flip, clip, batch_size):
+  """``[K, B]``: RIS, ROS (and RRS with a representation) from the same perturbations."""
   bsz, feat = x.shape[0], x.shape[1:]
   keys = C.example_keys(key, bsz)
   e0 = explain_fn(x, t)
   logits0 = fn(x)
   pred0 = jnp.argmax(logits0, axis=-1)
-  rep0 = representation_fn(x) if kind == "representation" else None
+  rep0 = representation_fn(x) if with_representation else None
 
   def chunk(idx):
     xs = x[None] + C.sample_noise(keys, idx, feat, x.dtype, epsilon, noise)
@@ -70,18 +71,17 @@ def _relative_stability(explain_fn, fn, representation_fn, x, t, key, epsilon, e
     es = C.explain_many(explain_fn, xs, t)
     num = C.flat_norm(_relative(e0[None], es, eps_min), norm, batch_dims=2)
     logits = C.logits_many(fn, xs)
-    if kind == "input":
-      den = C.flat_norm(_relative(x[None], xs, eps_min), norm, batch_dims=2)
-    elif kind == "output":
-      den = C.flat_norm(logits0[None] - logits, norm, batch_dims=2)
-    else:
+    dens = [C.flat_norm(_relative(x[None], xs, eps_min), norm, batch_dims=2),
+            C.flat_norm(logits0[None] - logits, norm, batch_dims=2)]
+    if with_representation:
       reps = C.logits_many(representation_fn, xs)
-      den = C.flat_norm(_relative(rep0[None], reps, eps_min), norm, batch_dims=2)
-    val = num / jnp.maximum(den, eps_min)
-    return val, jnp.argmax(logits, axis=-1) == pred0[None]
+      dens.append(C.flat_norm(_relative(rep0[None], reps, eps_min), norm, batch_dims=2))
+    vals = jnp.stack([num / jnp.maximum(den, eps_min) for den in dens], axis=1)  # [c, K, B]
+    return vals, jnp.argmax(logits, axis=-1) == pred0[None]
 
   vals, valid = C.map_chunks(chunk, num_samples, batch_size)
-  return C.reduce_samples(vals, valid, on_flip, "max")
+  return jnp.stack([C.reduce_samples(vals[:, i], valid, on_flip, "max")
+                    for i in range(vals.shape[1])])
 
 
 def _run(kind, fn, explain_fn, x, target, key, num_samples, epsilon, eps_min, norm, noise,
@@ -111,9 +111,11 @@ def _run(kind, fn, explain_fn, x, target, key, num_samples, epsilon, eps_min, no
   V.check_choice(on_flip, C.ON_FLIP, name="on_flip")
   clip = C.check_clip(clip)
   batch_size = V.check_optional_positive_int(batch_size, name="batch_size")
-  return _relative_stability(explain_fn, fn, representation_fn, x, t, key,
-                             jnp.asarray(epsilon, x.dtype), jnp.asarray(eps_min, x.dtype), kind,
-                             num_samples, norm, noise, on_flip, clip, batch_size)
+  out = _relative_stability(explain_fn, fn, representation_fn if kind == "representation" else None,
+                            x, t, key, jnp.asarray(epsilon, x.dtype),
+                            jnp.asarray(eps_min, x.dtype), kind == "representation", num_samples,
+                            norm, noise, on_flip, clip, batch_size)
+  return out[KINDS.index(kind)]
 
 
 _ARGS_DOC = """

@@ -43,10 +43,11 @@ from rattr_jax.metrics import _common as C
 
 
 @jit_with_callables(callables=("explain_fn", "fn"),
-                    static_argnames=("num_samples", "norm", "noise", "on_flip", "clip", "how",
+                    static_argnames=("num_samples", "norm", "noise", "on_flip", "clip",
                                      "batch_size"))
 def _sensitivity(explain_fn, fn, x, t, key, epsilon, num_samples, norm, noise, on_flip, clip,
-                 how, batch_size):
+                 batch_size):
+  """``[2, B]``: max- and average-sensitivity (one program serves both metrics)."""
   bsz, feat = x.shape[0], x.shape[1:]
   keys = C.example_keys(key, bsz)
   phi = explain_fn(x, t)
@@ -65,7 +66,8 @@ def _sensitivity(explain_fn, fn, x, t, key, epsilon, num_samples, norm, noise, o
     return val, valid
 
   vals, valid = C.map_chunks(chunk, num_samples, batch_size)
-  return C.reduce_samples(vals, valid, on_flip, how)
+  return jnp.stack([C.reduce_samples(vals, valid, on_flip, "max"),
+                    C.reduce_samples(vals, valid, on_flip, "mean")])
 
 
 def _run(explain_fn, x, target, key, num_samples, epsilon, norm, noise, fn, on_flip, clip,
@@ -80,8 +82,9 @@ def _run(explain_fn, x, target, key, num_samples, epsilon, norm, noise, fn, on_f
   C.check_flip(on_flip, fn)
   clip = C.check_clip(clip)
   batch_size = V.check_optional_positive_int(batch_size, name="batch_size")
-  return _sensitivity(explain_fn, fn, x, t, key, jnp.asarray(epsilon, x.dtype), num_samples,
-                      norm, noise, on_flip, clip, how, batch_size)
+  both = _sensitivity(explain_fn, fn, x, t, key, jnp.asarray(epsilon, x.dtype), num_samples,
+                      norm, noise, on_flip, clip, batch_size)
+  return both[0] if how == "max" else both[1]
 
 
 def max_sensitivity(explain_fn: ExplainFn, x: Float[Array, "B ..."], target: Target, *,

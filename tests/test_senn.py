@@ -1,0 +1,279 @@
+"""Self-explaining neural networks: model, robustness loss, training, stability, faithfulness."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from rattr_jax.data import Dataset
+from rattr_jax.models import as_fn
+from rattr_jax.models import senn as S
+from rattr_jax.regularizers import _senn as L
+
+
+def _to64(model):
+  g, s = nnx.split(model)
+  return nnx.merge(g, jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), s))
+
+
+def _constant_theta(model):
+  """Zeroes the parametrizer's last kernel: theta(x) = its bias, a constant (a linear model)."""
+  head = model.parametrizer.head
+  head.kernel[...] = jnp.zeros_like(head.kernel[...])
+  head.bias[...] = jax.random.normal(jax.random.key(3), head.bias[...].shape, head.bias.dtype)
+  return model
+
+
+TINY = [  # (create_senn kwargs, input shape, num classes)
+    (dict(conceptizer="autoencoder", parametrizer="lenet", num_concepts=3), (16, 16, 1), 4),
+    (dict(conceptizer="autoencoder", parametrizer="mlp", num_concepts=2, hidden=(6,)),
+     (16, 16, 1), 3),
+    (dict(hidden=(6, 5)), (5,), 3),
+    (dict(hidden=(6,), aggregator="sigmoid"), (4,), 2),
+]
+
+
+def _explicit_residual(model, x, convention):
+  """``J_out - theta^T J_h`` with full Jacobians (reverse mode; fast convs have no jvp)."""
+  def out(xx):
+    h, _ = model.concepts(xx)
+    s = model.aggregator.scores(model.relevances(xx), h)
+    return s if convention == "clean" else model.aggregator.output(s)
+
+  jf = jax.vmap(lambda xi: jax.jacrev(lambda z: out(z[None])[0])(xi))(x)            # [B, T, *F]
+  jh = jax.vmap(lambda xi: jax.jacrev(lambda z: model.concepts(z[None])[0][0])(xi))(x)  # [B,k,*F]
+  theta = model.relevances(x)
+  return jf - jnp.einsum("bkt,bk...->bt...", theta, jh)
+
+
+@pytest.mark.parametrize("kw,shape,c", TINY)
+@pytest.mark.parametrize("convention", ["clean", "original"])
+def test_cheap_residual_equals_explicit_jacobians(x64, kw, shape, c, convention):
+  model = _to64(S.create_senn(input_shape=shape, num_classes=c, **kw))
+  x = jax.random.uniform(jax.random.key(0), (3,) + shape, jnp.float64)
+  r, theta, h = L.senn_robustness_residual(model, x, convention=convention)
+  want = _explicit_residual(model, x, convention)
+  assert r.dtype == jnp.float64 and r.shape == want.shape
+  assert float(jnp.max(jnp.abs(want))) > 1e-3
+  np.testing.assert_allclose(r, want, rtol=1e-10, atol=1e-12)
+
+
+def test_parameter_gradient_equals_explicit_formula(x64):
+  model = _to64(S.create_senn(input_shape=(16, 16, 1), num_classes=3, num_concepts=2))
+  x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 1), jnp.float64)
+  g, s = nnx.split(model)
+
+  def cheap(st):
+    return L.senn_robustness_loss(nnx.merge(g, st), x)
+
+  def explicit(st):
+    r = _explicit_residual(nnx.merge(g, st), x, "clean")
+    return jnp.mean(jnp.sum(r.reshape(r.shape[0], -1) ** 2, axis=1))
+
+  np.testing.assert_allclose(cheap(s), explicit(s), rtol=1e-12)
+  gc, ge = jax.grad(cheap)(s), jax.grad(explicit)(s)
+  for a, b in zip(jax.tree_util.tree_leaves(gc), jax.tree_util.tree_leaves(ge)):
+    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize("aggregator,c", [("softmax", 3), ("sigmoid", 2)])
+def test_constant_theta_has_zero_robustness_loss(aggregator, c):
+  model = _constant_theta(S.create_senn(input_shape=(6,), num_classes=c, hidden=(5,),
+                                        aggregator=aggregator))
+  x = jax.random.uniform(jax.random.key(0), (8, 6))
+  g, s = nnx.split(model)
+  val, grads = jax.value_and_grad(lambda st: L.senn_robustness_loss(nnx.merge(g, st), x))(s)
+  assert float(val) == 0.0
+  assert all(np.all(np.isfinite(a)) for a in jax.tree_util.tree_leaves(grads))
+  # The original convention differentiates log-softmax / sigmoid: non-zero even here.
+  assert float(L.senn_robustness_loss(model, x, convention="original")) > 1e-3
+
+
+@pytest.mark.parametrize("kw,shape,c", TINY)
+def test_logits_equal_sum_theta_h(kw, shape, c):
+  model = S.create_senn(input_shape=shape, num_classes=c, **kw)
+  x = jax.random.uniform(jax.random.key(2), (4,) + shape)
+  logits, e = model(x, return_explanation=True)
+  z = jnp.sum(e.theta * e.h[:, :, None], axis=1)
+  want = z if model.aggregator.kind == "softmax" else jnp.concatenate([0 * z, z], 1)
+  np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(as_fn(model)(x), logits, rtol=1e-6)
+  assert e.x_hat.shape == x.shape
+  if model.aggregator.kind == "sigmoid":  # softmax of [0, z] is the sigmoid
+    np.testing.assert_allclose(jax.nn.softmax(logits)[:, 1], jax.nn.sigmoid(z[:, 0]), rtol=1e-5)
+  if kw.get("conceptizer") != "autoencoder":  # identity concepts end with the bias 1
+    np.testing.assert_array_equal(e.h[:, -1], 1.0)
+    np.testing.assert_array_equal(e.h[:, :-1], x.reshape(4, -1))
+
+
+def test_projection_estimate_is_unbiased(x64):
+  model = _to64(S.create_senn(input_shape=(7,), num_classes=4, hidden=(6,)))
+  x = jax.random.uniform(jax.random.key(0), (5, 7), jnp.float64)
+  exact = float(L.senn_robustness_loss(model, x))
+  est = jax.vmap(lambda k: L.senn_robustness_loss(model, x, num_projections=4, key=k))(
+      jax.random.split(jax.random.key(1), 4000))
+  assert abs(float(jnp.mean(est)) - exact) < 4 * float(jnp.std(est)) / np.sqrt(4000)
+  assert abs(float(jnp.mean(est)) / exact - 1) < 0.05
+
+
+def _linear_task(n=600, d=6, seed=0):
+  rng = np.random.default_rng(seed)
+  w = rng.normal(size=d)
+  x = rng.uniform(size=(n, d)).astype(np.float32)
+  y = (x @ w > np.median(x @ w)).astype(np.int32)
+  k = n * 3 // 4
+  return Dataset(x[:k], y[:k], x[k:], y[k:], 2, "linear", "synthetic")
+
+
+@pytest.fixture(scope="module")
+def linear_senn():
+  data = _linear_task()
+  cfg = S.SENNConfig(dataset="linear", aggregator="sigmoid", hidden=(8,), lambda_robustness=0.1,
+                     learning_rate=1e-2, batch_size=32, epochs=30)
+  model, hist, _ = S.train_senn(cfg, data=data)
+  return model, hist, data
+
+
+def test_faithfulness_identity_concepts_linear_task(linear_senn):
+  model, hist, data = linear_senn
+  assert hist.val_accuracy[-1] > 0.9
+  x = jnp.asarray(data.x_test[:64])
+  # Removing concept i removes exactly theta_i h_i from the score.
+  contrib = S.senn_faithfulness(model, x, attribution="contribution")
+  assert float(jnp.mean(contrib)) > 0.99
+  # theta alone: ~1 when every concept has the same value, positive in general.
+  ones = S.senn_faithfulness(model, jnp.ones_like(x[:8]))
+  assert float(jnp.min(ones)) > 0.99
+  assert float(jnp.mean(S.senn_faithfulness(model, x))) > 0.5
+  feat = S.senn_faithfulness(model, x, removal="feature", attribution="contribution")
+  assert float(jnp.mean(feat)) > 0.95   # theta is nearly constant, so re-running agrees
+
+
+def test_faithfulness_of_constant_theta_is_exact():
+  model = _constant_theta(S.create_senn(input_shape=(6,), num_classes=2, hidden=(5,),
+                                        aggregator="sigmoid"))
+  x = jax.random.uniform(jax.random.key(0), (16, 6))
+  by_concept = S.senn_faithfulness(model, x, attribution="contribution")
+  by_feature = S.senn_faithfulness(model, x, removal="feature", attribution="contribution")
+  np.testing.assert_allclose(by_concept, by_feature, rtol=1e-4)
+  assert float(jnp.min(by_concept)) > 0.98
+
+
+def test_stability_of_constant_theta_is_zero_and_matches_direct_ratio():
+  model = _constant_theta(S.create_senn(input_shape=(5,), num_classes=3, hidden=(4,)))
+  x = jax.random.uniform(jax.random.key(0), (4, 5))
+  for den in ("concepts", "input"):
+    v = S.senn_stability(model, x, key=jax.random.key(0), epsilon=0.1, num_steps=3,
+                         denominator=den)
+    np.testing.assert_allclose(v, 0.0, atol=1e-6)
+  # A non-constant model: the estimate is a max over points, so it bounds any sampled ratio.
+  model = S.create_senn(input_shape=(5,), num_classes=3, hidden=(4,))
+  pred = jnp.argmax(model(x), -1)
+  est = S.senn_stability(model, x, key=jax.random.key(1), epsilon=0.1, num_steps=10,
+                         num_restarts=4, clip=None)
+  d = 0.1 * jax.random.normal(jax.random.key(2), x.shape) / np.sqrt(5)
+  th = lambda z: jnp.take_along_axis(model.relevances(z), pred[:, None, None], 2)[:, :-1, 0]
+  ratio = jnp.linalg.norm(th(x + d) - th(x), axis=1) / jnp.linalg.norm(d, axis=1)
+  assert bool(jnp.all(est >= 0.9 * ratio))
+
+
+def test_bad_configs_raise():
+  with pytest.raises(ValueError, match="num_concepts"):
+    S.create_senn(input_shape=(28, 28, 1), num_classes=10, num_concepts=0)
+  with pytest.raises(ValueError, match="num_concepts"):
+    S.SENNConfig(num_concepts=-1)
+  with pytest.raises(ValueError, match="conceptizer"):
+    S.create_senn(input_shape=(28, 28, 1), num_classes=10, conceptizer="pca")
+  with pytest.raises(ValueError, match="conceptizer"):
+    S.SENNConfig(conceptizer="pca")
+  with pytest.raises(ValueError, match="lambda_robustness"):
+    S.SENNConfig(lambda_robustness=-1e-3)
+  model = S.create_senn(input_shape=(4,), num_classes=3)
+  x, y = jnp.ones((2, 4)), jnp.zeros((2,), jnp.int32)
+  with pytest.raises(ValueError, match="lambda_robustness"):
+    L.senn_loss(model, x, y, lambda_robustness=-1.0)
+  with pytest.raises(ValueError, match="convention"):
+    L.senn_robustness_loss(model, x, convention="torch")
+  with pytest.raises(ValueError, match="num_projections"):
+    L.senn_robustness_loss(model, x, num_projections=0, key=jax.random.key(0))
+  with pytest.raises(ValueError, match="aggregator"):
+    S.create_senn(input_shape=(4,), num_classes=3, aggregator="sigmoid")
+  with pytest.raises(ValueError, match="autoencoder"):
+    S.create_senn(input_shape=(30,), num_classes=2, conceptizer="autoencoder")
+  with pytest.raises(ValueError, match="side"):
+    S.create_senn(input_shape=(18, 18, 1), num_classes=2)
+  with pytest.raises(ValueError, match="feature"):
+    S.senn_faithfulness(S.create_senn(input_shape=(16, 16, 1), num_classes=2),
+                        jnp.ones((1, 16, 16, 1)), removal="feature")
+  with pytest.raises(ValueError, match="preset"):
+    S.senn_preset("compas")
+
+
+def test_robustness_loss_compiles_once_per_architecture():
+  x = jax.random.uniform(jax.random.key(0), (4, 16, 16, 1))
+  L._robustness_jit.clear_cache()
+  for seed in range(3):  # new weights, same architecture: no retrace
+    m = S.create_senn(input_shape=(16, 16, 1), num_classes=3, num_concepts=2, seed=seed)
+    L.senn_robustness_loss(m, x)
+  assert L._robustness_jit._cache_size() == 1
+
+
+@pytest.fixture(scope="module")
+def cancer():
+  from rattr_jax.data import load_dataset
+  return load_dataset("breast_cancer")
+
+
+@pytest.mark.slow
+def test_stability_improves_with_lambda_up_to_1e2(cancer):
+  x = jnp.asarray(cancer.x_test[:48])
+  stab = []
+  for lam in (1e-4, 1e-3, 1e-2):
+    model, hist, _ = S.train_senn(S.senn_preset("breast_cancer", lambda_robustness=lam,
+                                                epochs=30), data=cancer)
+    assert hist.val_accuracy[-1] > 0.93
+    v = S.senn_stability(model, x, key=jax.random.key(0), epsilon=0.27, num_steps=10)
+    stab.append(float(jnp.mean(v)))
+  assert stab[0] > stab[1] > stab[2], stab
+
+
+@pytest.mark.slow
+def test_short_mnist_training_small_lambda_above_95():
+  """Embedded MNIST (4,000/1,000), lambda 1e-4, 3 epochs; one Gaussian probe of the residual.
+
+  The probe estimate is unbiased for the exact robustness loss
+  (`test_projection_estimate_is_unbiased`) and 10x cheaper on 10 classes.
+  """
+  cfg = S.senn_preset("mnist_fast", lambda_robustness=1e-4, num_projections=1)
+  model, hist, data = S.train_senn(cfg)
+  assert hist.val_accuracy[-1] > 0.95, hist.val_accuracy
+  stats = S.concept_statistics(model, data.x_test[:500])
+  assert stats["concept_variance"].shape == (5,)
+  assert stats["reconstruction"] < 0.1
+
+
+def test_engine_trains_senn_with_checkpoints(tmp_path, cancer):
+  from rattr_jax import training
+  S.register_senn_training()
+  cfg = training.TrainConfig(model="senn", dataset="breast_cancer", epochs=2, batch_size=64,
+                             method=training.MethodConfig(name="ce", lam=1e-2),
+                             optimizer=training.OptimizerConfig(learning_rate=1e-2))
+  res = training.train(cfg, dataset=cancer, out_dir=str(tmp_path), progress=False)
+  assert res.status == "completed"
+  assert isinstance(res.model, S.SENN)
+  assert res.history[-1]["test_accuracy"] > 0.8
+  assert "train_senn_robustness" in res.history[-1]
+  assert (tmp_path / "log.json").exists() and (tmp_path / "checkpoints").exists()
+
+
+def test_cli_train_model_senn(tmp_path):
+  from rattr_jax.cli import main
+  out = tmp_path / "run"
+  code = main(["train", "--model", "senn", "--dataset", "breast_cancer", "--epochs", "1",
+               "--batch-size", "64", "--lam", "0.01", "--lr", "0.01", "--no-progress",
+               "--out", str(out)])
+  assert code == 0
+  assert (out / "log.json").exists() and (out / "curves.png").exists()
