@@ -291,7 +291,8 @@ def test_beta_schedule_is_traced_and_family_matches_surrogate():
   x = images(jax.random.key(0), (2, 28, 28, 1))
   np.testing.assert_allclose(fam(x, 7.0), models.surrogate_fn(model, beta=7.0)(x),
                              rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(attacks.beta_schedule(10.0, 100.0, 3), [10, np.sqrt(1e4 / 10 * 10) * 10 / 10 * 10 ** 0.5 / 10 ** 0.5, 100][:1] + [10 ** 1.5, 100], rtol=1e-5)
+  np.testing.assert_allclose(attacks.beta_schedule(10.0, 100.0, 3), [10, 10 ** 1.5, 100],
+                             rtol=1e-5)
   fn = smooth_model(jax.random.key(1), (4, 4, 1))
   family = lambda z, beta: fn(z) * (1.0 + 0.01 * beta)  # any smooth family works
   xs = images(jax.random.key(2), (2, 4, 4, 1))

@@ -1,6 +1,6 @@
 """Self-explaining neural networks: model, robustness loss, training, stability, faithfulness."""
 
-import os
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +15,8 @@ from rattr_jax.regularizers import _senn as L
 
 
 def _to64(model):
+  if isinstance(model.conceptizer, S.ConvConceptizer):  # no dead (constant-0) concept
+    model.conceptizer.linear.bias[...] = jnp.full((1,), 0.3)
   g, s = nnx.split(model)
   return nnx.merge(g, jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), s))
 
@@ -29,8 +31,6 @@ def _constant_theta(model):
 
 TINY = [  # (create_senn kwargs, input shape, num classes)
     (dict(conceptizer="autoencoder", parametrizer="lenet", num_concepts=3), (16, 16, 1), 4),
-    (dict(conceptizer="autoencoder", parametrizer="mlp", num_concepts=2, hidden=(6,)),
-     (16, 16, 1), 3),
     (dict(hidden=(6, 5)), (5,), 3),
     (dict(hidden=(6,), aggregator="sigmoid"), (4,), 2),
 ]
@@ -38,6 +38,14 @@ TINY = [  # (create_senn kwargs, input shape, num classes)
 
 def _explicit_residual(model, x, convention):
   """``J_out - theta^T J_h`` with full Jacobians (reverse mode; fast convs have no jvp)."""
+  g, s = nnx.split(model)
+  return _explicit_jit(g, s, x, convention)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _explicit_jit(g, s, x, convention):
+  model = nnx.merge(g, s)
+
   def out(xx):
     h, _ = model.concepts(xx)
     s = model.aggregator.scores(model.relevances(xx), h)
@@ -57,6 +65,7 @@ def test_cheap_residual_equals_explicit_jacobians(x64, kw, shape, c, convention)
   r, theta, h = L.senn_robustness_residual(model, x, convention=convention)
   want = _explicit_residual(model, x, convention)
   assert r.dtype == jnp.float64 and r.shape == want.shape
+  assert float(jnp.min(jnp.abs(h))) > 1e-3  # no dead concept
   assert float(jnp.max(jnp.abs(want))) > 1e-3
   np.testing.assert_allclose(r, want, rtol=1e-10, atol=1e-12)
 
@@ -92,7 +101,14 @@ def test_constant_theta_has_zero_robustness_loss(aggregator, c):
   assert float(L.senn_robustness_loss(model, x, convention="original")) > 1e-3
 
 
-@pytest.mark.parametrize("kw,shape,c", TINY)
+SHAPES = TINY + [
+    (dict(conceptizer="autoencoder", parametrizer="mlp", num_concepts=2, hidden=(6,)),
+     (28, 28, 1), 10),
+    (dict(widths=(4, 4, 8, 8, 8), hidden=(8,)), (32, 32, 3), 10),  # VGG + AE, CIFAR shape
+]
+
+
+@pytest.mark.parametrize("kw,shape,c", SHAPES)
 def test_logits_equal_sum_theta_h(kw, shape, c):
   model = S.create_senn(input_shape=shape, num_classes=c, **kw)
   x = jax.random.uniform(jax.random.key(2), (4,) + shape)

@@ -79,7 +79,7 @@ def check_common(fn, explain, x, target, key, surrogate, *, reduce, normalize, s
 def check_mask(mask, map_shape, *, name: str = "mask"):
   """A mask shaped like one map ``map_shape[1:]`` or a batch ``map_shape``."""
   if mask is None:
-    raise ValueError(f"`{name}` is required for the targeted attack.")
+    raise ValueError(f"`{name}` is required.")
   m = jnp.asarray(mask)
   if tuple(m.shape) == tuple(map_shape[1:]):
     m = jnp.broadcast_to(m[None], map_shape)

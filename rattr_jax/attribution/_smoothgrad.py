@@ -12,6 +12,7 @@ from jaxtyping import Array, Float
 from rattr_jax import _validation as V
 from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import PRNGKey, Target
+from rattr_jax.attribution import _integrated
 from rattr_jax.attribution import _target
 
 
@@ -30,11 +31,13 @@ def noisy_gradient_moments(fn, x, t, key, stddev, num_samples, batch_size):
   """First and second moments of the target gradient at ``x + N(0, sigma^2)``.
 
   Noise samples are drawn per chunk inside a `lax.scan`; each chunk of
-  ``batch_size`` samples is a single call of ``fn`` on ``batch_size * B`` inputs.
+  ``batch_size`` samples is a single call of ``fn`` on ``batch_size * B`` inputs
+  (``None``: `rattr_jax.attribution._integrated.auto_chunk`).
   Sample ``s`` of the whole batch uses ``jax.random.fold_in(key, s)``.
   """
   s_total = num_samples
-  bs = s_total if batch_size is None else min(batch_size, s_total)
+  bs = (_integrated.auto_chunk(s_total, x.shape) if batch_size is None
+        else min(batch_size, s_total))
   num_chunks = -(-s_total // bs)
   sigma = noise_scale(x, stddev)
   bsz, feat = x.shape[0], x.shape[1:]
@@ -100,7 +103,10 @@ def smoothgrad(fn: Callable, x: Float[Array, "B ..."], target: Target, *, key: P
       ``stddev -> 0`` recovers `gradient`.
     squared: average squared gradients instead.
     batch_size: noise samples evaluated at once; bounds memory by
-      ``batch_size * B`` inputs. ``None`` evaluates all samples together.
+      ``batch_size * B`` inputs. ``None`` chooses it automatically (about
+      2**16 input elements per chunk, all samples when they fit; see
+      `integrated_gradients`). The result does not depend on it beyond float
+      rounding: sample ``s`` always uses ``fold_in(key, s)``.
 
   Returns:
     Attribution ``[B, *F]``.
@@ -129,7 +135,8 @@ def vargrad(fn: Callable, x: Float[Array, "B ..."], target: Target, *, key: PRNG
     key: PRNG key (required).
     num_samples: number of noise samples.
     stddev: noise level as a fraction of each example's input range.
-    batch_size: noise samples evaluated at once (bounds memory).
+    batch_size: noise samples evaluated at once (bounds memory); ``None``
+      chooses it automatically, as in `smoothgrad`.
 
   Returns:
     Non-negative attribution ``[B, *F]``.

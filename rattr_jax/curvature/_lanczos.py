@@ -44,9 +44,9 @@ def _bdot(a, b):
 
 
 def _orthogonalize(w, basis):
-  """Classical Gram-Schmidt, twice (``CGS2``), against all rows of ``basis``."""
+  """Classical Gram-Schmidt, twice (``CGS2``): ``w [B, k, n]`` against ``basis [B, m, n]``."""
   for _ in range(2):
-    w = w - jnp.einsum("bm,bmn->bn", jnp.einsum("bmn,bn->bm", basis, w), basis)
+    w = w - jnp.einsum("bkm,bmn->bkn", jnp.einsum("bmn,bkn->bkm", basis, w), basis)
   return w
 
 
@@ -97,37 +97,36 @@ def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, num_iters: 
   m = num_iters
   dtype = v0.dtype
   proj = (lambda z: z) if project is None else project
-  eps = float(np.finfo(np.dtype(dtype)).eps)
-  tol = 10.0 * eps * np.sqrt(n)
+  tol = 10.0 * float(np.finfo(np.dtype(dtype)).eps) * np.sqrt(n)
   q0, _ = _safe_normalize(proj(v0))
   salt = _salt(key, bsz)
   basis = jnp.zeros((bsz, m + 1, n), dtype).at[:, 0].set(q0)
-  alphas = jnp.zeros((bsz, m), dtype)
-  betas = jnp.zeros((bsz, m), dtype)
-  scale = jnp.zeros((bsz,), dtype)
-  restarts = jnp.zeros((bsz,), jnp.int32)
+  coeffs = jnp.zeros((bsz, m, 2), dtype)  # (alpha_i, beta_i)
 
   def body(i, state):
-    basis, alphas, betas, scale, restarts = state
+    basis, coeffs, scale = state
     q = jax.lax.dynamic_index_in_dim(basis, i, axis=1, keepdims=False)
     w = matvec(q)
     alpha = _bdot(q, w)
-    w = _orthogonalize(w, basis)
-    beta = jnp.linalg.norm(w, axis=-1)
+    # The next residual and a restart candidate, orthogonalised together (CGS2).
+    cand = jnp.stack([w, proj(restart_vectors(i, salt, n, dtype))], axis=1)     # [B, 2, n]
+    cand = _orthogonalize(cand, basis)
+    norms = jnp.linalg.norm(cand, axis=-1)                                     # [B, 2]
+    beta = norms[:, 0]
     scale = jnp.maximum(scale, jnp.abs(alpha) + beta)
     broke = beta <= tol * scale
-    r = _orthogonalize(proj(restart_vectors(i, salt, n, dtype)), basis)
-    r, _ = _safe_normalize(r)
-    q_next = jnp.where(broke[:, None], r, w / jnp.where(broke, 1, beta)[:, None])
+    denom = jnp.where(broke, norms[:, 1], beta)
+    vec = jnp.where(broke[:, None], cand[:, 1], cand[:, 0])
+    q_next = jnp.where(denom[:, None] > 0, vec / jnp.where(denom > 0, denom, 1)[:, None], 0)
     basis = jax.lax.dynamic_update_index_in_dim(basis, q_next, i + 1, axis=1)
-    alphas = alphas.at[:, i].set(alpha)
-    betas = betas.at[:, i].set(jnp.where(broke, 0, beta))
-    last = i == m - 1
-    restarts = restarts + jnp.where(broke & ~last, 1, 0)
-    return basis, alphas, betas, scale, restarts
+    ab = jnp.stack([alpha, jnp.where(broke, 0, beta)], axis=-1)
+    coeffs = jax.lax.dynamic_update_index_in_dim(coeffs, ab, i, axis=1)
+    return basis, coeffs, scale
 
-  basis, alphas, betas, _, restarts = jax.lax.fori_loop(
-      0, m, body, (basis, alphas, betas, scale, restarts))
+  basis, coeffs, _ = jax.lax.fori_loop(0, m, body, (basis, coeffs, jnp.zeros((bsz,), dtype)))
+  alphas, betas = coeffs[..., 0], coeffs[..., 1]
+  # A computed residual norm is never exactly 0 except where a breakdown set it.
+  restarts = jnp.sum(betas[:, :-1] == 0, axis=1).astype(jnp.int32)
   return Tridiagonal(alphas, betas, basis[:, :m], restarts)
 
 

@@ -63,7 +63,9 @@ def _module_names(model: nnx.Module) -> tuple[str, ...]:
 
 
 def _capture_all(graphdef, state, x):
-  m = nnx.merge(graphdef, state)
+  # Fresh Variable objects at the current trace level, so that a training-mode
+  # BatchNorm may update its (discarded) statistics inside jax.grad / jax.vjp.
+  m = nnx.merge(graphdef, jax.tree_util.tree_map(lambda a: a, state))
   out, inter = nnx.capture(m, nnx.Intermediate, method_outputs=nnx.Intermediate)(x)
   return out, _flatten_intermediates(inter)
 

@@ -200,7 +200,7 @@ def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation,
     return place(jax.tree_util.tree_map(jnp.array, state))
 
   def loss_fn(params, state, x, y, key):
-    m = nnx.merge(graphdef_train, params, state.rest)
+    m = nnx.merge(graphdef_train, params, jax.tree_util.tree_map(lambda a: a, state.rest))
     logits = m(x)
     new_rest = nnx.split(m, nnx.Param, ...)[2]
     ctx = TermContext(params=params, rest=state.rest, graphdef_train=graphdef_train,

@@ -46,6 +46,10 @@ class Batch(NamedTuple):
   y: jax.Array
 
 
+def _fresh(tree):
+  return jax.tree_util.tree_map(lambda a: a, tree)
+
+
 @dataclasses.dataclass(frozen=True)
 class TermContext:
   """What a loss term sees inside the traced loss.
@@ -70,8 +74,11 @@ class TermContext:
 
   def model(self, train: bool = True) -> nnx.Module:
     """A fresh NNX module on the traced parameters (its state changes are discarded)."""
+    # Fresh Variable objects at the current trace level: a training-mode
+    # BatchNorm mutates its statistics, which NNX only allows on variables
+    # created in the same trace (e.g. inside an inner `jax.grad`).
     return nnx.merge(self.graphdef_train if train else self.graphdef_eval, self.params,
-                     self.rest)
+                     _fresh(self.rest))
 
   def fn(self, x: jax.Array) -> jax.Array:
     """Logits in training mode (batch statistics of ``x``; no statistics update)."""

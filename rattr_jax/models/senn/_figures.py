@@ -120,6 +120,14 @@ def training_diagnostics(histories: Mapping[str, Mapping[str, list]], path: str,
             ("concept_variance", "concept variance (min / max over concepts)", True)]
   fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2))
   for ax, (key, lab, logy) in zip(axes, panels):
+    if key == "val_reconstruction" and not any(np.any(np.asarray(h.get(key, []), float) > 0)
+                                               for h in histories.values()):
+      ax.text(0.5, 0.5, "identity concepts:\nno reconstruction", ha="center", va="center",
+              transform=ax.transAxes, fontsize=9)
+      ax.set_title(lab, fontsize=9)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      continue
     for name, hist in histories.items():
       vals = hist.get(key, [])
       if not len(vals):
