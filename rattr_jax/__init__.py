@@ -7,9 +7,7 @@ function is pure, jittable and vmappable.
 
 __version__ = "0.1.0"
 
-from rattr_jax import attacks
 from rattr_jax import attribution
-from rattr_jax import influence
 from rattr_jax import maps
 from rattr_jax import metrics
 from rattr_jax import models
