@@ -5,7 +5,8 @@ from `rattr_jax.models.as_fn`, a NamedTuple of arrays, an Equinox module).
 Marking it static would bake the weights into the program as constants and
 require it to be hashable; passing it as a plain argument fails for Python
 functions. `jit_with_callables` splits each callable argument into its array
-leaves (traced, so new weights of the same shape reuse the compiled program)
+leaves (traced, so new weights of the same shape reuse the compiled program
+whenever the rest of the callable is equal)
 and everything else (static: the tree structure and non-array leaves such as
 plain Python functions, compared by identity/equality).
 """
@@ -21,7 +22,7 @@ import numpy as np
 
 
 def _is_array(x) -> bool:
-  return isinstance(x, (jax.Array, np.ndarray, np.generic)) or isinstance(x, jax.core.Tracer)
+  return isinstance(x, (jax.Array, jax.core.Tracer, np.ndarray, np.generic))
 
 
 class _Static:
@@ -81,7 +82,6 @@ def jit_with_callables(fun: Callable | None = None, *, callables: Sequence[str] 
     return functools.partial(jit_with_callables, callables=callables,
                              static_argnames=static_argnames)
   sig = inspect.signature(fun)
-  names = list(sig.parameters)
   callables = tuple(callables)
   static_names = tuple(static_argnames) + tuple(f"__static_{c}" for c in callables)
 
@@ -106,5 +106,4 @@ def jit_with_callables(fun: Callable | None = None, *, callables: Sequence[str] 
   wrapper.clear_cache = jitted.clear_cache
   wrapper._cache_size = jitted._cache_size
   wrapper.jitted = jitted
-  del names
   return wrapper

@@ -80,6 +80,17 @@ def test_resnet_inference_mode_examples_do_not_interact():
                                                      jax.tree.leaves(new_state)))
 
 
+def test_as_fn_is_a_pytree_that_reuses_compilation():
+  from rattr_jax.attribution import _gradient
+  x = jnp.ones((2, 28, 28, 1))
+  _gradient._gradient.clear_cache()
+  for seed in range(3):
+    fn = models.as_fn(models.create_model("cnn", input_shape=(28, 28, 1), num_classes=10,
+                                          seed=seed))
+    A.gradient(fn, x, 0)
+  assert _gradient._gradient._cache_size() == 1
+
+
 # -------------------------------------------------------------------- data --
 def test_embedded_default():
   d = D.load_dataset()

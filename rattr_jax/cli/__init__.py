@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
-# (module, command) pairs; a module that does not exist yet is skipped.
+# Command modules; a module that does not exist yet is skipped.
 _COMMAND_MODULES = (
     "rattr_jax.cli._explain",
     "rattr_jax.cli._attack",

@@ -18,6 +18,7 @@ convolutions may use `rattr_jax.models.Conv2D` to get the fast CPU path.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -65,16 +66,18 @@ def functional(model: nnx.Module, *, activation=None, conv_impl: str | None = No
   graphdef, state = nnx.split(m)
 
   if train:
-    def apply_train(st, x):
-      mm = nnx.merge(graphdef, st, copy=True)  # never mutate the caller's state
-      out = mm(x)
-      return out, nnx.state(mm)
-    return apply_train, state
+    return functools.partial(_apply_train, graphdef), state
+  return functools.partial(_apply, graphdef), state
 
-  def apply(st, x):
-    return nnx.merge(graphdef, st)(x)
 
-  return apply, state
+def _apply(graphdef, state, x):
+  return nnx.merge(graphdef, state)(x)
+
+
+def _apply_train(graphdef, state, x):
+  m = nnx.merge(graphdef, state, copy=True)  # never mutate the caller's state
+  out = m(x)
+  return out, nnx.state(m)
 
 
 def as_fn(model: nnx.Module, *, activation=None,
@@ -94,8 +97,11 @@ def as_fn(model: nnx.Module, *, activation=None,
     >>> fn = as_fn(model)                       # doctest: +SKIP
     >>> sal = gradient(fn, x, target=3)         # doctest: +SKIP
   """
-  apply, state = functional(model, activation=activation, conv_impl=conv_impl)
-  return jax.tree_util.Partial(apply, state)
+  m = _view(model, activation=activation, conv_impl=conv_impl)
+  graphdef, state = nnx.split(m)
+  # A module-level function with the graph definition as a (leafless) pytree
+  # argument: models of the same structure share one compiled program.
+  return jax.tree_util.Partial(_apply, graphdef, state)
 
 
 def surrogate_fn(model: nnx.Module, *, beta: float = 10.0,
