@@ -34,7 +34,7 @@ def register(subparsers) -> None:
   p.set_defaults(func=run)
 
 
-EXTRA_METHODS: tuple[str, ...] = ()
+EXTRA_METHODS: tuple[str, ...] = ("decoy",)  # DANCE over gradient (issue 9)
 
 
 def explainers(fn, *, num_steps: int, num_samples: int, key) -> dict:
@@ -78,6 +78,9 @@ def run(args) -> int:
   target = jnp.asarray(pred)
   key = jax.random.key(args.seed)
   table = explainers(fn, num_steps=args.num_steps, num_samples=args.num_samples, key=key)
+  if "decoy" in methods:  # needs the model (its layer conv2 / second submodule)
+    from rattr_jax.attribution import _decoy
+    table["decoy"] = _decoy.cli_explainer(fn, model, key=key)
   for name in methods:
     if name not in table:
       raise ValueError(f"Unknown `--method` {name!r}; expected one of {sorted(table)}.")

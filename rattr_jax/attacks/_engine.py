@@ -1,0 +1,121 @@
+"""The compiled attack loop shared by every iterative attack.
+
+One `lax.scan` over steps, batched over examples. Step ``p`` evaluates the
+objective and its gradient at iterate ``z_p`` (on the surrogate), checks the
+real model's label at ``z_p``, keeps ``z_p`` as the best iterate of an
+example if its label is kept and its objective beats the best so far, then
+moves to ``z_{p+1}``. The last iterate is scored after the scan. Because
+``z_0 = x`` always keeps its label, the returned iterate is never a
+label-flipped one: an example with no valid improvement returns ``x``.
+With a random start ``z_0 != x``, ``x`` is scored first and is the fallback.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from rattr_jax.attacks._constraints import predicted_label
+
+
+def accepts_key(explain: Callable) -> bool:
+  """True if ``explain`` takes a ``key`` keyword (e.g. a SmoothGrad partial)."""
+  try:
+    return "key" in inspect.signature(explain).parameters
+  except (TypeError, ValueError):
+    return False
+
+
+def call_explain(explain, f, z, t, key, pass_key):
+  if pass_key:
+    return explain(f, z, t, key=key)
+  return explain(f, z, t)
+
+
+def _bcast(mask, like):
+  return mask.reshape(mask.shape + (1,) * (like.ndim - 1))
+
+
+def run_loop(*, fn, x, label, num_steps: int, evaluate, final_value, update, opt_state,
+             start=None):
+  """Runs the attack loop.
+
+  Args:
+    fn: the real model (label checks).
+    x: ``[B, *F]`` original inputs.
+    label: ``[B]`` labels to keep.
+    num_steps: number of update steps ``P``.
+    evaluate: ``evaluate(z, p) -> (objective [B], grad [B, *F])``; objective
+      is maximised by the caller's update rule.
+    final_value: ``final_value(z, p) -> objective [B]`` (no gradient).
+    update: ``update(z, grad, opt_state, p) -> (z_next, opt_state)``.
+    opt_state: initial optimiser state.
+    start: optional first iterate ``z_0`` (a random start); ``None`` starts
+      at ``x``. With a random start, ``x`` is scored first and stays the
+      fallback.
+
+  Returns:
+    dict of per-example arrays (all with the batch axis first).
+  """
+  bsz = x.shape[0]
+  neg_inf = jnp.full((bsz,), -jnp.inf, x.dtype)
+
+  def keep_best(z, d, ok, p, best):
+    best_x, best_obj, best_step = best
+    better = ok & (d > best_obj)
+    return (jnp.where(_bcast(better, z), z, best_x), jnp.where(better, d, best_obj),
+            jnp.where(better, p, best_step))
+
+  def step(carry, p):
+    z, opt_state, best = carry
+    d, g = evaluate(z, p)
+    ok = predicted_label(fn, z) == label
+    best = keep_best(z, d, ok, p, best)
+    z_next, opt_state = update(z, g, opt_state, p)
+    return (z_next, opt_state, best), (d, ok)
+
+  zero = jnp.zeros((bsz,), jnp.int32)
+  if start is None:
+    z0, best0 = x, (x, neg_inf, zero)
+  else:
+    d_x = final_value(x, 0)
+    z0, best0 = start, (x, d_x, zero)
+  (z, _, best), (hist, oks) = jax.lax.scan(step, (z0, opt_state, best0),
+                                            jnp.arange(num_steps, dtype=jnp.int32))
+  d_last = final_value(z, num_steps)
+  ok_last = predicted_label(fn, z) == label
+  best_x, best_obj, best_step = keep_best(z, d_last, ok_last, jnp.int32(num_steps), best)
+  initial = hist[0] if start is None else best0[1]
+  history = jnp.concatenate([hist[1:], d_last[None]], axis=0).T
+  kept = jnp.concatenate([oks[1:], ok_last[None]], axis=0).T
+  return dict(x_adv=best_x, objective=best_obj, initial_objective=initial,
+              objective_history=history, label_kept_history=kept, best_step=best_step,
+              success=best_obj > initial)
+
+
+def chunked(f, args, batch_size: int | None):
+  """Applies ``f`` (batch -> pytree with batch-first leaves) in chunks of ``batch_size``.
+
+  Chunks run one after another (`lax.map`), so memory is bounded by one
+  chunk. The last chunk is padded with copies of the last example, whose
+  results are dropped. Examples never interact, so the result equals the
+  unchunked one (up to stochastic explainers, whose noise is drawn per chunk).
+  """
+  leaves = jax.tree_util.tree_leaves(args)
+  bsz = leaves[0].shape[0]
+  if batch_size is None or batch_size >= bsz:
+    return f(args)
+  n = math.ceil(bsz / batch_size)
+  pad = n * batch_size - bsz
+
+  def split(a):
+    if pad:
+      a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0)
+    return a.reshape((n, batch_size) + a.shape[1:])
+
+  out = jax.lax.map(f, jax.tree_util.tree_map(split, args))
+  return jax.tree_util.tree_map(lambda o: o.reshape((n * batch_size,) + o.shape[2:])[:bsz], out)

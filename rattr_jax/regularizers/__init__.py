@@ -1,0 +1,31 @@
+"""Explanation-robustness regularizers and adversarial-training losses.
+
+Each is a pure loss term ``(fn, x, target, *, key, ...) -> scalar`` (or ``[B]``
+with ``reduction="none"``) that adds to the cross-entropy; the double backward
+to the parameters comes from `jax.grad` through a closure
+``fn = lambda x: apply(params, x)``. `activation_sensitivity` takes the NNX
+model itself, to read hidden layers by name.
+"""
+
+from rattr_jax.regularizers._activation_sensitivity import activation_sensitivity
+from rattr_jax.regularizers._activation_sensitivity import neuron_sensitivity
+from rattr_jax.regularizers._adversarial import fgsm_adversary
+from rattr_jax.regularizers._adversarial import fgsm_training
+from rattr_jax.regularizers._adversarial import pgd_adversary
+from rattr_jax.regularizers._adversarial import pgd_training
+from rattr_jax.regularizers._adversarial import trades
+from rattr_jax.regularizers._adversarial import trades_adversary
+from rattr_jax.regularizers._gradient_alignment import gradient_alignment
+from rattr_jax.regularizers._hessian_norm import hessian_norm
+from rattr_jax.regularizers._input_gradient_norm import input_gradient_norm
+from rattr_jax.regularizers._senn import senn_concept_loss
+from rattr_jax.regularizers._senn import senn_loss
+from rattr_jax.regularizers._senn import senn_robustness_loss
+from rattr_jax.regularizers._senn import senn_robustness_residual
+
+__all__ = [
+    "activation_sensitivity", "neuron_sensitivity", "fgsm_adversary", "fgsm_training",
+    "pgd_adversary", "pgd_training", "trades", "trades_adversary", "gradient_alignment",
+    "hessian_norm", "input_gradient_norm", "senn_concept_loss", "senn_loss",
+    "senn_robustness_loss", "senn_robustness_residual",
+]

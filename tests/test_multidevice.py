@@ -1,0 +1,79 @@
+"""Data-parallel training over 4 simulated CPU devices equals single-device training.
+
+The device count is fixed when JAX initialises its backend, so the comparison
+runs in a subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=4``.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+_SCRIPT = r"""
+import json
+import jax, jax.numpy as jnp, numpy as np
+from flax import nnx
+from rattr_jax import models, training
+from rattr_jax.data import load_dataset
+
+assert len(jax.devices()) == 4, jax.devices()
+
+
+class BNNet(nnx.Module):
+  def __init__(self, rngs):
+    # No bias before BatchNorm: its exact gradient is zero, and Adam would
+    # turn the float noise of that zero into lr-sized, device-dependent steps.
+    self.fc = nnx.Linear(64, 32, use_bias=False, rngs=rngs)
+    self.bn = nnx.BatchNorm(32, momentum=0.9, rngs=rngs)
+    self.head = nnx.Linear(32, 10, rngs=rngs)
+    self.activation = models.Activation.softplus(3.0)
+
+  def __call__(self, x):
+    return self.head(self.activation(self.bn(self.fc(x.reshape(x.shape[0], -1)))))
+
+
+data = load_dataset("digits", seed=0)
+cfg = training.preset("fast_cpu", method="gradient_alignment", model="bnnet", dataset="digits",
+                      epochs=2, batch_size=32, max_train=256, max_test=128,
+                      **{"optimizer.schedule": "cosine"})
+out = {}
+for dp in (True, False):
+  res = training.train(cfg.replace(data_parallel=dp), model=BNNet(nnx.Rngs(0)), dataset=data,
+                       progress=False)
+  leaves = jax.tree_util.tree_leaves(res.state.params) + jax.tree_util.tree_leaves(res.state.rest)
+  if dp:
+    shardings = {str(getattr(l, "sharding", None).__class__.__name__) for l in leaves}
+    out["num_devices_used"] = len(leaves[0].sharding.device_set)
+    out["shardings"] = sorted(shardings)
+  out["dp" if dp else "single"] = {
+      "leaves": [np.asarray(l).ravel().tolist() for l in leaves],
+      "history": res.history, "status": res.status}
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_data_parallel_equals_single_device():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+  env["JAX_PLATFORMS"] = "cpu"
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+  proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
+  out = json.loads(line[len("RESULT"):])
+  assert out["num_devices_used"] == 4
+  assert out["shardings"] == ["NamedSharding"]
+  dp, single = out["dp"], out["single"]
+  assert dp["status"] == single["status"] == "completed"
+  assert len(dp["leaves"]) == len(single["leaves"]) == 7  # 5 params + BatchNorm mean/var
+  for a, b in zip(dp["leaves"], single["leaves"]):
+    import numpy as np
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+  for ha, hb in zip(dp["history"], single["history"]):
+    assert abs(ha["train_loss"] - hb["train_loss"]) < 1e-4
+    assert abs(ha["test_accuracy"] - hb["test_accuracy"]) <= 1 / 128 + 1e-9

@@ -1,0 +1,246 @@
+"""Tests of the robust-training engine (rattr_jax.training) and `rattr train`."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from rattr_jax import models, training
+from rattr_jax.data import load_dataset
+from rattr_jax.training import _checkpoint
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return load_dataset("digits", seed=0)
+
+
+def _small(method="ce", **over):
+  """A tiny MLP run on the 8x8 digits: 8 steps per epoch."""
+  base = dict(model="mlp", dataset="digits", max_train=256, max_test=128, batch_size=32,
+              activation="softplus:3")
+  base.update(over)
+  return training.preset("fast_cpu", method=method, **base)
+
+
+def _params(result):
+  return jax.tree_util.tree_leaves(jax.device_get(result.state.params))
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_one_epoch_ce_on_embedded_default_beats_90_percent(tmp_path):
+  cfg = training.preset("fast_cpu", epochs=1)
+  assert cfg.dataset == "mnist_embedded" and cfg.model == "cnn"
+  res = training.train(cfg, out_dir=str(tmp_path), progress=False)
+  assert res.status == "completed"
+  assert res.history[-1]["test_accuracy"] > 0.90
+  log = json.loads((tmp_path / "log.json").read_text())
+  assert len(log["epochs"]) == 1 and log["status"] == "completed"
+  assert len(log["steps"]["loss"]) == 4000 // 32
+  assert (tmp_path / "curves.png").stat().st_size > 10_000
+  assert _checkpoint.Checkpointer(str(tmp_path)).best.latest_step() == 125
+
+
+def test_resume_after_kill_gives_identical_parameters(tmp_path, digits):
+  cfg = _small("gradient_alignment", epochs=3, **{"optimizer.schedule": "cosine",
+                                                  "optimizer.clip_norm": 1.0})
+  full = training.train(cfg, dataset=digits, out_dir=str(tmp_path / "a"), progress=False)
+
+  class Kill(Exception):
+    pass
+
+  def kill_after_two(entry):
+    if entry["epoch"] == 2:
+      raise Kill()
+
+  with pytest.raises(Kill):
+    training.train(cfg, dataset=digits, out_dir=str(tmp_path / "b"), progress=False,
+                   callback=kill_after_two)
+  resumed = training.train(cfg, dataset=digits, out_dir=str(tmp_path / "b"), resume=True,
+                           progress=False)
+  assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+  assert int(resumed.state.step) == int(full.state.step) == 24
+  for a, b in zip(_params(full), _params(resumed)):
+    np.testing.assert_array_equal(a, b)
+  assert resumed.history[-1]["test_accuracy"] == full.history[-1]["test_accuracy"]
+  # A different config cannot resume from this directory.
+  with pytest.raises(ValueError, match="optimizer.learning_rate"):
+    training.train(cfg.replace(**{"optimizer.learning_rate": 0.1}), dataset=digits,
+                   out_dir=str(tmp_path / "b"), resume=True, progress=False)
+
+
+def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(tmp_path, digits):
+  cfg = _small("ce", epochs=3)
+
+  def nan_after_11(ctx, batch, key):
+    return jnp.where(ctx.step >= 11, jnp.nan, 0.0), {}
+
+  terms = [training.cross_entropy_term(), training.LossTerm("boom", nan_after_11, 1.0)]
+  res = training.train(cfg, dataset=digits, terms=terms, out_dir=str(tmp_path), progress=False)
+  assert res.status == "nan"
+  assert "Non-finite loss" in res.message and "global step 12" in res.message
+  assert int(res.state.step) == 11  # the bad update was not applied, later steps were no-ops
+  assert all(np.all(np.isfinite(a)) for a in _params(res))
+  assert [h["epoch"] for h in res.history] == [1]
+  log = json.loads((tmp_path / "log.json").read_text())
+  assert log["status"] == "nan" and "Non-finite" in log["message"]
+  ck = _checkpoint.Checkpointer(str(tmp_path))
+  assert ck.latest_step() == 8
+  state, meta = ck.restore(res.state)
+  assert meta["epoch"] == 0 and int(state.step) == 8
+  assert all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(state.params))
+
+
+def test_cli_train_writes_outputs_and_resumes(tmp_path):
+  from rattr_jax.cli import main
+  out = str(tmp_path / "run")
+  args = ["train", "--model", "mlp", "--dataset", "digits", "--method", "pgd", "--num-steps", "2",
+          "--max-train", "128", "--max-test", "64", "--out", out, "--no-progress"]
+  assert main(args + ["--epochs", "1"]) == 0
+  for f in ("log.json", "config.json", "curves.png"):
+    assert os.path.exists(os.path.join(out, f)), f
+  assert main(args + ["--epochs", "2", "--resume"]) == 0
+  log = json.loads(open(os.path.join(out, "log.json")).read())
+  assert [e["epoch"] for e in log["epochs"]] == [1, 2]
+  assert log["config"]["method"]["name"] == "pgd" and "train_adv_acc" in log["epochs"][0]
+  assert main(["train", "--method", "activation_sensitivity", "--layers", "nope", "--model",
+               "mlp", "--dataset", "digits", "--out", str(tmp_path / "x")]) == 2
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def test_every_method_trains(digits):
+  """All methods' terms in one objective (one compilation): finite, non-negative, all params move."""
+  import dataclasses
+  model = models.create_model("mlp", input_shape=(8, 8, 1), num_classes=10,
+                              activation="softplus:3", hidden=(16,))
+  terms = []
+  for method in training.METHODS:
+    m = training.fast_cpu_method(method)
+    if method == "activation_sensitivity":
+      m = training.MethodConfig(name=method, lam=1.0, layers=("hidden.0",), neuron_weights=True,
+                                epsilon=0.1)
+    if method in ("pgd", "trades"):
+      m = training.MethodConfig(name=method, epsilon=0.1, num_steps=2)
+    for t in training.method_terms(m, hessian_mode="forward_over_reverse"):
+      if t.name != "ce" or method == "ce":
+        terms.append(dataclasses.replace(t, name=f"{method}/{t.name}"))
+  assert len(terms) == len(training.METHODS)
+  x, y = jnp.asarray(digits.x_train[:64]), jnp.asarray(digits.y_train[:64])
+  ts = training.make_train_step(model, optax.adam(1e-2), terms, refresh_example=(x, y))
+  state = ts.init(0)
+  p0 = jax.tree_util.tree_leaves(jax.device_get(state.params))
+  state = ts.refresh(state, x, y)
+  np.testing.assert_allclose(
+      float(jnp.mean(state.aux["activation_sensitivity/act_sens"][0])), 1.0, rtol=1e-5)
+  state, met = ts.run(state, x, y, jnp.arange(64).reshape(2, 32))
+  assert int(state.step) == 2 and bool(np.all(met["finite"]))
+  for t in terms:
+    assert np.all(np.isfinite(met[t.name])) and np.all(met[t.name] >= 0), t.name
+    assert np.all(met[t.name] > 0), t.name
+  total = sum(t.weight * met[t.name] for t in terms)
+  np.testing.assert_allclose(met["loss"], total, rtol=1e-5)
+  changed = [not np.array_equal(a, b) for a, b in zip(p0, jax.tree_util.tree_leaves(state.params))]
+  assert all(changed)
+
+
+class _BNNet(nnx.Module):
+  def __init__(self, rngs):
+    self.fc = nnx.Linear(64, 16, rngs=rngs)
+    self.bn = nnx.BatchNorm(16, momentum=0.9, rngs=rngs)
+    self.head = nnx.Linear(16, 10, rngs=rngs)
+    self.activation = models.Activation.softplus(3.0)
+
+  def __call__(self, x):
+    return self.head(self.activation(self.bn(self.fc(x.reshape(x.shape[0], -1)))))
+
+
+def test_batchnorm_statistics_updated_once_by_the_clean_pass(digits):
+  """Regularizer passes (g(x), g(x + delta)) must not touch the running statistics."""
+  model = _BNNet(nnx.Rngs(0))
+  x, y = jnp.asarray(digits.x_train[:32]), jnp.asarray(digits.y_train[:32])
+  h = model.fc(x.reshape(32, -1))
+  expected_mean = 0.1 * jnp.mean(h, axis=0)  # momentum 0.9 from a zero initial mean
+  expected_var = 0.9 + 0.1 * jnp.var(h, axis=0)
+  for method in ("gradient_alignment", "trades"):
+    terms = training.method_terms(training.MethodConfig(name=method, epsilon=0.1, num_steps=2))
+    ts = training.make_train_step(model, optax.sgd(0.0), terms)
+    state, met = ts.step(ts.init(0), x, y)
+    assert bool(met["finite"])
+    np.testing.assert_allclose(state.rest["bn"]["mean"][...], expected_mean, rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(state.rest["bn"]["var"][...], expected_var, rtol=1e-5)
+  # The clean logits of the step are training-mode logits (batch statistics).
+  ts = training.make_train_step(model, optax.sgd(0.0), [training.cross_entropy_term()])
+  _, met = ts.step(ts.init(0), x, y)
+  m2 = nnx.merge(*nnx.split(model))
+  m2.train()
+  ce = optax.softmax_cross_entropy_with_integer_labels(m2(x), y).mean()
+  np.testing.assert_allclose(met["ce"], ce, rtol=1e-5)
+
+
+def test_schedules_and_clipping():
+  o = training.OptimizerConfig(name="adam", learning_rate=0.1, schedule="multistep",
+                               milestones=(2, 3), gamma=0.1, clip_norm=0.5)
+  tx, sched = training.make_optimizer(o, steps_per_epoch=10, epochs=4)
+  np.testing.assert_allclose([float(sched(s)) for s in (0, 19, 20, 29, 30)],
+                             [0.1, 0.1, 0.01, 0.01, 0.001], rtol=1e-6)
+  _, cos = training.make_optimizer(training.OptimizerConfig(schedule="cosine", learning_rate=1.0),
+                                   steps_per_epoch=10, epochs=2)
+  np.testing.assert_allclose([float(cos(0)), float(cos(10)), float(cos(20))], [1.0, 0.5, 0.0],
+                             atol=1e-6)
+  sgd = training.make_optimizer(training.OptimizerConfig(name="sgd", learning_rate=1.0,
+                                                         momentum=0.0, clip_norm=0.5), 1, 1)[0]
+  g = {"w": jnp.array([3.0, 4.0])}
+  upd, _ = sgd.update(g, sgd.init(g), g)
+  np.testing.assert_allclose(upd["w"], [-0.3, -0.4], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- bad configs
+
+
+def test_bad_configs_raise_clear_errors(digits):
+  with pytest.raises(ValueError, match="Unknown `method` 'bogus'"):
+    training.preset("fast_cpu", method="bogus")
+  with pytest.raises(ValueError, match="Unknown `method` 'bogus'"):
+    training.validate(training.TrainConfig(method=training.MethodConfig(name="bogus")))
+  for field in ("lam", "lambda_l2", "lambda_cos", "epsilon", "beta"):
+    with pytest.raises(ValueError, match=f"method.{field}"):
+      training.preset("fast_cpu", **{f"method.{field}": -1.0})
+  with pytest.raises(ValueError, match="Unknown config field"):
+    training.preset("fast_cpu", **{"method.lambda": 1.0})
+  with pytest.raises(ValueError, match="optimizer.learning_rate"):
+    training.preset("fast_cpu", **{"optimizer.learning_rate": 0.0})
+  with pytest.raises(ValueError, match="preset"):
+    training.preset("nope")
+  with pytest.raises(ValueError, match="weight"):
+    training.LossTerm("x", lambda *a: (0.0, {}), -1.0)
+  with pytest.raises(ValueError, match=r"Unknown `layer` 'fc9'.*hidden\.0"):
+    training.train(_small("activation_sensitivity", **{"method.layers": ("fc9",)}),
+                   dataset=digits, progress=False)
+  with pytest.raises(ValueError, match="batch_size"):
+    training.train(_small(batch_size=4096), dataset=digits, progress=False)
+  with pytest.raises(ValueError, match="unique"):
+    training.make_train_step(models.create_model("mlp", input_shape=(4,), num_classes=2),
+                             optax.sgd(0.1), [training.cross_entropy_term()] * 2)
+
+
+def test_config_roundtrip_and_presets():
+  for name, cfg in training.PRESETS.items():
+    training.validate(cfg)
+    assert training.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg, name
+  aga = training.PRESETS["aga_cifar_lenet"]
+  assert (aga.method.lambda_l2, aga.method.lambda_cos, aga.activation) == (0.01, 1.0, "softplus:3")
+  assert abs(aga.method.epsilon - 4 / 255) < 1e-12 and aga.optimizer.learning_rate == 1e-3
+  assert training.PRESETS["hessian_cifar_lenet"].method.lam == 1e-3
+  pgd = training.PRESETS["pgd_cifar_lenet"].method
+  assert abs(pgd.epsilon - 8 / 255) < 1e-12 and pgd.num_steps == 10
