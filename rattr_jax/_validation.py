@@ -15,9 +15,38 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from rattr_jax import _jit
+
+
+@functools.lru_cache(maxsize=128)
+def _cached_eval_shape(static, leaf_specs, arg_specs):
+  run = lambda leaves, *args: _jit.combine(leaves, static)(*args)
+  return jax.eval_shape(run, list(leaf_specs), *arg_specs)
+
+
+def eval_shape(f: Callable, *args: Any) -> Any:
+  """``jax.eval_shape(f, *args)`` memoised on what the output shapes depend on.
+
+  The key is ``f``'s static structure (for a pytree callable such as
+  `rattr_jax.models.as_fn`: its tree structure and non-array leaves), the
+  shapes and dtypes of its array leaves, and those of ``args``. Validation
+  runs on every public call, so without the cache abstract evaluation (a full
+  trace of the model) dominates the cost of small calls.
+  """
+  specs = tuple(jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)) for a in args)
+  dyn, static = _jit.partition(f)
+  try:
+    hash(static)
+  except TypeError:
+    return jax.eval_shape(f, *specs)
+  leaf_specs = tuple(jax.ShapeDtypeStruct(jnp.shape(l), jnp.result_type(l)) for l in dyn)
+  return _cached_eval_shape(static, leaf_specs, specs)
 
 
 def is_concrete(value: Any) -> bool:
@@ -57,7 +86,7 @@ def num_classes_of(fn: Callable[[jax.Array], jax.Array], x: jax.Array,
                    *, name: str = "fn") -> int:
   """Returns ``C`` for logits ``fn(x) -> [B, C]`` using abstract evaluation."""
   try:
-    out = jax.eval_shape(fn, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    out = eval_shape(fn, x)
   except Exception as e:  # pragma: no cover - message forwarding
     raise ValueError(f"`{name}` failed on an input of shape {tuple(x.shape)}: {e}") from e
   if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != x.shape[0]:
@@ -170,8 +199,7 @@ def check_explain_output(explain_fn: Callable, x: jax.Array, target: jax.Array,
                          *, name: str = "explain_fn") -> None:
   """Checks that ``explain_fn(x, target)`` returns an array shaped like ``x``."""
   try:
-    out = jax.eval_shape(explain_fn, jax.ShapeDtypeStruct(x.shape, x.dtype),
-                         jax.ShapeDtypeStruct(target.shape, target.dtype))
+    out = eval_shape(explain_fn, x, target)
   except Exception as e:
     raise ValueError(f"`{name}` failed on x of shape {tuple(x.shape)}: {e}") from e
   if getattr(out, "shape", None) != tuple(x.shape):

@@ -69,11 +69,21 @@ def check_common(fn, explain, x, target, key, surrogate, *, reduce, normalize, s
   if not callable(explain):
     raise ValueError(f"`explain` must be callable explain(f, x, target); got {explain!r}.")
   pass_key = _engine.accepts_key(explain)
-  ex = lambda z, tt: _engine.call_explain(explain, fn, z, tt, key, pass_key)
-  V.check_explain_output(ex, x, t, name="explain")
-  map_shape = jax.eval_shape(lambda z: to_map(ex(z, t), reduce, normalize),
-                             jax.ShapeDtypeStruct(x.shape, x.dtype)).shape
-  return x, t, pass_key, tuple(map_shape)
+  probe = jax.tree_util.Partial(_explain_and_map, explain, fn, pass_key, reduce, normalize)
+  try:
+    attr, m = V.eval_shape(probe, x, t, key)
+  except Exception as e:
+    raise ValueError(f"`explain` failed on x of shape {tuple(x.shape)}: {e}") from e
+  if tuple(attr.shape) != tuple(x.shape):
+    raise ValueError(f"`explain` must return an attribution shaped like x {tuple(x.shape)}; "
+                     f"got {tuple(attr.shape)}.")
+  return x, t, pass_key, tuple(m.shape)
+
+
+def _explain_and_map(explain, fn, pass_key, reduce, normalize, z, t, key):
+  """The attribution of ``fn`` at ``z`` and its map (shape probe for `check_common`)."""
+  a = _engine.call_explain(explain, fn, z, t, key, pass_key)
+  return a, to_map(a, reduce, normalize)
 
 
 def check_mask(mask, map_shape, *, name: str = "mask"):

@@ -65,7 +65,8 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
   from rich.table import Table
   t = Table(title=title)
   for c in columns:
-    t.add_column(c, justify="right" if c != columns[0] else "left")
+    first = c == columns[0]
+    t.add_column(c, justify="left" if first else "right", no_wrap=first)
   for r in rows:
     t.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r])
   console().print(t)
