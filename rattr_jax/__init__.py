@@ -7,6 +7,37 @@ function is pure, jittable and vmappable.
 
 __version__ = "0.1.0"
 
+import os as _os
+
+
+def _apply_xla_cpu_defaults() -> None:
+  """Sends XLA:CPU convolution weight-gradients to Eigen (measured 1.3-1.8x per training step).
+
+  By default XLA:CPU lowers each convolution weight-gradient as a convolution
+  with a huge window (one took 570 ms on the CIFAR LeNet); the flag
+  ``--xla_cpu_experimental_ynn_fusion_type=`` (empty) avoids that
+  (`benchmarks/training_cost.py`, ``shared/research/cpu_performance.md``).
+  XLA reads ``XLA_FLAGS`` once, when the first backend starts, so the flag is
+  added only if no backend has started yet and the user has not set it
+  (either way). Set ``RATTR_JAX_NO_XLA_FLAGS=1`` to leave ``XLA_FLAGS``
+  alone. It only concerns XLA:CPU; GPU/TPU ignore it.
+  """
+  if _os.environ.get("RATTR_JAX_NO_XLA_FLAGS"):
+    return
+  current = _os.environ.get("XLA_FLAGS", "")
+  if "xla_cpu_experimental_ynn_fusion_type" in current:
+    return
+  try:
+    from jax._src import xla_bridge as _xb
+    if getattr(_xb, "_backends", None):
+      return  # too late: the backend already read XLA_FLAGS
+  except Exception:  # pragma: no cover - private API moved
+    pass
+  _os.environ["XLA_FLAGS"] = (current + " --xla_cpu_experimental_ynn_fusion_type=").strip()
+
+
+_apply_xla_cpu_defaults()
+
 from rattr_jax import attacks
 from rattr_jax import attribution
 from rattr_jax import curvature

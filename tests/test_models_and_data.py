@@ -149,3 +149,18 @@ def test_offline_tfds_fails_fast(tmp_path, monkeypatch):
   assert time.time() - t0 < 5
   with pytest.raises(ValueError, match="`name`"):
     D.load_dataset("imagenet")
+
+
+@pytest.mark.parametrize("opt_out", [False, True])
+def test_import_applies_the_cpu_conv_flag_unless_opted_out(opt_out):
+  import os
+  import subprocess
+  import sys
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "RATTR_JAX_NO_XLA_FLAGS")}
+  if opt_out:
+    env["RATTR_JAX_NO_XLA_FLAGS"] = "1"
+  code = ("import os, rattr_jax, jax.numpy as jnp; jnp.ones(2).block_until_ready(); "
+          "print(os.environ.get('XLA_FLAGS', ''))")
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       check=True).stdout.strip()
+  assert ("--xla_cpu_experimental_ynn_fusion_type=" in out) != opt_out, out
