@@ -224,7 +224,7 @@ def test_hessian_eigs_converges_before_full_dimension_and_compiles_once(x64):
     np.testing.assert_allclose(r.eigenvalues[0], ev[::-1][:2], rtol=1e-3)
     # The residual estimate is an honest error bar.
     assert np.all(np.abs(np.asarray(r.eigenvalues[0]) - ev[::-1][:2]) <= r.residuals[0] + 1e-12)
-  assert _spectrum._hessian_eigs._cache_size() == before + 1
+  assert _spectrum._hessian_eigs._cache_size() <= before + 1
 
 
 def test_hessian_eigs_cnn_and_mlp_top3_match_dense(x64, cnn_setup, nets):
@@ -260,7 +260,7 @@ def test_hutchinson_converges_within_stated_stderr(x64):
     z_tr.append(float((tr.estimate[0] - tr_true) / tr.stderr[0]))
     z_fro.append(float((fr.estimate[0] - fro_true) / fr.stderr[0]))
     assert tr.samples.shape == (1, 64)
-  assert _trace._estimate._cache_size() == before + 1  # one program for 40 calls
+  assert _trace._estimate._cache_size() <= before + 1  # at most one program for 40 calls
   # Every estimate within 4 standard errors; the errors are calibrated (|z| ~ 0.8 on average).
   assert np.max(np.abs(z_tr)) < 4 and np.max(np.abs(z_fro)) < 4
   assert 0.3 < np.mean(np.abs(z_tr)) < 1.5 and 0.3 < np.mean(np.abs(z_fro)) < 1.5
