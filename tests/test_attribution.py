@@ -110,8 +110,9 @@ def test_smoothgrad_tends_to_gradient():
   fn = _tanh_mlp()
   x = jax.random.normal(jax.random.key(9), (3, 12))
   g = A.gradient(fn, x, 0)
+  # float32: the mean of 3 equal gradients is the gradient up to a few ulps.
   np.testing.assert_allclose(A.smoothgrad(fn, x, 0, key=KEY, stddev=0.0, num_samples=3), g,
-                             rtol=1e-6)
+                             rtol=1e-5, atol=1e-7)
   errs = [float(jnp.max(jnp.abs(A.smoothgrad(fn, x, 0, key=KEY, stddev=s, num_samples=64) - g)))
           for s in (0.3, 0.03, 0.003)]
   assert errs[0] > errs[1] > errs[2]
