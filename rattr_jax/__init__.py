@@ -10,8 +10,14 @@ __version__ = "0.1.0"
 import os as _os
 
 
-def _apply_xla_cpu_defaults() -> None:
+def apply_cpu_training_flag() -> bool:
   """Sends XLA:CPU convolution weight-gradients to Eigen (measured 1.3-1.8x per training step).
+
+  Call it before the first JAX computation; ``rattr train`` calls it for you.
+  It is not applied on import because the same flag made input-gradient
+  attributions slower (CNN batch 16: gradient 6 -> 12 ms, IG 185 -> 294 ms
+  per call in `benchmarks/attribution_throughput.py`). Returns whether the
+  flag is set in ``XLA_FLAGS`` afterwards.
 
   By default XLA:CPU lowers each convolution weight-gradient as a convolution
   with a huge window (one took 570 ms on the CIFAR LeNet); the flag
@@ -22,21 +28,17 @@ def _apply_xla_cpu_defaults() -> None:
   (either way). Set ``RATTR_JAX_NO_XLA_FLAGS=1`` to leave ``XLA_FLAGS``
   alone. It only concerns XLA:CPU; GPU/TPU ignore it.
   """
-  if _os.environ.get("RATTR_JAX_NO_XLA_FLAGS"):
-    return
   current = _os.environ.get("XLA_FLAGS", "")
-  if "xla_cpu_experimental_ynn_fusion_type" in current:
-    return
+  if _os.environ.get("RATTR_JAX_NO_XLA_FLAGS") or "xla_cpu_experimental_ynn_fusion_type" in current:
+    return "xla_cpu_experimental_ynn_fusion_type" in current
   try:
     from jax._src import xla_bridge as _xb
     if getattr(_xb, "_backends", None):
-      return  # too late: the backend already read XLA_FLAGS
+      return False  # too late: the backend already read XLA_FLAGS
   except Exception:  # pragma: no cover - private API moved
     pass
   _os.environ["XLA_FLAGS"] = (current + " --xla_cpu_experimental_ynn_fusion_type=").strip()
-
-
-_apply_xla_cpu_defaults()
+  return True
 
 from rattr_jax import attacks
 from rattr_jax import attribution
@@ -50,5 +52,5 @@ from rattr_jax import training
 
 __all__ = [
     "attacks", "attribution", "curvature", "influence", "maps", "metrics", "models",
-    "regularizers", "training", "__version__",
+    "regularizers", "training", "apply_cpu_training_flag", "__version__",
 ]

@@ -152,15 +152,21 @@ def test_offline_tfds_fails_fast(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("opt_out", [False, True])
-def test_import_applies_the_cpu_conv_flag_unless_opted_out(opt_out):
+def test_cpu_training_flag_is_opt_in_and_applied_before_the_backend(opt_out):
   import os
   import subprocess
   import sys
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "RATTR_JAX_NO_XLA_FLAGS")}
   if opt_out:
     env["RATTR_JAX_NO_XLA_FLAGS"] = "1"
-  code = ("import os, rattr_jax, jax.numpy as jnp; jnp.ones(2).block_until_ready(); "
-          "print(os.environ.get('XLA_FLAGS', ''))")
+  code = ("import os, rattr_jax, jax.numpy as jnp\n"
+          "assert 'ynn' not in os.environ.get('XLA_FLAGS', '')  # not on import\n"
+          "on = rattr_jax.apply_cpu_training_flag()\n"
+          "jnp.ones(2).block_until_ready()\n"
+          "late = rattr_jax.apply_cpu_training_flag()  # backend started: no change\n"
+          "print(on, late, os.environ.get('XLA_FLAGS', ''))")
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        check=True).stdout.strip()
-  assert ("--xla_cpu_experimental_ynn_fusion_type=" in out) != opt_out, out
+  on, late, flags = out.split(" ", 2) if " " in out.split(" ", 1)[1] else (*out.split(" "), "")
+  assert on == str(not opt_out) and late == str(not opt_out), out
+  assert ("--xla_cpu_experimental_ynn_fusion_type=" in flags) != opt_out, out

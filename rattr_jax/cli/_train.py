@@ -100,6 +100,8 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+  import rattr_jax
+  rattr_jax.apply_cpu_training_flag()  # before the first computation; see its docstring
   from rattr_jax import training
   from rattr_jax.cli import _common
   config = config_from_args(args)
