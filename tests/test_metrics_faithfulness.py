@@ -20,17 +20,7 @@ XIMG = jax.random.uniform(jax.random.key(5), (3, 6, 6, 2))
 IXG_IMG = functools.partial(attribution.input_x_gradient, IMG_LIN)
 
 
-class TanhMLP:
-  def __init__(self, key, d, h, c):
-    k1, k2 = jax.random.split(key)
-    self.w1 = jax.random.normal(k1, (d, h)) / np.sqrt(d)
-    self.w2 = jax.random.normal(k2, (h, c)) / np.sqrt(h)
-
-  def __call__(self, x):
-    return jnp.tanh(x.reshape(x.shape[0], -1) @ self.w1) @ self.w2
-
-
-MLP = TanhMLP(jax.random.key(6), 12, 16, 3)
+MLP = testing.TanhMLP(jax.random.key(6), 12, 16, 3)
 G_MLP = functools.partial(attribution.gradient, MLP)
 T4 = jnp.array([0, 2, 1, 1])
 

@@ -21,19 +21,7 @@ IXG_LIN = functools.partial(attribution.input_x_gradient, LIN)
 G_QUAD = functools.partial(attribution.gradient, QUAD)
 
 
-class TanhMLP:
-  """A small smooth classifier (hashable by identity, pure)."""
-
-  def __init__(self, key, d, h, c):
-    k1, k2 = jax.random.split(key)
-    self.w1 = jax.random.normal(k1, (d, h)) / np.sqrt(d)
-    self.w2 = jax.random.normal(k2, (h, c)) / np.sqrt(h)
-
-  def __call__(self, x):
-    return jnp.tanh(x.reshape(x.shape[0], -1) @ self.w1) @ self.w2
-
-
-MLP = TanhMLP(jax.random.key(5), 10, 16, 3)
+MLP = testing.TanhMLP(jax.random.key(5), 10, 16, 3)
 G_MLP = functools.partial(attribution.gradient, MLP)
 
 

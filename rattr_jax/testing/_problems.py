@@ -81,3 +81,22 @@ def trained_mnist_cnn(epochs: int = 3, seed: int = 0, activation: str = "relu"):
   m = models.create_model("cnn", input_shape=d.input_shape, num_classes=10,
                           activation=activation, seed=seed)
   return fit(m, d.x_train, d.y_train, epochs=epochs, seed=seed), d
+
+
+class TanhMLP:
+  """A small smooth classifier ``tanh(x W1) W2`` (hashable by identity, pure).
+
+  Args:
+    key: PRNG key for the weights.
+    d: number of input features (inputs are flattened).
+    h: hidden width.
+    c: number of classes.
+  """
+
+  def __init__(self, key, d: int, h: int, c: int):
+    k1, k2 = jax.random.split(key)
+    self.w1 = jax.random.normal(k1, (d, h)) / np.sqrt(d)
+    self.w2 = jax.random.normal(k2, (h, c)) / np.sqrt(h)
+
+  def __call__(self, x):
+    return jnp.tanh(x.reshape(x.shape[0], -1) @ self.w1) @ self.w2
