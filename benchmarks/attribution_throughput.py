@@ -268,7 +268,10 @@ def run(args) -> dict:
 
 
 def _targets(results) -> dict:
-  """The issue's targets: ratio >= 1.4 (CNN, IG/SmoothGrad, B >= 16); >= 5 (MLP, and B == 1)."""
+  """The issue's targets: ratio >= 1.4 (CNN, IG/SmoothGrad, B >= 16); >= 5 (MLP, and B == 1).
+
+  Checked on the library default (``ours_default``) when it was timed.
+  """
   out = []
   for r in results:
     if "ratio_captum_over" not in r or r["method"] == "gradient":
@@ -279,9 +282,13 @@ def _targets(results) -> dict:
       need = 1.4
     else:
       continue
-    got = r["ratio_captum_over"]["ours"]
+    # The library's general code path (`batch_size=None`) is what users get; the
+    # matched-chunk ratio is kept beside it for an apples-to-apples reading.
+    ratios = r["ratio_captum_over"]
+    got = ratios.get("ours_default", ratios["ours"])
     out.append({"model": r["model"], "batch": r["batch"], "method": r["method"],
-                "required_ratio": need, "ratio": got, "met": got >= need})
+                "required_ratio": need, "ratio": got, "ratio_matched_chunk": ratios["ours"],
+                "met": got >= need})
   return {"checks": out, "all_met": all(c["met"] for c in out) if out else None}
 
 

@@ -24,10 +24,24 @@ import numpy as np
 from rattr_jax import _jit
 
 
+def _spec(a: Any) -> tuple:
+  """Hashable ``(shape, dtype, weak_type)`` of an array or a Python scalar."""
+  if isinstance(a, (jax.Array, np.ndarray)) and not isinstance(a, jax.core.Tracer):
+    return (a.shape, a.dtype, bool(getattr(a, "weak_type", False)))
+  aval = jax.typeof(a)
+  return (aval.shape, aval.dtype, bool(getattr(aval, "weak_type", False)))
+
+
+def _to_struct(spec: tuple) -> jax.ShapeDtypeStruct:
+  shape, dtype, weak = spec
+  return jax.ShapeDtypeStruct(shape, dtype, weak_type=weak)
+
+
 @functools.lru_cache(maxsize=128)
 def _cached_eval_shape(static, leaf_specs, arg_specs):
   run = lambda leaves, *args: _jit.combine(leaves, static)(*args)
-  return jax.eval_shape(run, list(leaf_specs), *arg_specs)
+  return jax.eval_shape(run, [_to_struct(s) for s in leaf_specs],
+                        *[_to_struct(s) for s in arg_specs])
 
 
 def eval_shape(f: Callable, *args: Any) -> Any:
@@ -37,16 +51,16 @@ def eval_shape(f: Callable, *args: Any) -> Any:
   `rattr_jax.models.as_fn`: its tree structure and non-array leaves), the
   shapes and dtypes of its array leaves, and those of ``args``. Validation
   runs on every public call, so without the cache abstract evaluation (a full
-  trace of the model) dominates the cost of small calls.
+  trace of the model) dominates the cost of small calls; the key is built from
+  plain ``(shape, dtype)`` tuples because it is computed on every call too.
   """
-  specs = tuple(jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)) for a in args)
   dyn, static = _jit.partition(f)
   try:
     hash(static)
   except TypeError:
-    return jax.eval_shape(f, *specs)
-  leaf_specs = tuple(jax.ShapeDtypeStruct(jnp.shape(l), jnp.result_type(l)) for l in dyn)
-  return _cached_eval_shape(static, leaf_specs, specs)
+    return jax.eval_shape(f, *(_to_struct(_spec(a)) for a in args))
+  return _cached_eval_shape(static, tuple(_spec(l) for l in dyn),
+                            tuple(_spec(a) for a in args))
 
 
 def is_concrete(value: Any) -> bool:
@@ -98,25 +112,34 @@ def num_classes_of(fn: Callable[[jax.Array], jax.Array], x: jax.Array,
 
 def check_target(target: Any, batch_size: int, num_classes: int | None,
                  *, name: str = "target") -> jax.Array:
-  """Returns ``target`` as an int32 array ``[B]``; checks length and range."""
+  """Returns ``target`` as an int32 array ``[B]``; checks length and range.
+
+  Concrete targets are checked and converted on the host (NumPy): an eager
+  JAX op per call would cost more than a small model's whole attribution.
+  """
   if isinstance(target, (bool, np.bool_)):
     raise ValueError(f"`{name}` must be an int or an int array; got a bool.")
-  t = jnp.asarray(target)
-  if not jnp.issubdtype(t.dtype, jnp.integer):
+  traced = not is_concrete(target)
+  t = target if (traced or isinstance(target, jax.Array)) else np.asarray(target)
+  if not np.issubdtype(t.dtype, np.integer):
     raise ValueError(f"`{name}` must be an int or an int array; got dtype {t.dtype}.")
-  if t.ndim == 0:
-    t = jnp.broadcast_to(t, (batch_size,))
-  elif t.ndim != 1 or t.shape[0] != batch_size:
+  if t.ndim not in (0, 1) or (t.ndim == 1 and t.shape[0] != batch_size):
     raise ValueError(
         f"`{name}` must be an int or have shape [B] = [{batch_size}]; got shape "
         f"{tuple(t.shape)}.")
-  if num_classes is not None and is_concrete(t):
-    tn = np.asarray(t)
-    if tn.size and (tn.min() < 0 or tn.max() >= num_classes):
-      raise ValueError(
-          f"`{name}` must lie in [0, {num_classes}); got values in "
-          f"[{tn.min()}, {tn.max()}].")
-  return t.astype(jnp.int32)
+  if traced:
+    t = t.astype(jnp.int32)
+    return jnp.broadcast_to(t, (batch_size,)) if t.ndim == 0 else t
+  tn = np.asarray(t)
+  if num_classes is not None and tn.size and (tn.min() < 0 or tn.max() >= num_classes):
+    raise ValueError(
+        f"`{name}` must lie in [0, {num_classes}); got values in "
+        f"[{tn.min()}, {tn.max()}].")
+  if tn.ndim == 0:
+    return np.full((batch_size,), tn, np.int32)
+  if isinstance(t, jax.Array) and t.dtype == jnp.int32:
+    return t  # already on device, nothing to convert
+  return tn.astype(np.int32)
 
 
 def check_positive_int(value: Any, *, name: str) -> int:
@@ -182,6 +205,25 @@ def check_baseline(baseline: Any, x: jax.Array, *, name: str = "baseline") -> ja
   if is_concrete(b) and not np.all(np.isfinite(np.asarray(b))):
     raise ValueError(f"`{name}` contains NaN or inf values.")
   return b
+
+
+def check_baseline_shape(baseline: Any, x: jax.Array, *, name: str = "baseline") -> Any:
+  """Validates a baseline like `check_baseline` but does not broadcast it.
+
+  Returns ``baseline`` as a scalar (``None`` -> ``0``), ``[*F]`` or
+  ``[B, *F]`` array of ``x``'s dtype, to be broadcast inside a compiled
+  function (saves an eager ``zeros_like``/``broadcast_to`` per call).
+  """
+  if baseline is None:
+    return np.zeros((), x.dtype)
+  b = baseline if isinstance(baseline, jax.Array) else np.asarray(baseline, dtype=x.dtype)
+  if b.ndim != 0 and b.shape != x.shape[1:] and b.shape != tuple(x.shape):
+    raise ValueError(
+        f"`{name}` must be a scalar or have shape {tuple(x.shape[1:])} or "
+        f"{tuple(x.shape)}; got {tuple(b.shape)}.")
+  if is_concrete(b) and not np.all(np.isfinite(np.asarray(b))):
+    raise ValueError(f"`{name}` contains NaN or inf values.")
+  return b.astype(x.dtype) if b.dtype != x.dtype else b
 
 
 def check_key(key: Any, *, name: str = "key") -> jax.Array:

@@ -89,7 +89,7 @@ def _explain_one(fn, spec: _BaseSpec, key, x1, t1):
     # The same key for every decoy: common random numbers, so the range over
     # decoys reflects the decoys and not SmoothGrad's Monte-Carlo noise.
     m1, _ = _smoothgrad.noisy_gradient_moments(fn, xb, tb, key, spec.stddev, spec.num_samples,
-                                               None)
+                                               None, moments=(1,))
     out = m1
   elif spec.name == "integrated_gradients":
     out = _integrated._integrated_gradients(fn, xb, tb, spec.baseline[None], spec.num_steps,

@@ -117,6 +117,7 @@ def chunked_path_sum(grad_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
 
 @jit_with_callables(static_argnames=("num_steps", "method", "batch_size"))
 def _integrated_gradients(fn, x, t, baseline, num_steps, method, batch_size):
+  baseline = jnp.broadcast_to(baseline, x.shape)
   a, w = path_points(num_steps, method)
   alphas = jnp.asarray(a, x.dtype)
   weights = jnp.asarray(w, x.dtype)
@@ -167,5 +168,5 @@ def integrated_gradients(fn: Callable, x: Float[Array, "B ..."], target: Target,
   V.check_choice(method, METHODS, name="method")
   if method == "riemann_trapezoid" and num_steps < 2:
     raise ValueError("`num_steps` must be >= 2 for method='riemann_trapezoid'.")
-  b = V.check_baseline(baseline, x)
+  b = V.check_baseline_shape(baseline, x)
   return _integrated_gradients(fn, x, t, b, num_steps, method, batch_size)

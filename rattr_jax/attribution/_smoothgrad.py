@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from rattr_jax import _validation as V
@@ -27,13 +28,17 @@ def noise_scale(x: jax.Array, stddev) -> jax.Array:
   return stddev * spread
 
 
-def noisy_gradient_moments(fn, x, t, key, stddev, num_samples, batch_size):
+def noisy_gradient_moments(fn, x, t, key, stddev, num_samples, batch_size,
+                           moments=(1, 2)):
   """First and second moments of the target gradient at ``x + N(0, sigma^2)``.
 
   Noise samples are drawn per chunk inside a `lax.scan`; each chunk of
   ``batch_size`` samples is a single call of ``fn`` on ``batch_size * B`` inputs
   (``None``: `rattr_jax.attribution._integrated.auto_chunk`).
   Sample ``s`` of the whole batch uses ``jax.random.fold_in(key, s)``.
+  ``moments`` (static) names the moments to accumulate; the others are
+  returned as ``None`` (a loop-carried sum is not dead-code eliminated, so an
+  unused second moment would cost a pass over every chunk).
   """
   s_total = num_samples
   bs = (_integrated.auto_chunk(s_total, x.shape) if batch_size is None
@@ -50,22 +55,23 @@ def noisy_gradient_moments(fn, x, t, key, stddev, num_samples, batch_size):
     eps = jax.vmap(lambda k: jax.random.normal(k, x.shape, x.dtype))(keys)
     pts = (x[None] + sigma[None] * eps).reshape((bs * bsz,) + feat)
     g = _target.target_gradient(fn, pts, jnp.tile(t, bs)).reshape((bs, bsz) + feat)
-    return jnp.tensordot(valid, g, axes=1), jnp.tensordot(valid, g * g, axes=1)
+    return tuple(jnp.tensordot(valid, g if m == 1 else g * g, axes=1) for m in moments)
 
   if num_chunks == 1:
-    m1, m2 = chunk(jnp.asarray(0))
+    sums = chunk(jnp.asarray(0))
   else:
     def body(acc, c):
-      a, b = chunk(c)
-      return (acc[0] + a, acc[1] + b), None
-    (m1, m2), _ = jax.lax.scan(body, (jnp.zeros_like(x), jnp.zeros_like(x)),
-                               jnp.arange(num_chunks))
-  return m1 / s_total, m2 / s_total
+      return tuple(a + b for a, b in zip(acc, chunk(c))), None
+    sums, _ = jax.lax.scan(body, tuple(jnp.zeros_like(x) for _ in moments),
+                           jnp.arange(num_chunks))
+  out = dict(zip(moments, (v / s_total for v in sums)))
+  return out.get(1), out.get(2)
 
 
 @jit_with_callables(static_argnames=("num_samples", "squared", "batch_size"))
 def _smoothgrad(fn, x, t, key, stddev, num_samples, squared, batch_size):
-  m1, m2 = noisy_gradient_moments(fn, x, t, key, stddev, num_samples, batch_size)
+  m1, m2 = noisy_gradient_moments(fn, x, t, key, stddev, num_samples, batch_size,
+                                  moments=(2,) if squared else (1,))
   return m2 if squared else m1
 
 
@@ -116,7 +122,7 @@ def smoothgrad(fn: Callable, x: Float[Array, "B ..."], target: Target, *, key: P
     https://arxiv.org/abs/1706.03825
   """
   x, t = _check(fn, x, target, key, num_samples, stddev, batch_size)
-  return _smoothgrad(fn, x, t, key, jnp.asarray(stddev, x.dtype), num_samples,
+  return _smoothgrad(fn, x, t, key, np.asarray(stddev, x.dtype), num_samples,
                      bool(squared), batch_size)
 
 
@@ -146,4 +152,4 @@ def vargrad(fn: Callable, x: Float[Array, "B ..."], target: Target, *, key: PRNG
     Sensitivity to Parameter Values", 2018. https://arxiv.org/abs/1810.03307
   """
   x, t = _check(fn, x, target, key, num_samples, stddev, batch_size)
-  return _vargrad(fn, x, t, key, jnp.asarray(stddev, x.dtype), num_samples, batch_size)
+  return _vargrad(fn, x, t, key, np.asarray(stddev, x.dtype), num_samples, batch_size)
