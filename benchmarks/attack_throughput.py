@@ -187,6 +187,8 @@ def main():
            "raw_seconds": raw}
     if "torch_eager" in med:
       row["speedup_vs_torch"] = med["torch_eager"] / med["rattr_jax"]
+      if "rattr_jax_one_chunk" in med:
+        row["speedup_vs_torch_one_chunk"] = med["torch_eager"] / med["rattr_jax_one_chunk"]
     if "floor" in med:
       row["loop_over_floor"] = med["rattr_jax"] / med["floor"]
     results.append(row)
@@ -238,9 +240,14 @@ def main():
   x_np = rng.uniform(0, 1, (batch, 28, 28, 1)).astype(np.float32)
   x = jnp.asarray(x_np)
   t = jnp.argmax(fn(x), -1)
+  # Two memory settings: path points in chunks of 10 (every chunk rematerialised,
+  # memory bounded for any number of path points) and in one chunk of 20 (no
+  # remat: faster, memory grows with the points).
   ig = functools.partial(integrated_gradients, num_steps=20, batch_size=10)
-  cases = {"rattr_jax": jax_attack(fn, sur, ig, x, t, ig_attack_steps, K)}
-  sync = {"rattr_jax": jsync}
+  ig_one = functools.partial(integrated_gradients, num_steps=20, batch_size=20)
+  cases = {"rattr_jax": jax_attack(fn, sur, ig, x, t, ig_attack_steps, K),
+           "rattr_jax_one_chunk": jax_attack(fn, sur, ig_one, x, t, ig_attack_steps, K)}
+  sync = {"rattr_jax": jsync, "rattr_jax_one_chunk": jsync}
   if torch is not None:
     cases["torch_eager"] = functools.partial(torch_topk_attack, torch_cnn(cnn), x_np,
                                              np.asarray(t), num_steps=ig_attack_steps, k=K,
@@ -254,8 +261,11 @@ def main():
       "settings": {"quick": args.quick, "repeats": repeats, "k": K, "epsilon": "8/255",
                    "step_size": "0.5/255", "surrogate_beta": 10.0,
                    "weights": "random init (seed 0), identical in JAX and torch",
-                   "inputs": "uniform [0, 1]", "ig": "20 trapezoid points, batch_size 10",
-                   "note": "machine shared with other jobs; ratios are paired within one run"},
+                   "inputs": "uniform [0, 1]",
+                   "ig": "20 trapezoid points; batch_size 10 (2 rematerialised chunks) and "
+                         "20 (one chunk, no remat)",
+                   "note": "round-robin in one process, ratios paired within the run; "
+                           "device.load_average shows whether the machine was shared"},
       "device": {"jax_devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
                  "torch": None if torch is None else torch.__version__,
                  "torch_threads": None if torch is None else torch.get_num_threads(),

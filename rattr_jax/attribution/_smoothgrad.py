@@ -47,7 +47,6 @@ def noisy_gradient_moments(fn, x, t, key, stddev, num_samples, batch_size,
   sigma = noise_scale(x, stddev)
   bsz, feat = x.shape[0], x.shape[1:]
 
-  @jax.checkpoint
   def chunk(c):
     idx = c * bs + jnp.arange(bs)
     valid = (idx < s_total).astype(x.dtype)
@@ -58,8 +57,9 @@ def noisy_gradient_moments(fn, x, t, key, stddev, num_samples, batch_size,
     return tuple(jnp.tensordot(valid, g if m == 1 else g * g, axes=1) for m in moments)
 
   if num_chunks == 1:
-    sums = chunk(jnp.asarray(0))
+    sums = chunk(jnp.asarray(0))  # no remat: one chunk is the memory peak anyway
   else:
+    chunk = jax.checkpoint(chunk)  # bounded memory when differentiated through
     def body(acc, c):
       return tuple(a + b for a, b in zip(acc, chunk(c))), None
     sums, _ = jax.lax.scan(body, tuple(jnp.zeros_like(x) for _ in moments),
