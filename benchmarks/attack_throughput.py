@@ -20,13 +20,12 @@ import functools
 import json
 import os
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from _timing import medians, round_robin
 from rattr_jax import attacks, models
 from rattr_jax.attacks import _objectives as O
 from rattr_jax.attribution import gradient, integrated_gradients
@@ -149,21 +148,10 @@ def torch_topk_attack(fwd, x_np, t_np, *, num_steps, k, eps=8 / 255, alpha=0.5 /
 
 
 # --------------------------------------------------------------- timing ----
-def timed(f, sync):
-  t0 = time.perf_counter()
-  sync(f())
-  return time.perf_counter() - t0
-
-
 def bench_case(name, cases, repeats, sync_map):
   """Round-robin timing of ``cases`` (name -> callable), after one warm-up each."""
-  times = {n: [] for n in cases}
-  for n, f in cases.items():
-    sync_map[n](f())
-  for _ in range(repeats):
-    for n, f in cases.items():
-      times[n].append(timed(f, sync_map[n]))
-  return {n: statistics.median(v) for n, v in times.items()}, times
+  times, _ = round_robin(cases, repeats, sync=sync_map)
+  return medians(times), times
 
 
 def main():

@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import _timing  # noqa: E402
 MODELS = {"cnn": (28, 28, 1), "lenet": (32, 32, 3), "mlp": (64,)}
 METHODS = ("gradient", "ig", "smoothgrad")
 
@@ -101,10 +103,7 @@ def _timeit(f):
 
 def round_robin(fns: dict, repeats: int) -> dict:
   """Times each callable once per repeat, in turn; returns per-variant lists (s)."""
-  times = {k: [] for k in fns}
-  for _ in range(repeats):
-    for k, f in fns.items():
-      times[k].append(_timeit(f))
+  times, _ = _timing.round_robin(fns, repeats, sync={k: (lambda a: a) for k in fns}, warmup=0)
   return times
 
 

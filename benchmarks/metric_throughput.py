@@ -26,9 +26,7 @@ import functools
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 import warnings
 
 import jax
@@ -37,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _timing import medians, round_robin  # noqa: E402
 from rattr_jax import attribution, metrics, models  # noqa: E402
 from rattr_jax._quicktrain import fit  # noqa: E402
 from rattr_jax.data import load_dataset  # noqa: E402
@@ -104,17 +103,8 @@ def ours_cases(fn, x, t, *, ms_batch_size, images: bool):
 
 def bench(cases, repeats):
   """Warm-up (compile) once each, then ``repeats`` round-robin timings; medians."""
-  warm, times = {}, {n: [] for n in cases}
-  for n, f in cases.items():
-    t0 = time.perf_counter()
-    jax.block_until_ready(f())
-    warm[n] = time.perf_counter() - t0
-  for _ in range(repeats):
-    for n, f in cases.items():
-      t0 = time.perf_counter()
-      jax.block_until_ready(f())
-      times[n].append(time.perf_counter() - t0)
-  return {n: statistics.median(v) for n, v in times.items()}, times, warm
+  times, warm = round_robin(cases, repeats)
+  return medians(times), times, warm
 
 
 def main():

@@ -24,6 +24,7 @@ import optax
 from flax import nnx
 
 from rattr_jax import _validation as V
+from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import PRNGKey, Target
 from rattr_jax.attacks import _engine
 from rattr_jax.attacks._base import AttackResult, ManipulationConfig
@@ -133,8 +134,8 @@ def _manip_core(fn, explain, surrogate, family, config, key, pass_key, args):
   return out
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "explain", "surrogate", "family",
-                                             "batch_size", "pass_key"))
+@jit_with_callables(callables=("fn", "explain", "surrogate"),
+                    static_argnames=("family", "batch_size", "pass_key"))
 def _manipulation(fn, explain, surrogate, family, x, t, tmap, config, key, batch_size,
                   pass_key):
   core = functools.partial(_manip_core, fn, explain, surrogate, family, config, key, pass_key)

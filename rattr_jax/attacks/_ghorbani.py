@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from rattr_jax import _validation as V
+from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import PRNGKey, Target
 from rattr_jax.attacks import _engine
 from rattr_jax.attacks._base import AttackConfig, AttackResult, SELECT_ON
@@ -171,8 +172,8 @@ def _signed_core(fn, explain, surrogate, objective, config, key, pass_key, args)
   return out
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "explain", "surrogate", "objective",
-                                             "batch_size", "pass_key"))
+@jit_with_callables(callables=("fn", "explain", "surrogate"),
+                    static_argnames=("objective", "batch_size", "pass_key"))
 def _signed_attack(fn, explain, surrogate, objective, x, t, mask, config, key, batch_size,
                    pass_key):
   k_start, key = jax.random.split(key)
@@ -204,8 +205,8 @@ def _random_sign_core(fn, explain, surrogate, objective, config, key, pass_key, 
               surrogate_agreement=agree)
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "explain", "surrogate", "objective",
-                                             "batch_size", "pass_key"))
+@jit_with_callables(callables=("fn", "explain", "surrogate"),
+                    static_argnames=("objective", "batch_size", "pass_key"))
 def _random_sign(fn, explain, surrogate, objective, x, t, mask, config, key, batch_size,
                  pass_key):
   k_sign, k_rest = jax.random.split(key)

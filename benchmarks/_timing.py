@@ -1,0 +1,54 @@
+"""Shared timing for the benchmarks: one warm-up call each, then round-robin repeats.
+
+Round-robin (every repeat times each variant once, in turn) makes load from
+other processes hit all variants alike, so per-repeat ratios stay paired.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+
+import jax
+
+
+def round_robin(fns: Mapping[str, Callable[[], object]], repeats: int, *,
+                sync: Mapping[str, Callable[[object], object]] | None = None,
+                warmup: int = 1) -> tuple[dict[str, list[float]], dict[str, float]]:
+  """Times each callable ``repeats`` times, in turn.
+
+  Args:
+    fns: name -> zero-argument callable.
+    repeats: timed calls per callable.
+    sync: optional name -> function applied to the callable's result before
+      the clock stops (default `jax.block_until_ready`; pass ``lambda a: a``
+      for eager PyTorch, which is synchronous).
+    warmup: untimed calls per callable before timing; the first one's time
+      (tracing + compilation for JAX) is returned.
+
+  Returns:
+    ``(times, first_call)``: per-name lists of seconds, and the first call's
+    seconds per name.
+  """
+  sync = dict(sync or {})
+  done = {n: sync.get(n, jax.block_until_ready) for n in fns}
+  first = {}
+  for n, f in fns.items():
+    for i in range(max(1, warmup)):
+      t0 = time.perf_counter()
+      done[n](f())
+      if i == 0:
+        first[n] = time.perf_counter() - t0
+  times = {n: [] for n in fns}
+  for _ in range(repeats):
+    for n, f in fns.items():
+      t0 = time.perf_counter()
+      done[n](f())
+      times[n].append(time.perf_counter() - t0)
+  return times, first
+
+
+def medians(times: Mapping[str, list[float]]) -> dict[str, float]:
+  """Median seconds per name."""
+  return {n: statistics.median(v) for n, v in times.items()}
