@@ -114,8 +114,10 @@ def check_target(target: Any, batch_size: int, num_classes: int | None,
                  *, name: str = "target") -> jax.Array:
   """Returns ``target`` as an int32 array ``[B]``; checks length and range.
 
-  Concrete targets are checked and converted on the host (NumPy): an eager
-  JAX op per call would cost more than a small model's whole attribution.
+  Concrete targets are checked and converted on the host: the result is a
+  NumPy array (or the caller's int32 `jax.Array`), because an eager JAX op
+  per call would cost more than a small model's whole attribution. Traced
+  targets stay traced (only their shape and dtype are checked).
   """
   if isinstance(target, (bool, np.bool_)):
     raise ValueError(f"`{name}` must be an int or an int array; got a bool.")
