@@ -159,8 +159,9 @@ def main():
   ap.add_argument("--quick", action="store_true", help="fewer repeats (CI smoke run)")
   ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                 "attack_throughput.json"))
+  ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5; quick 2)")
   args = ap.parse_args()
-  repeats = 2 if args.quick else 5
+  repeats = args.repeats or (2 if args.quick else 5)
   num_steps = 100
   if torch is not None:
     torch.set_num_threads(2)
