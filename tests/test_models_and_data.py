@@ -126,7 +126,13 @@ def test_local_files_written_by_test(tmp_path, monkeypatch):
   np.savez(tmp_path / "cifar10.npz", **c)
   monkeypatch.setenv(D.DATA_DIR_ENV, str(tmp_path))
   d = D.load_dataset("cifar10")
-  np.testing.assert_allclose(d.x_test, c["x_test"] / 255.0, rtol=1e-6)
+  # the stored split, in a seeded random order (the offline copy's test split is sorted)
+  order = np.argsort(d.y_test)
+  np.testing.assert_array_equal(d.y_test[order], c["y_test"])
+  np.testing.assert_allclose(d.x_test[order], c["x_test"] / 255.0, rtol=1e-6)
+  assert not np.array_equal(d.y_test, c["y_test"])
+  np.testing.assert_array_equal(D.load_dataset("cifar10").y_test, d.y_test)  # same seed
+  assert not np.array_equal(D.load_dataset("cifar10", seed=1).y_test, d.y_test)
 
 
 def test_shared_data_when_present():

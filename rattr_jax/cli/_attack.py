@@ -85,14 +85,19 @@ def _plot(path, x, m0, results, num_images):
   fig, axes = plt.subplots(num_images, ncol, figsize=(1.7 * ncol, 1.8 * num_images),
                            squeeze=False)
   for i in range(num_images):
-    cells = [(x[i, ..., 0], "original", "gray"), (m0[i], "map", "hot")]
+    cells = [(x[i], "original", "gray"), (m0[i], "map", "hot")]
     for n in names:
-      cells += [(results[n]["x_adv"][i, ..., 0], f"{n}\nattacked image", "gray"),
+      cells += [(results[n]["x_adv"][i], f"{n}\nattacked image", "gray"),
                 (results[n]["map"][i], f"{n}\nattacked map", "hot")]
     for j, (img, title, cmap) in enumerate(cells):
       ax = axes[i, j]
-      ax.imshow(img, cmap=cmap, vmin=0 if cmap == "gray" else None,
-                vmax=1 if cmap == "gray" else None)
+      img = np.asarray(img)
+      if cmap == "gray" and img.shape[-1] == 3:
+        ax.imshow(np.clip(img, 0.0, 1.0))  # RGB images in colour
+      elif cmap == "gray":
+        ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1)
+      else:
+        ax.imshow(img, cmap=cmap)
       ax.set_xticks([])
       ax.set_yticks([])
       if i == 0:

@@ -126,6 +126,12 @@ def _local(name, data_dir, seed):
       with np.load(p) as z:
         if "x_train" in z:
           xtr, ytr, xte, yte = (z["x_train"], z["y_train"], z["x_test"], z["y_test"])
+          # Stored splits may be ordered (the offline CIFAR-10 copy keeps its test
+          # split sorted by class): return them in a seeded random order, so that
+          # `max_test` and "the first N test images" are class-balanced samples.
+          rng = np.random.default_rng(seed)
+          ptr, pte = rng.permutation(len(xtr)), rng.permutation(len(xte))
+          xtr, ytr, xte, yte = xtr[ptr], ytr[ptr], xte[pte], yte[pte]
         else:
           x, y = z["x"], z["y"]
           xtr, ytr, xte, yte = _stratified_split(x, y, 0.2, seed)
