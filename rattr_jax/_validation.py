@@ -193,28 +193,16 @@ def check_same_shape(a: Any, b: Any, *, names: tuple[str, str] = ("a", "b")) -> 
 
 def check_baseline(baseline: Any, x: jax.Array, *, name: str = "baseline") -> jax.Array:
   """Broadcasts a scalar / per-example / full baseline to ``x``'s shape."""
-  if baseline is None:
-    return jnp.zeros_like(x)
-  b = jnp.asarray(baseline, dtype=x.dtype)
-  if b.ndim == 0:
-    return jnp.broadcast_to(b, x.shape)
-  if b.shape == x.shape[1:]:
-    return jnp.broadcast_to(b[None], x.shape)
-  if b.shape != x.shape:
-    raise ValueError(
-        f"`{name}` must be a scalar or have shape {tuple(x.shape[1:])} or "
-        f"{tuple(x.shape)}; got {tuple(b.shape)}.")
-  if is_concrete(b) and not np.all(np.isfinite(np.asarray(b))):
-    raise ValueError(f"`{name}` contains NaN or inf values.")
-  return b
+  return jnp.broadcast_to(check_baseline_shape(baseline, x, name=name), x.shape)
 
 
 def check_baseline_shape(baseline: Any, x: jax.Array, *, name: str = "baseline") -> Any:
-  """Validates a baseline like `check_baseline` but does not broadcast it.
+  """Validates a baseline (shape and finiteness) without broadcasting it.
 
   Returns ``baseline`` as a scalar (``None`` -> ``0``), ``[*F]`` or
   ``[B, *F]`` array of ``x``'s dtype, to be broadcast inside a compiled
-  function (saves an eager ``zeros_like``/``broadcast_to`` per call).
+  function (saves an eager ``zeros_like``/``broadcast_to`` per call);
+  `check_baseline` broadcasts it eagerly.
   """
   if baseline is None:
     return np.zeros((), x.dtype)

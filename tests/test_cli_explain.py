@@ -9,31 +9,24 @@ from rattr_jax.cli import main
 
 
 @pytest.mark.slow
-def test_explain_writes_png_and_json(tmp_path):
+@pytest.mark.parametrize("method_args, methods", [
+    (["--num-steps", "8", "--num-samples", "4"],
+     {"gradient", "integrated_gradients", "smoothgrad"}),
+    (["--method", "gradient", "--method", "decoy"], {"gradient", "decoy"}),
+], ids=["default_methods", "decoy"])
+def test_explain_writes_png_and_json(tmp_path, method_args, methods):
   out = tmp_path / "explain"
-  rc = main(["explain", "--epochs", "1", "--num-images", "2", "--num-steps", "8",
-             "--num-samples", "4", "--out", str(out)])
+  rc = main(["explain", "--epochs", "1", "--num-images", "2", *method_args, "--out", str(out)])
   assert rc == 0
   summary = json.loads((out / "summary.json").read_text())
   assert summary["test_accuracy"] > 0.8
-  assert set(summary["methods"]) == {"gradient", "integrated_gradients", "smoothgrad"}
+  assert set(summary["methods"]) == methods
   assert os.path.getsize(out / "saliency_grid.png") > 10_000
 
 
 def test_explain_bad_args(tmp_path, capsys):
   assert main(["explain", "--epochs", "0", "--out", str(tmp_path)]) == 2
   assert "--epochs" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_explain_decoy_method(tmp_path):
-  out = tmp_path / "decoy"
-  rc = main(["explain", "--epochs", "1", "--num-images", "2", "--method", "gradient",
-             "--method", "decoy", "--out", str(out)])
-  assert rc == 0
-  summary = json.loads((out / "summary.json").read_text())
-  assert set(summary["methods"]) == {"gradient", "decoy"}
-  assert os.path.getsize(out / "saliency_grid.png") > 10_000
 
 
 @pytest.mark.slow

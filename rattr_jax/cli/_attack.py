@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rattr_jax.cli import _common
+from rattr_jax.viz._figures import _show_image
 
 ATTACKS = ("topk", "mass_center", "targeted", "frame")
 DEFAULT_ATTACKS = ("topk", "mass_center")
@@ -91,13 +92,10 @@ def _plot(path, x, m0, results, num_images):
                 (results[n]["map"][i], f"{n}\nattacked map", "hot")]
     for j, (img, title, cmap) in enumerate(cells):
       ax = axes[i, j]
-      img = np.asarray(img)
-      if cmap == "gray" and img.shape[-1] == 3:
-        ax.imshow(np.clip(img, 0.0, 1.0))  # RGB images in colour
-      elif cmap == "gray":
-        ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1)
+      if cmap == "gray":
+        _show_image(ax, img)  # gray for one channel, colour for RGB
       else:
-        ax.imshow(img, cmap=cmap)
+        ax.imshow(np.asarray(img), cmap=cmap)
       ax.set_xticks([])
       ax.set_yticks([])
       if i == 0:
