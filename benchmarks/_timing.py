@@ -15,7 +15,8 @@ import jax
 
 def round_robin(fns: Mapping[str, Callable[[], object]], repeats: int, *,
                 sync: Mapping[str, Callable[[object], object]] | None = None,
-                warmup: int = 1) -> tuple[dict[str, list[float]], dict[str, float]]:
+                warmup: int = 1, settle: float = 0.0,
+                rewarm: int = 0) -> tuple[dict[str, list[float]], dict[str, float]]:
   """Times each callable ``repeats`` times, in turn.
 
   Args:
@@ -26,6 +27,13 @@ def round_robin(fns: Mapping[str, Callable[[], object]], repeats: int, *,
       for eager PyTorch, which is synchronous).
     warmup: untimed calls per callable before timing; the first one's time
       (tracing + compilation for JAX) is returned.
+    settle: seconds to sleep before each timed call. PyTorch's OpenMP worker
+      threads keep spinning for a while after a parallel region, and XLA's
+      thread pool does too; without a pause, the variant timed right after
+      another one shares the 2 cores with the previous one's spinning threads.
+    rewarm: untimed calls of a variant right before each of its timed calls,
+      so that every timed call runs warm (its own threads awake, its data in
+      cache) and after the other variants' threads have wound down.
 
   Returns:
     ``(times, first_call)``: per-name lists of seconds, and the first call's
@@ -43,6 +51,10 @@ def round_robin(fns: Mapping[str, Callable[[], object]], repeats: int, *,
   times = {n: [] for n in fns}
   for _ in range(repeats):
     for n, f in fns.items():
+      if settle:
+        time.sleep(settle)
+      for _ in range(rewarm):
+        done[n](f())
       t0 = time.perf_counter()
       done[n](f())
       times[n].append(time.perf_counter() - t0)

@@ -66,6 +66,10 @@ def parse_args(argv=None):
                  help="skip the ours_default (batch_size=None) variant")
   p.add_argument("--no-peer", action="store_true", help="skip torch/captum")
   p.add_argument("--torch-threads", type=int, default=2)
+  p.add_argument("--settle", type=float, default=0.0,
+                 help="seconds of sleep before each timed call (0 disables)")
+  p.add_argument("--rewarm", type=int, default=0,
+                 help="untimed calls of a variant right before each of its timed calls")
   p.add_argument("--xla-flags", default=None,
                  help="appended to XLA_FLAGS before jax is imported")
   p.add_argument("--out", default=str(HERE / "results" / "attribution_throughput.json"))
@@ -101,9 +105,10 @@ def _timeit(f):
   return time.perf_counter() - s
 
 
-def round_robin(fns: dict, repeats: int) -> dict:
+def round_robin(fns: dict, repeats: int, settle: float = 0.0, rewarm: int = 0) -> dict:
   """Times each callable once per repeat, in turn; returns per-variant lists (s)."""
-  times, _ = _timing.round_robin(fns, repeats, sync={k: (lambda a: a) for k in fns}, warmup=0)
+  times, _ = _timing.round_robin(fns, repeats, sync={k: (lambda a: a) for k in fns}, warmup=0,
+                                 settle=settle, rewarm=rewarm)
   return times
 
 
@@ -202,7 +207,7 @@ def run(args) -> dict:
         if theirs is not None:
           fns["captum"] = theirs
           ref = peer["TM"].from_torch(tm, theirs())  # warm-up
-        times = round_robin(fns, args.repeats)
+        times = round_robin(fns, args.repeats, args.settle, args.rewarm)
         med = {k: statistics.median(v) for k, v in times.items()}
         row = {
             "model": model_name, "batch": batch, "method": method,
@@ -238,7 +243,8 @@ def run(args) -> dict:
       "benchmark": "attribution_throughput",
       "settings": {
           "quick": args.quick, "models": {m: list(MODELS[m]) for m in args.models},
-          "batches": args.batches, "methods": args.methods, "repeats": args.repeats,
+          "batches": args.batches, "methods": args.methods, "repeats": args.repeats, "settle_s": args.settle,
+          "rewarm": args.rewarm,
           "num_steps": n, "ig_method": args.ig_method, "num_samples": s,
           "stddev": args.stddev, "chunk_images": args.chunk_images,
           "torch_threads": args.torch_threads, "xla_flags": os.environ.get("XLA_FLAGS", ""),

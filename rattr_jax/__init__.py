@@ -31,14 +31,48 @@ def apply_cpu_training_flag() -> bool:
   current = _os.environ.get("XLA_FLAGS", "")
   if _os.environ.get("RATTR_JAX_NO_XLA_FLAGS") or "xla_cpu_experimental_ynn_fusion_type" in current:
     return "xla_cpu_experimental_ynn_fusion_type" in current
-  try:
-    from jax._src import xla_bridge as _xb
-    if getattr(_xb, "_backends", None):
-      return False  # too late: the backend already read XLA_FLAGS
-  except Exception:  # pragma: no cover - private API moved
-    pass
+  if _backend_started():
+    return False  # too late: the backend already read XLA_FLAGS
   _os.environ["XLA_FLAGS"] = (current + " --xla_cpu_experimental_ynn_fusion_type=").strip()
   return True
+
+
+def _backend_started() -> bool:
+  try:
+    from jax._src import xla_bridge as _xb
+    return bool(getattr(_xb, "_backends", None))
+  except Exception:  # pragma: no cover - private API moved
+    return False
+
+
+def apply_cpu_dispatch_default() -> bool:
+  """Runs XLA:CPU computations inline instead of through async dispatch.
+
+  Applied on import (CPU only: the setting is read when the CPU client is
+  created and does not concern GPU/TPU). With async dispatch, every CPU call
+  hands its program to a worker thread and the caller waits for it to come
+  back; for the small programs that attribution methods run per call, that
+  hand-off was half of the time. Measured on 2 cores
+  (``benchmarks/attribution_throughput.py``): MLP gradient at batch 1,
+  115 -> 69 us per call; IG 211 -> 136 us; CNN gradient at batch 16, 4.3 ->
+  2.7 ms; IG, SmoothGrad and attacks on the CNN unchanged. The price is that
+  Python no longer runs ahead of the CPU while a computation is in flight.
+
+  It is applied only if no backend has started yet and neither
+  ``JAX_CPU_ENABLE_ASYNC_DISPATCH`` (JAX's own variable) nor
+  ``RATTR_JAX_NO_XLA_FLAGS`` is set; set either to keep JAX's default.
+  Returns whether async CPU dispatch is off afterwards.
+  """
+  import jax
+  current = not jax.config.read("jax_cpu_enable_async_dispatch")
+  if (current or _os.environ.get("RATTR_JAX_NO_XLA_FLAGS")
+      or "JAX_CPU_ENABLE_ASYNC_DISPATCH" in _os.environ or _backend_started()):
+    return current
+  jax.config.update("jax_cpu_enable_async_dispatch", False)
+  return True
+
+
+apply_cpu_dispatch_default()
 
 from rattr_jax import attacks
 from rattr_jax import attribution
@@ -52,5 +86,6 @@ from rattr_jax import training
 
 __all__ = [
     "attacks", "attribution", "curvature", "influence", "maps", "metrics", "models",
-    "regularizers", "training", "apply_cpu_training_flag", "__version__",
+    "regularizers", "training", "apply_cpu_training_flag", "apply_cpu_dispatch_default",
+    "__version__",
 ]

@@ -26,21 +26,42 @@ def _is_array(x) -> bool:
 
 
 class _Static:
-  """Hashable holder of a callable's static part (tree structure + non-array leaves)."""
+  """Hashable holder of a callable's static part (tree structure + non-array leaves).
 
-  __slots__ = ("treedef", "leaves", "mask")
+  The comparison key and its hash are computed once: jit hashes and compares
+  the static argument on every call, and for a model with many leaves that
+  cost more than a small model's whole compiled program.
+  """
+
+  __slots__ = ("treedef", "leaves", "mask", "_k", "_h")
 
   def __init__(self, treedef, leaves, mask):
     self.treedef, self.leaves, self.mask = treedef, leaves, mask
-
-  def _key(self):
-    return (self.treedef, self.mask, tuple(id(l) if not _hashable(l) else l for l in self.leaves))
+    self._k = (treedef, mask, tuple(l if _hashable(l) else _ById(l) for l in leaves))
+    self._h = hash(self._k)
 
   def __hash__(self):
-    return hash(self._key())
+    return self._h
 
   def __eq__(self, other):
-    return isinstance(other, _Static) and self._key() == other._key()
+    if self is other:
+      return True
+    return isinstance(other, _Static) and self._h == other._h and self._k == other._k
+
+
+class _ById:
+  """Identity-compared stand-in for an unhashable static leaf (kept alive)."""
+
+  __slots__ = ("obj",)
+
+  def __init__(self, obj):
+    self.obj = obj
+
+  def __hash__(self):
+    return id(self.obj)
+
+  def __eq__(self, other):
+    return isinstance(other, _ById) and self.obj is other.obj
 
 
 def _hashable(x) -> bool:

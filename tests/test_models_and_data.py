@@ -176,3 +176,25 @@ def test_cpu_training_flag_is_opt_in_and_applied_before_the_backend(opt_out):
   on, late, flags = out.split(" ", 2) if " " in out.split(" ", 1)[1] else (*out.split(" "), "")
   assert on == str(not opt_out) and late == str(not opt_out), out
   assert ("--xla_cpu_experimental_ynn_fusion_type=" in flags) != opt_out, out
+
+
+@pytest.mark.parametrize("setting", ["default", "jax_env", "opt_out", "backend_first"])
+def test_cpu_dispatch_default_is_inline_unless_the_user_decided(setting):
+  import os
+  import subprocess
+  import sys
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("JAX_CPU_ENABLE_ASYNC_DISPATCH", "RATTR_JAX_NO_XLA_FLAGS")}
+  if setting == "jax_env":
+    env["JAX_CPU_ENABLE_ASYNC_DISPATCH"] = "1"
+  if setting == "opt_out":
+    env["RATTR_JAX_NO_XLA_FLAGS"] = "1"
+  code = ("import jax\n"
+          + ("jax.numpy.ones(2).block_until_ready()\n" if setting == "backend_first" else "")
+          + "import rattr_jax\n"
+          "x = jax.numpy.arange(4.0) * 2\n"  # computations still run correctly
+          "assert float(x.sum()) == 12.0\n"
+          "print(jax.config.read('jax_cpu_enable_async_dispatch'))")
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       check=True).stdout.strip()
+  assert out == str(setting != "default"), out
