@@ -25,6 +25,14 @@ time, ``chunk`` being the largest divisor of ``num_steps`` with
 variant ``ours_default`` calls rattr_jax with ``batch_size=None`` (the
 library's default) against the same Captum run.
 
+Interference: a PyTorch call leaves its worker threads spinning for a while,
+and the next variant shares the 2 cores with them. ``--rewarm N`` makes N
+untimed calls of a variant right before each of its timed calls, and
+``--settle S`` sleeps S seconds first. A sleep lets every framework's threads
+go idle, so each timed call starts cold; measured, that made Captum 3x slower
+on the MLP, so it is not a fair default. Both default to 0 (plain round-robin). Small-call
+ratios (MLP, batch 1) vary by +-30% between runs of the same code.
+
 Usage:
   python benchmarks/attribution_throughput.py            # full run (~10 min on 2 cores)
   python benchmarks/attribution_throughput.py --quick    # smoke run (~1 min)
