@@ -126,11 +126,14 @@ class AttackResult:
       label-preserving iterates).
     initial_objective: ``[B]`` objective at ``x``.
     objective_history: ``[B, num_steps]`` objective after each step
-      (including label-flipped iterates).
-    label_kept_history: ``[B, num_steps]`` bool, the real model kept the label
-      after each step.
-    best_step: ``[B]`` int, index of the returned iterate (0 = the starting
-      point, ``x`` unless ``random_start``).
+      (including label-flipped iterates). With ``random_start`` it is
+      ``[B, num_steps + 1]`` and column 0 is the random starting point, which
+      is a candidate like every step.
+    label_kept_history: bool, same shape as ``objective_history``: the real
+      model kept the label at that iterate.
+    best_step: ``[B]`` int, index of the returned iterate: 0 = the starting
+      point (``x``, or the random start), ``p`` = after step ``p``; with
+      ``random_start``, -1 = ``x`` itself (no iterate improved on it).
     label: ``[B]`` the real model's predicted label at ``x`` (kept by
       ``x_adv``).
     surrogate_agreement: ``[B]`` bool, the surrogate predicts the same label

@@ -83,15 +83,19 @@ def run_loop(*, fn, x, label, num_steps: int, evaluate, final_value, update, opt
     z0, best0 = x, (x, neg_inf, zero)
   else:
     d_x = final_value(x, 0)
-    z0, best0 = start, (x, d_x, zero)
+    z0, best0 = start, (x, d_x, zero - 1)  # step -1: x itself, the fallback
   (z, _, best), (hist, oks) = jax.lax.scan(step, (z0, opt_state, best0),
                                             jnp.arange(num_steps, dtype=jnp.int32))
   d_last = final_value(z, num_steps)
   ok_last = predicted_label(fn, z) == label
   best_x, best_obj, best_step = keep_best(z, d_last, ok_last, jnp.int32(num_steps), best)
+  # Without a random start, z_0 = x is the initial point, not a step. With
+  # one, z_0 is a candidate like every later iterate, so it stays in the
+  # history (column 0) and the best objective is always among the columns.
+  first = 1 if start is None else 0
   initial = hist[0] if start is None else best0[1]
-  history = jnp.concatenate([hist[1:], d_last[None]], axis=0).T
-  kept = jnp.concatenate([oks[1:], ok_last[None]], axis=0).T
+  history = jnp.concatenate([hist[first:], d_last[None]], axis=0).T
+  kept = jnp.concatenate([oks[first:], ok_last[None]], axis=0).T
   return dict(x_adv=best_x, objective=best_obj, initial_objective=initial,
               objective_history=history, label_kept_history=kept, best_step=best_step,
               success=best_obj > initial)
