@@ -27,13 +27,14 @@ def round_robin(fns: Mapping[str, Callable[[], object]], repeats: int, *,
       for eager PyTorch, which is synchronous).
     warmup: untimed calls per callable before timing; the first one's time
       (tracing + compilation for JAX) is returned.
-    settle: seconds to sleep before each timed call. PyTorch's OpenMP worker
-      threads keep spinning for a while after a parallel region, and XLA's
-      thread pool does too; without a pause, the variant timed right after
-      another one shares the 2 cores with the previous one's spinning threads.
+    settle: seconds to sleep before each timed call, so that the previous
+      variant's worker threads (PyTorch's keep spinning after a parallel
+      region) are idle. Every variant then starts cold, which costs some
+      frameworks more than others (Captum 3x on a small MLP): a diagnostic,
+      not a fair default.
     rewarm: untimed calls of a variant right before each of its timed calls,
-      so that every timed call runs warm (its own threads awake, its data in
-      cache) and after the other variants' threads have wound down.
+      so that each timed call runs with its own threads awake and its data in
+      cache.
 
   Returns:
     ``(times, first_call)``: per-name lists of seconds, and the first call's

@@ -30,8 +30,9 @@ and the next variant shares the 2 cores with them. ``--rewarm N`` makes N
 untimed calls of a variant right before each of its timed calls, and
 ``--settle S`` sleeps S seconds first. A sleep lets every framework's threads
 go idle, so each timed call starts cold; measured, that made Captum 3x slower
-on the MLP, so it is not a fair default. Both default to 0 (plain round-robin). Small-call
-ratios (MLP, batch 1) vary by +-30% between runs of the same code.
+on the MLP, so it is not a fair default. Both default to 0 (plain
+round-robin). Small-call ratios (MLP, batch 1) vary by +-30% between runs of
+the same code.
 
 Usage:
   python benchmarks/attribution_throughput.py            # full run (~10 min on 2 cores)
@@ -111,13 +112,6 @@ def _timeit(f):
   s = time.perf_counter()
   f()
   return time.perf_counter() - s
-
-
-def round_robin(fns: dict, repeats: int, settle: float = 0.0, rewarm: int = 0) -> dict:
-  """Times each callable once per repeat, in turn; returns per-variant lists (s)."""
-  times, _ = _timing.round_robin(fns, repeats, sync={k: (lambda a: a) for k in fns}, warmup=0,
-                                 settle=settle, rewarm=rewarm)
-  return times
 
 
 def _agreement(a, b) -> dict:
@@ -215,7 +209,10 @@ def run(args) -> dict:
         if theirs is not None:
           fns["captum"] = theirs
           ref = peer["TM"].from_torch(tm, theirs())  # warm-up
-        times = round_robin(fns, args.repeats, args.settle, args.rewarm)
+        # The callables block themselves (`fns` wraps ours in block_until_ready)
+        # and were warmed up above.
+        times, _ = _timing.round_robin(fns, args.repeats, sync={k: (lambda a: a) for k in fns},
+                                       warmup=0, settle=args.settle, rewarm=args.rewarm)
         med = {k: statistics.median(v) for k, v in times.items()}
         row = {
             "model": model_name, "batch": batch, "method": method,
@@ -251,8 +248,8 @@ def run(args) -> dict:
       "benchmark": "attribution_throughput",
       "settings": {
           "quick": args.quick, "models": {m: list(MODELS[m]) for m in args.models},
-          "batches": args.batches, "methods": args.methods, "repeats": args.repeats, "settle_s": args.settle,
-          "rewarm": args.rewarm,
+          "batches": args.batches, "methods": args.methods, "repeats": args.repeats,
+          "settle_s": args.settle, "rewarm": args.rewarm,
           "num_steps": n, "ig_method": args.ig_method, "num_samples": s,
           "stddev": args.stddev, "chunk_images": args.chunk_images,
           "torch_threads": args.torch_threads, "xla_flags": os.environ.get("XLA_FLAGS", ""),

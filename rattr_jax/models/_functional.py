@@ -117,8 +117,7 @@ class _LeafApply:
     self._h = hash((graphdef, treedef))
 
   def __call__(self, leaves, x):
-    state = jax.tree_util.tree_unflatten(self.treedef, leaves)
-    return nnx.merge(self.graphdef, state)(x)
+    return _apply(self.graphdef, jax.tree_util.tree_unflatten(self.treedef, leaves), x)
 
   def __hash__(self):
     return self._h
