@@ -1,44 +1,68 @@
-"""``rattr explain``: train a small model, explain test images, write a PNG grid."""
+"""``rattr explain``: train a small model, explain test examples, write a figure, JSON and a table."""
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
+from rattr_jax.cli import _checks
 from rattr_jax.cli import _common
 
-METHODS = ("gradient", "input_x_gradient", "integrated_gradients", "smoothgrad")
+METHODS = ("gradient", "input_x_gradient", "integrated_gradients", "smoothgrad", "decoy")
+#: Short names accepted by ``--method``.
+ALIASES = {"grad": "gradient", "ixg": "input_x_gradient", "ig": "integrated_gradients",
+           "sg": "smoothgrad", "dance": "decoy"}
 DEFAULT_METHODS = ("gradient", "integrated_gradients", "smoothgrad")
+MODELS = ("mlp", "cnn", "lenet")
+#: Colormap of every saliency map the CLI draws (``rattr explain`` and ``rattr attack``).
+CMAP = "inferno"
 
 
-def register(subparsers) -> None:
+def register(subparsers):
   p = subparsers.add_parser(
-      "explain", help="train a small CNN and write saliency maps (PNG + JSON)",
+      "explain", help="train a small model and write saliency maps (PNG + JSON + table)",
       description="Trains a small model on a dataset (default: the embedded MNIST "
-      "subset), computes saliency maps for a few test images and writes a PNG grid "
-      "(image | maps), a JSON summary and a table.")
+      "subset), computes attributions of a few test examples and writes a figure "
+      "(images: image | maps with colorbars; tabular data: bars per feature, with the "
+      "dataset's feature names), a JSON summary and a table.")
   _common.add_data_args(p)
-  p.add_argument("--model", default="cnn", choices=("mlp", "cnn", "lenet"))
-  p.add_argument("--epochs", type=int, default=3)
-  p.add_argument("--num-images", type=int, default=6)
-  p.add_argument("--method", action="append", choices=METHODS + EXTRA_METHODS,
-                 help=f"attribution method (repeatable; default: {', '.join(DEFAULT_METHODS)})")
-  p.add_argument("--num-steps", type=int, default=50, help="IG path points")
-  p.add_argument("--num-samples", type=int, default=50, help="SmoothGrad samples")
+  p.add_argument("--model", default=None, type=_checks.choice(MODELS),
+                 help="zoo model, one of mlp, cnn, lenet (default: cnn for MNIST, lenet for "
+                      "CIFAR-10, mlp for tabular data and digits)")
+  p.add_argument("--epochs", type=_checks.positive_int, default=3)
+  p.add_argument("--num-images", dest="num_images", type=_checks.positive_int, default=6,
+                 help="test examples explained")
+  p.add_argument("--method", action="append", type=_checks.choice(METHODS, ALIASES),
+                 help=f"attribution method, one of {', '.join(METHODS)} (aliases: "
+                      f"{', '.join(f'{a}={b}' for a, b in ALIASES.items())}); repeatable "
+                      f"(default: {', '.join(DEFAULT_METHODS)})")
+  p.add_argument("--num-steps", dest="num_steps", type=_checks.positive_int, default=50,
+                 help="integrated-gradients path points")
+  p.add_argument("--num-samples", dest="num_samples", type=_checks.positive_int, default=50,
+                 help="SmoothGrad samples")
   p.add_argument("--out", default="out/explain", help="output directory")
   p.set_defaults(func=run)
+  return p
 
 
-EXTRA_METHODS: tuple[str, ...] = ("decoy",)  # DANCE over gradient (issue 9)
+def check(args) -> None:
+  """Every path and flag combination, before data is loaded."""
+  _common.check_data_args(args)
+  _checks.out_dir(args.out)
+  args.model = _common.default_model(args.model, args.dataset)
+  _common.check_model_for_dataset(args.model, args.dataset)
+  args.method = tuple(dict.fromkeys(args.method or DEFAULT_METHODS))
+  if "decoy" in args.method and args.dataset in _checks.TABULAR_DATASETS:
+    raise _checks.CLIError(f"--method decoy needs images (DANCE perturbs a convolutional "
+                           f"layer); --dataset {args.dataset} is tabular.")
+  if "decoy" in args.method and args.model == "mlp":
+    raise _checks.CLIError("--method decoy needs a convolutional --model (cnn or lenet).")
 
 
 def explainers(fn, *, num_steps: int, num_samples: int, key) -> dict:
   """Explain functions ``explain(x, target)`` by method name."""
+  import functools
+
   from rattr_jax import attribution as A
   return {
       "gradient": functools.partial(A.gradient, fn),
@@ -51,23 +75,23 @@ def explainers(fn, *, num_steps: int, num_samples: int, key) -> dict:
 
 
 def run(args) -> int:
+  _common.configure_cpu()
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
   from rattr_jax import maps, metrics, models, viz
   from rattr_jax._quicktrain import accuracy
   from rattr_jax.data import load_dataset
 
-  if args.epochs <= 0:
-    raise ValueError(f"`--epochs` must be positive; got {args.epochs}.")
-  if args.num_images <= 0:
-    raise ValueError(f"`--num-images` must be positive; got {args.num_images}.")
   con = _common.console()
-  methods = tuple(args.method or DEFAULT_METHODS)
-  data = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed)
+  methods = tuple(args.method)
+  data = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed,
+                      max_train=args.max_train)
   con.print(f"[bold]rattr explain[/] dataset={data.name} ({data.source}) "
-            f"train={len(data.x_train)} test={len(data.x_test)} device={jax.devices()[0]}")
-  model_name = args.model
-  if len(data.input_shape) == 1 and model_name != "mlp":
-    model_name = "mlp"
-  model, train_s = _common.train_model(model_name, data, epochs=args.epochs, seed=args.seed)
+            f"train={len(data.x_train)} test={len(data.x_test)} model={args.model} "
+            f"device={jax.devices()[0]}")
+  model, train_s = _common.train_model(args.model, data, epochs=args.epochs, seed=args.seed)
   fn = models.as_fn(model)
   acc = accuracy(fn, data.x_test, data.y_test)
   con.print(f"test accuracy: [bold]{acc:.4f}[/] (trained in {train_s:.1f} s)")
@@ -78,55 +102,71 @@ def run(args) -> int:
   target = jnp.asarray(pred)
   key = jax.random.key(args.seed)
   table = explainers(fn, num_steps=args.num_steps, num_samples=args.num_samples, key=key)
+  shown = list(methods)
   if "decoy" in methods:  # needs the model (its layer conv2 / second submodule)
     from rattr_jax.attribution import _decoy
     table["decoy"] = _decoy.cli_explainer(fn, model, key=key)
-  for name in methods:
-    if name not in table:
-      raise ValueError(f"Unknown `--method` {name!r}; expected one of {sorted(table)}.")
+    if "gradient" not in shown:  # DANCE's base map, drawn beside the decoy map
+      shown.insert(shown.index("decoy"), "gradient")
 
-  sal, timing = {}, {}
-  for name in methods:
-    explain = table[name]
-    jax.block_until_ready(explain(x, target))  # compile
-    t0 = time.perf_counter()
-    attr = jax.block_until_ready(explain(x, target))
-    timing[name] = (time.perf_counter() - t0) / len(x) * 1e3
-    sal[name] = np.asarray(maps.saliency_map(attr, reduce="abs_sum", normalize="sum_to_one"))
+  sal, raw, timing = {}, {}, {}
+  with _common.Progress("explaining", len(shown), unit=" methods", con=con) as prog:
+    for name in shown:
+      explain = table[name]
+      jax.block_until_ready(explain(x, target))  # compile
+      t0 = time.perf_counter()
+      attr = jax.block_until_ready(explain(x, target))
+      timing[name] = (time.perf_counter() - t0) / len(x) * 1e3
+      raw[name] = np.asarray(attr)
+      sal[name] = np.asarray(maps.saliency_map(attr, reduce="abs_sum", normalize="sum_to_one"))
+      prog.advance(1, info=name)
 
   os.makedirs(args.out, exist_ok=True)
   is_image = x.ndim == 4
-  summary = {"dataset": data.name, "source": data.source, "model": model_name,
+  summary = {"dataset": data.name, "source": data.source, "model": args.model,
              "test_accuracy": acc, "train_seconds": train_s, "epochs": args.epochs,
              "labels": y.tolist(), "predictions": pred.tolist(), "methods": {}}
   rows = []
-  ref = sal[methods[0]]
+  ref = sal[shown[0]]
   k = max(1, int(0.1 * ref[0].size))
-  for name in methods:
+  for name in shown:
     s = sal[name]
     entry = {"ms_per_image": timing[name]}
-    if name != methods[0]:
-      entry["spearman_vs_" + methods[0]] = float(np.mean(metrics.spearman(s, ref)))
-      entry["top10pct_intersection_vs_" + methods[0]] = float(
-          np.mean(metrics.topk_intersection(s, ref, k)))
+    if name != shown[0]:
+      entry["spearman_vs_" + shown[0]] = float(np.nanmean(np.asarray(metrics.spearman(s, ref))))
+      entry["top10pct_intersection_vs_" + shown[0]] = float(
+          np.mean(metrics.topk_intersection(s, ref, k=k)))
     flat = s.reshape(len(s), -1)
     top = np.sort(flat, axis=1)[:, ::-1][:, :k].sum(1) / (flat.sum(1) + 1e-12)
     entry["mass_in_top10pct"] = float(np.mean(top))
     summary["methods"][name] = entry
     rows.append([name, entry["ms_per_image"], entry["mass_in_top10pct"],
-                 entry.get("spearman_vs_" + methods[0], 1.0),
-                 entry.get("top10pct_intersection_vs_" + methods[0], 1.0)])
+                 entry.get("spearman_vs_" + shown[0]),
+                 entry.get("top10pct_intersection_vs_" + shown[0])])
+  labels = [f"y={a} pred={b}" for a, b in zip(y, pred)]
+  title = f"{args.model} on {data.name} (test acc {acc:.3f})"
   if is_image:
     cols = {"image": np.asarray(x)}
-    cols.update(sal)
-    png = viz.saliency_grid(cols, os.path.join(args.out, "saliency_grid.png"),
-                            image_columns=("image",),
-                            row_labels=[f"y={a} pred={b}" for a, b in zip(y, pred)],
-                            title=f"{model_name} on {data.name} (test acc {acc:.3f})")
-    summary["figure"] = png
+    for name in shown:
+      cols[_column_title(name, methods)] = sal[name]
+    fig = viz.saliency_grid(cols, os.path.join(args.out, "saliency_grid.png"),
+                            image_columns=("image",), row_labels=labels, title=title, cmap=CMAP,
+                            colorbar=True)
+  else:
+    fig = viz.feature_bars({n: raw[n] for n in shown}, os.path.join(args.out, "attributions.png"),
+                           feature_names=data.feature_names, row_labels=labels, title=title)
+  summary["figure"] = fig
   path = _common.write_json(os.path.join(args.out, "summary.json"), summary)
-  _common.print_table(f"saliency maps ({len(x)} test images)",
-                      ["method", "ms/image", "mass in top 10%", f"Spearman vs {methods[0]}",
-                       f"top-10% overlap vs {methods[0]}"], rows)
-  con.print(f"wrote {path}" + (f" and {summary['figure']}" if is_image else ""))
+  _common.print_table(f"attributions of {len(x)} test examples",
+                      ["method", "ms/example", "mass in top 10%", f"Spearman vs {shown[0]}",
+                       f"top-10% overlap vs {shown[0]}"], rows, con=con)
+  con.print(f"wrote {path} and {fig}")
   return 0
+
+
+def _column_title(name: str, requested) -> str:
+  if name == "gradient" and "decoy" in requested and "gradient" not in requested:
+    return "gradient (DANCE base)"
+  if name == "decoy":
+    return "decoy (DANCE)"
+  return name

@@ -5,80 +5,115 @@ Example::
   rattr train --model cnn --method gradient_alignment --epochs 3 --out runs/aga
   rattr train --preset aga_cifar_lenet --epochs 10 --out runs/lenet   # CIFAR LeNet
   rattr train ... --out runs/aga --resume                             # after a kill
+  rattr train --method pgd --epsilon 8/255 --out runs/pgd             # radii in input units
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+
+from rattr_jax.cli import _checks
+
+# Kept here (not imported from rattr_jax.training) so that `rattr --help` does not
+# import JAX; tests/test_cli_args.py checks that they equal the library's.
+METHODS = ("ce", "gradient_alignment", "hessian_norm", "activation_sensitivity",
+           "input_gradient_norm", "fgsm", "pgd", "trades")
+PRESETS = ("aga_cifar_lenet", "aga_cifar_resnet18", "fast_cpu", "hessian_cifar_lenet",
+           "hessian_cifar_resnet18", "pgd_cifar_lenet")
+MODELS = ("mlp", "cnn", "lenet", "resnet18", "senn")
+ADVERSARIAL = ("fgsm", "pgd", "trades")
+#: Test examples on which adversarially trained models are attacked after training.
+ROBUST_EVAL = 1000
 
 _FIELDS = (
-    # (cli dest, config field, type)
-    ("model", "model", str), ("dataset", "dataset", str), ("epochs", "epochs", int),
-    ("batch_size", "batch_size", int), ("seed", "seed", int), ("activation", "activation", str),
-    ("max_train", "max_train", int), ("max_test", "max_test", int),
-    ("val_fraction", "val_fraction", float), ("data_dir", "data_dir", str),
-    ("steps_per_call", "steps_per_call", int),
-    ("lr", "optimizer.learning_rate", float), ("optimizer", "optimizer.name", str),
-    ("weight_decay", "optimizer.weight_decay", float), ("schedule", "optimizer.schedule", str),
-    ("clip_norm", "optimizer.clip_norm", float),
-    ("epsilon", "method.epsilon", float), ("lam", "method.lam", float),
-    ("lambda_l2", "method.lambda_l2", float), ("lambda_cos", "method.lambda_cos", float),
-    ("perturbation", "method.perturbation", str), ("num_steps", "method.num_steps", int),
-    ("step_size", "method.step_size", float), ("beta", "method.beta", float),
-    ("form", "method.form", str), ("num_samples", "method.num_samples", int),
-    ("sensitivity_perturbation", "method.sensitivity_perturbation", str),
+    # (cli dest, config field)
+    ("model", "model"), ("dataset", "dataset"), ("epochs", "epochs"),
+    ("batch_size", "batch_size"), ("seed", "seed"), ("activation", "activation"),
+    ("max_train", "max_train"), ("max_test", "max_test"),
+    ("val_fraction", "val_fraction"), ("data_dir", "data_dir"),
+    ("steps_per_call", "steps_per_call"),
+    ("lr", "optimizer.learning_rate"), ("optimizer", "optimizer.name"),
+    ("weight_decay", "optimizer.weight_decay"), ("schedule", "optimizer.schedule"),
+    ("milestones", "optimizer.milestones"), ("clip_norm", "optimizer.clip_norm"),
+    ("epsilon", "method.epsilon"), ("lam", "method.lam"),
+    ("lambda_l2", "method.lambda_l2"), ("lambda_cos", "method.lambda_cos"),
+    ("perturbation", "method.perturbation"), ("num_steps", "method.num_steps"),
+    ("step_size", "method.step_size"), ("beta", "method.beta"),
+    ("form", "method.form"), ("num_samples", "method.num_samples"),
+    ("sensitivity_perturbation", "method.sensitivity_perturbation"),
+    ("layers", "method.layers"),
 )
 
 
-def register(subparsers) -> None:
-  from rattr_jax.training import METHODS, PRESETS
+def register(subparsers):
+  C = _checks
   p = subparsers.add_parser(
       "train", help="train a classifier with an explanation-robustness method",
       description="Train with CE, gradient alignment, Hessian/input-gradient/activation-"
                   "sensitivity regularizers or adversarial training. Writes orbax "
-                  "checkpoints, log.json (one entry per epoch) and curves.png to --out.")
-  p.add_argument("--out", required=True, help="output directory")
-  p.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                 help="settings to start from (default: fast_cpu, the embedded-MNIST CNN)")
-  p.add_argument("--method", default=None, choices=list(METHODS),
-                 help="objective (default: the preset's; fast_cpu uses MNIST-scale settings)")
-  p.add_argument("--model", default=None, help="zoo model (mlp, cnn, lenet, resnet18) or a "
-                 "registered custom model")
-  p.add_argument("--dataset", default=None)
-  p.add_argument("--data-dir", dest="data_dir", default=None)
-  p.add_argument("--epochs", type=int, default=None)
-  p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
-  p.add_argument("--seed", type=int, default=None)
-  p.add_argument("--activation", default=None, help="relu, softplus:BETA, tanh")
-  p.add_argument("--max-train", dest="max_train", type=int, default=None)
-  p.add_argument("--max-test", dest="max_test", type=int, default=None)
-  p.add_argument("--val-fraction", dest="val_fraction", type=float, default=None)
-  p.add_argument("--steps-per-call", dest="steps_per_call", type=int, default=None)
-  p.add_argument("--lr", type=float, default=None)
-  p.add_argument("--optimizer", default=None, choices=["adam", "adamw", "sgd"])
-  p.add_argument("--weight-decay", dest="weight_decay", type=float, default=None)
-  p.add_argument("--schedule", default=None, choices=["constant", "multistep", "cosine"])
-  p.add_argument("--milestones", default=None, help="comma-separated epochs (multistep)")
-  p.add_argument("--clip-norm", dest="clip_norm", type=float, default=None)
-  p.add_argument("--epsilon", type=float, default=None)
-  p.add_argument("--lam", type=float, default=None,
+                  "checkpoints, log.json (one entry per epoch) and curves.png to --out. "
+                  "Radii (--epsilon, --step-size) are in input units (inputs lie in [0, 1]); "
+                  "fractions such as 8/255 are accepted.")
+  p.add_argument("--out", required=True, help="output directory (new, or an earlier run's "
+                 "with --resume)")
+  p.add_argument("--preset", default=None, type=C.choice(PRESETS),
+                 help=f"settings to start from, one of {', '.join(PRESETS)} (default: "
+                      "fast_cpu, the embedded-MNIST CNN)")
+  p.add_argument("--method", default=None, type=C.choice(METHODS),
+                 help=f"objective, one of {', '.join(METHODS)} (default: the preset's)")
+  p.add_argument("--model", default=None, type=C.choice(MODELS),
+                 help=f"zoo model, one of {', '.join(MODELS)}")
+  p.add_argument("--dataset", default=None, type=C.choice(C.DATASETS),
+                 help=f"one of {', '.join(C.DATASETS)}")
+  p.add_argument("--data-dir", dest="data_dir", default=None,
+                 help="existing directory with local .npz copies")
+  p.add_argument("--epochs", type=C.positive_int, default=None)
+  p.add_argument("--batch-size", dest="batch_size", type=C.positive_int, default=None)
+  p.add_argument("--seed", type=C.seed, default=None, help=f"0..{C.MAX_SEED}")
+  p.add_argument("--activation", default=None, type=C.activation,
+                 help="relu, tanh, identity, softplus or softplus:BETA (BETA > 0)")
+  p.add_argument("--max-train", dest="max_train", type=C.positive_int, default=None)
+  p.add_argument("--max-test", dest="max_test", type=C.positive_int, default=None)
+  p.add_argument("--val-fraction", dest="val_fraction", type=C.fraction, default=None)
+  p.add_argument("--steps-per-call", dest="steps_per_call", type=C.positive_int, default=None)
+  p.add_argument("--lr", type=C.positive_float, default=None)
+  p.add_argument("--optimizer", default=None, type=C.choice(("adam", "adamw", "sgd")),
+                 help="adam, adamw or sgd")
+  p.add_argument("--weight-decay", dest="weight_decay", type=C.nonneg_float, default=None)
+  p.add_argument("--schedule", default=None, type=C.choice(("constant", "multistep", "cosine")),
+                 help="constant, multistep or cosine")
+  p.add_argument("--milestones", default=None, type=C.int_list,
+                 help="comma-separated epochs (multistep), e.g. 100,150")
+  p.add_argument("--clip-norm", dest="clip_norm", type=C.positive_float, default=None)
+  p.add_argument("--epsilon", type=C.epsilon, default=None,
+                 help="radius in input units, e.g. 0.1 or 8/255")
+  p.add_argument("--lam", type=C.nonneg_float, default=None,
                  help="weight of the Hessian / input-gradient / activation-sensitivity term")
-  p.add_argument("--lambda-l2", dest="lambda_l2", type=float, default=None)
-  p.add_argument("--lambda-cos", dest="lambda_cos", type=float, default=None)
-  p.add_argument("--perturbation", default=None, help="gradient-alignment delta")
-  p.add_argument("--num-steps", dest="num_steps", type=int, default=None)
-  p.add_argument("--step-size", dest="step_size", type=float, default=None)
-  p.add_argument("--beta", type=float, default=None, help="TRADES beta")
-  p.add_argument("--layers", default=None, help="comma-separated layer names "
-                 "(activation sensitivity)")
-  p.add_argument("--form", default=None, help="activation-sensitivity form")
-  p.add_argument("--sensitivity-perturbation", dest="sensitivity_perturbation", default=None)
-  p.add_argument("--num-samples", dest="num_samples", type=int, default=None)
+  p.add_argument("--lambda-l2", dest="lambda_l2", type=C.nonneg_float, default=None)
+  p.add_argument("--lambda-cos", dest="lambda_cos", type=C.nonneg_float, default=None)
+  p.add_argument("--perturbation", default=None,
+                 type=C.choice(("uniform", "gaussian", "grad_sign")),
+                 help="gradient-alignment delta: uniform, gaussian or grad_sign")
+  p.add_argument("--num-steps", dest="num_steps", type=C.positive_int, default=None)
+  p.add_argument("--step-size", dest="step_size", type=C.step_size, default=None,
+                 help="attack step in input units, e.g. 2/255")
+  p.add_argument("--beta", type=C.nonneg_float, default=None, help="TRADES beta")
+  p.add_argument("--layers", default=None, type=C.name_list,
+                 help="comma-separated layer names (activation sensitivity)")
+  p.add_argument("--form", default=None, type=C.choice(("perturbation", "jacobian")),
+                 help="activation-sensitivity form: perturbation or jacobian")
+  p.add_argument("--sensitivity-perturbation", dest="sensitivity_perturbation", default=None,
+                 type=C.choice(("uniform", "gaussian", "fgsm", "pgd")),
+                 help="activation-sensitivity delta: uniform, gaussian, fgsm or pgd")
+  p.add_argument("--num-samples", dest="num_samples", type=C.positive_int, default=None)
   p.add_argument("--neuron-weights", dest="neuron_weights", action="store_true",
                  help="per-neuron activation-sensitivity weights, refreshed each epoch")
   p.add_argument("--resume", action="store_true", help="continue from --out's latest checkpoint")
   p.add_argument("--no-progress", dest="progress", action="store_false")
   p.set_defaults(func=run)
+  return p
 
 
 def config_from_args(args: argparse.Namespace):
@@ -86,40 +121,128 @@ def config_from_args(args: argparse.Namespace):
   from rattr_jax import training
   name = args.preset or "fast_cpu"
   overrides = {}
-  for dest, field, _ in _FIELDS:
+  for dest, field in _FIELDS:
     v = getattr(args, dest, None)
     if v is not None:
       overrides[field] = v
-  if args.layers is not None:
-    overrides["method.layers"] = tuple(s.strip() for s in args.layers.split(",") if s.strip())
-  if args.milestones is not None:
-    overrides["optimizer.milestones"] = tuple(int(s) for s in args.milestones.split(",") if s)
   if args.neuron_weights:
     overrides["method.neuron_weights"] = True
   return training.preset(name, method=args.method, **overrides)
 
 
+def has_checkpoint(out_dir: str) -> bool:
+  """Whether ``out_dir`` holds a finished training checkpoint (``checkpoints/latest/<step>``)."""
+  latest = os.path.join(out_dir, "checkpoints", "latest")
+  try:
+    return any(e.isdigit() for e in os.listdir(latest))
+  except OSError:
+    return False
+
+
+def check(args) -> None:
+  """Paths and the config, before data is loaded or anything is compiled."""
+  if args.data_dir is not None:
+    _checks.existing_dir(args.data_dir, "--data-dir")
+  _checks.out_dir(args.out)
+  if has_checkpoint(args.out) and not args.resume:
+    raise _checks.CLIError(f"--out {args.out!r} already holds a training run; pass --resume to "
+                           "continue it, or choose another --out.")
+  if args.resume and not has_checkpoint(args.out):
+    print(f"rattr train: note: --resume: no checkpoint in {args.out!r}; training starts from "
+          "scratch.", file=sys.stderr)
+    args.resume = False
+  if args.model == "senn":
+    from rattr_jax.models.senn._engine import register_senn_training
+    register_senn_training()
+  try:
+    args._config = config_from_args(args)
+  except ValueError as e:
+    raise _checks.CLIError(_flagged(str(e))) from None
+
+
+def _flagged(message: str) -> str:
+  """Rewrites a config error's field name (```method.epsilon```) into its flag."""
+  for dest, field in _FIELDS:
+    for name in (f"`{field}`", f"`{field.split('.')[-1]}`"):
+      if name in message:
+        return message.replace(name, "--" + dest.replace("_", "-"), 1)
+  return message
+
+
 def run(args: argparse.Namespace) -> int:
   import rattr_jax
   rattr_jax.apply_cpu_training_flag()  # before the first computation; see its docstring
-  from rattr_jax import training
   from rattr_jax.cli import _common
-  config = config_from_args(args)
+  _common.configure_cpu()
+  import jax
+
+  from rattr_jax import training
+  config = getattr(args, "_config", None) or config_from_args(args)
   con = _common.console()
   m = config.method
-  con.print(f"[bold]rattr train[/]: {config.model} on {config.dataset}, method {m.name}, "
-            f"{config.epochs} epochs, batch {config.batch_size} -> {args.out}")
+  devices = jax.devices()
+  mesh = training.default_mesh(config.data_parallel)
+  n_dev = 1 if mesh is None else mesh.devices.size
+  platform = devices[0].platform
+  con.print(f"[bold]rattr train[/]: {config.model} on {config.dataset}, method {m.name}"
+            + (f" (epsilon {m.epsilon:.4g} = {m.epsilon * 255:.3g}/255)"
+               if m.name in ADVERSARIAL + ("gradient_alignment",) else "")
+            + f", {config.epochs} epochs -> {args.out}")
+  con.print(f"devices: {len(devices)} x {platform}; data-parallel: "
+            f"{'yes, over ' + str(n_dev) + ' devices' if n_dev > 1 else 'no'}; batch "
+            f"{config.batch_size // n_dev} per device, effective batch {config.batch_size}")
   result = training.train(config, out_dir=args.out, resume=args.resume, progress=args.progress)
-  has_val = bool(result.history) and "val_accuracy" in result.history[0]
-  cols = ["epoch", "train loss", "train acc"] + (["val acc"] if has_val else []) + [
-      "test acc", "seconds"]
-  rows = [[h["epoch"], h["train_loss"], h["train_acc"]] +
-          ([h["val_accuracy"]] if has_val else []) + [h["test_accuracy"], h["seconds"]]
-          for h in result.history]
-  _common.print_table(f"{m.name}: {result.message}", cols, rows)
+  if result.history:
+    has_val = "val_accuracy" in result.history[0]
+    cols = ["epoch", "train loss", "train acc"] + (["val acc"] if has_val else []) + [
+        "test acc", "seconds"]
+    rows = [[h["epoch"], h["train_loss"], h["train_acc"]] +
+            ([h.get("val_accuracy")] if has_val else []) + [h.get("test_accuracy"), h["seconds"]]
+            for h in result.history]
+    _common.print_table(f"{m.name} on {config.dataset}", cols, rows, con=con)
+  if result.status != "completed":
+    if not args.progress:  # with progress the loop has printed it
+      print(f"rattr train: {result.message}", file=sys.stderr)
+    written = [p for p in ("log.json", "curves.png") if os.path.exists(os.path.join(args.out, p))]
+    if written:
+      con.print(f"kept in {args.out}: {', '.join(written)}"
+                + (", checkpoints/" if has_checkpoint(args.out) else ""))
+    return 3
+  if m.name in ADVERSARIAL:
+    robust = _robust_accuracy(result.model, config, args)
+    con.print(f"robust test accuracy (PGD-{robust['num_steps']}, epsilon {m.epsilon:.4g} = "
+              f"{m.epsilon * 255:.3g}/255, {robust['num_examples']} test examples): "
+              f"[bold]{robust['robust_accuracy']:.4f}[/] (clean {robust['clean_accuracy']:.4f})")
+    _common.write_json(os.path.join(args.out, "robust_accuracy.json"), robust)
+  con.print(result.message)
   con.print(f"checkpoints: {args.out}/checkpoints   log: {args.out}/log.json   "
             f"curves: {args.out}/curves.png")
-  if result.status != "completed":
-    con.print(f"[bold red]{result.message}")
-    return 3
   return 0
+
+
+def _robust_accuracy(model, config, args, *, num_steps: int = 10, chunk: int = 250) -> dict:
+  """Accuracy under PGD at the training epsilon on the first `ROBUST_EVAL` test examples."""
+  import jax
+  import jax.numpy as jnp
+  from rattr_jax import models, regularizers
+  from rattr_jax.cli import _common
+  from rattr_jax.data import load_dataset
+  data = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
+                      max_test=min(ROBUST_EVAL, config.max_test or ROBUST_EVAL))
+  fn = models.as_fn(model)
+  eps = float(config.method.epsilon)
+  x, y = data.x_test, data.y_test
+  key = jax.random.key(config.seed + 1)
+  clean = robust = 0
+  with _common.Progress("robust test accuracy", len(x), unit=" examples") as prog:
+    for s in range(0, len(x), chunk):
+      xc, yc = jnp.asarray(x[s:s + chunk]), jnp.asarray(y[s:s + chunk])
+      x_adv = regularizers.pgd_adversary(fn, xc, yc, key=jax.random.fold_in(key, s),
+                                         epsilon=eps, step_size=2.5 * eps / num_steps,
+                                         num_steps=num_steps)
+      clean += int(jnp.sum(jnp.argmax(fn(xc), -1) == yc))
+      robust += int(jnp.sum(jnp.argmax(fn(x_adv), -1) == yc))
+      prog.advance(len(xc))
+  n = len(x)
+  return {"epsilon": eps, "num_steps": num_steps, "step_size": 2.5 * eps / num_steps,
+          "num_examples": int(n), "clean_accuracy": clean / n, "robust_accuracy": robust / n}

@@ -46,6 +46,8 @@ class Dataset(NamedTuple):
     num_classes: number of classes.
     name: dataset name.
     source: where the arrays came from.
+    feature_names: names of the ``F`` features of tabular data (the source's
+      own names), ``None`` for images.
   """
 
   x_train: np.ndarray
@@ -55,6 +57,7 @@ class Dataset(NamedTuple):
   num_classes: int
   name: str
   source: str
+  feature_names: tuple[str, ...] | None = None
 
   @property
   def input_shape(self) -> tuple[int, ...]:
@@ -104,7 +107,8 @@ def _sklearn(name, seed):
   scale = np.where(hi > lo, hi - lo, 1.0)
   xtr = ((xtr - lo) / scale).astype(np.float32)
   xte = np.clip((xte - lo) / scale, 0.0, 1.0).astype(np.float32)
-  return xtr, ytr, xte, yte, int(d.target.max() + 1), f"sklearn.load_{name}"
+  return (xtr, ytr, xte, yte, int(d.target.max() + 1), f"sklearn.load_{name}",
+          tuple(str(f) for f in d.feature_names))
 
 
 def candidate_dirs(data_dir=None) -> list[Path]:
@@ -190,22 +194,32 @@ def load_dataset(name: str = "mnist_embedded", *, data_dir: str | os.PathLike | 
     A `Dataset`.
 
   Raises:
-    ValueError: unknown name, or no source available (with what to do).
+    ValueError: unknown name, a ``data_dir`` that is not a directory,
+      ``max_train``/``max_test`` not a positive int, or no source available
+      (with what to do).
   """
   if name not in DATASETS:
     raise ValueError(f"Unknown dataset `name` {name!r}; expected one of {list(DATASETS)}.")
+  if data_dir is not None and not os.path.isdir(data_dir):
+    raise ValueError(f"`data_dir` {os.fspath(data_dir)!r} is not an existing directory.")
+  for arg, v in (("max_train", max_train), ("max_test", max_test)):
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0):
+      raise ValueError(f"`{arg}` must be a positive int or None; got {v!r}.")
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f"`seed` must be a non-negative int; got {seed!r}.")
   if name == "mnist_embedded":
     parts = _mnist_embedded(seed)
   elif name in EMBEDDED:
     parts = _sklearn(name, seed)
   else:
     parts = _local(name, data_dir, seed) or _tfds(name, data_dir)
-  xtr, ytr, xte, yte, c, src = parts
+  xtr, ytr, xte, yte, c, src = parts[:6]
+  names = parts[6] if len(parts) > 6 else None
   if max_train is not None:
     xtr, ytr = xtr[:max_train], ytr[:max_train]
   if max_test is not None:
     xte, yte = xte[:max_test], yte[:max_test]
-  return Dataset(xtr, ytr, xte, yte, c, name, src)
+  return Dataset(xtr, ytr, xte, yte, c, name, src, names)
 
 
 def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int | None = None,

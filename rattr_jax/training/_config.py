@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from rattr_jax.models._activation import as_activation
@@ -193,8 +194,9 @@ def replace(config: TrainConfig, **changes) -> TrainConfig:
 
 
 def _nonneg(value, name):
-  if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-    raise ValueError(f"`{name}` must be a non-negative number; got {value!r}.")
+  if (not isinstance(value, (int, float)) or isinstance(value, bool)
+      or not (math.isfinite(value) and value >= 0)):
+    raise ValueError(f"`{name}` must be a finite non-negative number; got {value!r}.")
 
 
 def _posint(value, name):
@@ -230,12 +232,16 @@ def validate(config: TrainConfig) -> TrainConfig:
   if o.schedule not in SCHEDULES:
     raise ValueError(f"Unknown `optimizer.schedule` {o.schedule!r}; expected one of "
                      f"{list(SCHEDULES)}.")
-  if not isinstance(o.learning_rate, (int, float)) or not o.learning_rate > 0:
-    raise ValueError(f"`optimizer.learning_rate` must be positive; got {o.learning_rate!r}.")
+  if (not isinstance(o.learning_rate, (int, float)) or isinstance(o.learning_rate, bool)
+      or not (math.isfinite(o.learning_rate) and o.learning_rate > 0)):
+    raise ValueError(f"`optimizer.learning_rate` must be a finite positive number; got "
+                     f"{o.learning_rate!r}.")
   for f in ("weight_decay", "momentum", "gamma", "warmup_epochs"):
     _nonneg(getattr(o, f), f"optimizer.{f}")
-  if o.clip_norm is not None and not (isinstance(o.clip_norm, (int, float)) and o.clip_norm > 0):
-    raise ValueError(f"`optimizer.clip_norm` must be positive or None; got {o.clip_norm!r}.")
+  if o.clip_norm is not None and not (isinstance(o.clip_norm, (int, float))
+                                      and math.isfinite(o.clip_norm) and o.clip_norm > 0):
+    raise ValueError(f"`optimizer.clip_norm` must be finite and positive, or None; got "
+                     f"{o.clip_norm!r}.")
   if any((not isinstance(e, int)) or e <= 0 for e in o.milestones):
     raise ValueError(f"`optimizer.milestones` must be positive epochs; got {o.milestones!r}.")
   _posint(config.epochs, "epochs")
@@ -248,7 +254,17 @@ def validate(config: TrainConfig) -> TrainConfig:
   for f in ("max_train", "max_test"):
     if getattr(config, f) is not None:
       _posint(getattr(config, f), f)
-  as_activation(config.activation)
+  if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not (
+      0 <= config.seed < 2**32):
+    raise ValueError(f"`seed` must be an int in [0, 2**32); got {config.seed!r}.")
+  if m.name in ("gradient_alignment", "activation_sensitivity", "fgsm", "pgd", "trades") and (
+      m.epsilon > 1):
+    raise ValueError(f"`method.epsilon` is a radius in input units (inputs lie in [0, 1]) and "
+                     f"must be <= 1; got {m.epsilon!r}.")
+  try:
+    as_activation(config.activation)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"Bad `activation` {config.activation!r}: {e}") from None
   return config
 
 

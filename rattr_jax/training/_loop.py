@@ -6,6 +6,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -22,6 +23,8 @@ from rattr_jax.training._checkpoint import Checkpointer
 REFRESH_SIZE = 256
 LOG_NAME = "log.json"
 PLOT_NAME = "curves.png"
+#: A training loss above this is treated as divergence: training stops like on a NaN.
+MAX_LOSS = 1e6
 
 
 #: ``name -> build(config, dataset) -> model`` or ``(model, terms)``; see `register_model`.
@@ -50,7 +53,8 @@ class TrainResult(NamedTuple):
     model: the final model (inference mode) as an NNX module.
     state: the final `TrainState` (the last good one after a NaN stop).
     history: one dict per completed epoch (losses, accuracies, lr, timing).
-    status: ``"completed"`` or ``"nan"``.
+    status: ``"completed"``, ``"nan"`` (a non-finite loss or gradient) or
+      ``"diverged"`` (a loss above `MAX_LOSS`).
     message: a human-readable summary (the reason after a NaN stop).
     best_val_accuracy: best validation accuracy seen.
     out_dir: output directory, or ``None``.
@@ -127,6 +131,14 @@ def resolve_terms(config: C.TrainConfig, model: nnx.Module, x_example: np.ndarra
   return T.method_terms(m, hessian_mode=mode)
 
 
+def _has_checkpoint(out_dir) -> bool:
+  latest = os.path.join(os.fspath(out_dir), "checkpoints", "latest")
+  try:
+    return any(e.isdigit() for e in os.listdir(latest))
+  except OSError:
+    return False
+
+
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
   out = []
   for k in sorted(set(a) | set(b)):
@@ -158,7 +170,12 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
   A non-finite loss or gradient stops training at once with a clear message
   and ``status="nan"``; the step that produced it is not applied, nothing is
   saved, and the last good checkpoint (end of the previous epoch) stays
-  intact.
+  intact. A finite loss above `MAX_LOSS` (1e6) stops it the same way with
+  ``status="diverged"`` (the steps of that chunk are not saved either).
+
+  An ``out_dir`` that already holds a checkpoint is refused unless
+  ``resume=True``; ``resume=True`` with no checkpoint warns and starts from
+  scratch. Both are checked before the data is loaded.
 
   With ``resume=True`` the latest checkpoint in ``out_dir`` is restored
   (parameters, optimizer state, RNG, step, epoch, history) and training
@@ -188,6 +205,16 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
   config = C.validate(config)
   if resume and out_dir is None:
     raise ValueError("`resume=True` needs `out_dir`.")
+  if out_dir is not None:
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+      raise ValueError(f"`out_dir` {os.fspath(out_dir)!r} is an existing file, not a directory.")
+    found = _has_checkpoint(out_dir)
+    if found and not resume:
+      raise ValueError(f"`out_dir` {os.fspath(out_dir)!r} already holds a training run; pass "
+                       "`resume=True` to continue it, or choose another `out_dir`.")
+    if resume and not found:
+      warnings.warn(f"`resume=True` but `out_dir` {os.fspath(out_dir)!r} holds no checkpoint; "
+                    "training starts from scratch.", stacklevel=2)
   data = dataset if dataset is not None else load_dataset(
       config.dataset, data_dir=config.data_dir, seed=config.seed)
   if config.max_train is not None or config.max_test is not None:
@@ -278,16 +305,24 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
         met = jax.device_get(met)
         n_steps = len(met["loss"])
         finite = np.asarray(met["finite"], bool)
-        if not finite.all():
-          bad = int(np.argmin(finite))
-          gstep = int(jax.device_get(state.step)) + 1
+        huge = np.abs(np.asarray(met["loss"], np.float64)) > MAX_LOSS
+        if not finite.all() or (huge & finite).any():
+          nan = not finite.all() and (np.argmin(finite) <= np.argmax(huge) or not huge.any())
+          bad = int(np.argmin(finite)) if nan else int(np.argmax(huge))
+          gstep = (int(jax.device_get(state.step)) + 1 if nan  # the bad update was not applied
+                   else int(jax.device_get(state.step)) - n_steps + bad + 1)
           vals = ", ".join(f"{nm}={float(met[nm][bad]):.4g}" for nm in ["loss"] + term_names)
-          last = (f"epoch {epoch} (checkpoint in {ckpt.root})" if (ckpt and history) else
-                  "none written yet")
-          message = (f"Non-finite loss or gradient at epoch {epoch + 1}, global step {gstep} "
-                     f"({vals}); training stopped. The update was not applied. Last good "
-                     f"checkpoint: {last}.")
-          status = "nan"
+          last = (f"epoch {len(history)} (checkpoint in {ckpt.root})" if (ckpt and history) else
+                  "none written")
+          if nan:
+            message = (f"Non-finite loss or gradient at epoch {epoch + 1}, global step {gstep} "
+                       f"({vals}); training stopped. The update was not applied. Last good "
+                       f"checkpoint: {last}.")
+          else:
+            message = (f"Training diverged at epoch {epoch + 1}, global step {gstep}: loss "
+                       f"above {MAX_LOSS:g} ({vals}); training stopped, nothing of this epoch "
+                       f"was saved. Last good checkpoint: {last}. Try a smaller learning rate.")
+          status = "nan" if nan else "diverged"
           for j in range(bad):
             _accumulate(sums, met, j)
           stopped = True

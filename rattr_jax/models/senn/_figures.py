@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -152,18 +153,39 @@ def training_diagnostics(histories: Mapping[str, Mapping[str, list]], path: str,
   return _save(fig, path)
 
 
-def tradeoff_plot(lambdas: Sequence[float], series: Mapping[str, Sequence[float]], path: str, *,
-                  baselines: Mapping[str, float] | None = None, title: str | None = None) -> str:
-  """Accuracy, stability and faithfulness against ``lambda`` (log x), one panel each;
-  post-hoc stability baselines as horizontal lines on the stability panel."""
+def _med(v):
+  """``(median, q25, q75)`` of a summary dict (`_report._summary`), or ``(v, None, None)``."""
+  if isinstance(v, Mapping):
+    return v["median"], v.get("q25"), v.get("q75")
+  return v, None, None
+
+
+def tradeoff_plot(lambdas: Sequence[float], series: Mapping[str, Sequence[Any]], path: str, *,
+                  baselines: Mapping[str, Any] | None = None, title: str | None = None) -> str:
+  """Accuracy, stability and faithfulness against ``lambda`` (log x), one panel each.
+
+  A value of ``series`` (and of ``baselines``) is a number, or a summary dict
+  with ``median``, ``q25`` and ``q75``: then the median is drawn with its
+  interquartile range as a band (stability is heavy-tailed, so its mean says
+  little). Post-hoc stability baselines are horizontal lines (with their IQR
+  band) on the stability panels.
+  """
   plt = _plt()
   names = list(series)
   fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
   for ax, name in zip(axes[0], names):
-    ax.plot(lambdas, series[name], marker="o", label="SENN")
+    vals = [_med(v) for v in series[name]]
+    med = np.asarray([v[0] for v in vals], float)
+    ax.plot(lambdas, med, marker="o", label="SENN" + (" (median, IQR)" if vals and vals[0][1]
+                                                       is not None else ""))
+    if vals and vals[0][1] is not None:
+      ax.fill_between(lambdas, [v[1] for v in vals], [v[2] for v in vals], alpha=0.25)
     if baselines and "stability" in name:
       for j, (b, v) in enumerate(baselines.items()):
-        ax.axhline(v, ls="--", lw=1, color=f"C{j + 1}", label=b)
+        m, lo, hi = _med(v)
+        ax.axhline(m, ls="--", lw=1, color=f"C{j + 1}", label=b)
+        if lo is not None:
+          ax.axhspan(lo, hi, color=f"C{j + 1}", alpha=0.1)
       ax.set_yscale("log")
       ax.legend(fontsize=7)
     ax.set_xscale("log")

@@ -35,6 +35,8 @@ from rattr_jax.models.senn._stability import senn_stability
 from rattr_jax.models.senn._train import SENNConfig, concept_statistics, fit_senn
 
 POSTHOC = ("gradient", "integrated_gradients", "smoothgrad")
+#: A concept whose test-set variance is at most this is reported as dead (constant).
+DEAD_VARIANCE = 1e-8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +95,7 @@ def evaluate_senn(model, data, settings: EvalSettings, *, key) -> dict[str, Any]
   out["test_accuracy"] = stats["accuracy"]
   out["reconstruction"] = stats["reconstruction"]
   out["concept_variance"] = np.asarray(stats["concept_variance"]).tolist()
+  out["dead_concepts"] = dead_concepts(stats["concept_variance"])
   k1, k2 = jax.random.split(key)
   for name, den, k in (("stability", "concepts", k1), ("stability_vs_input", "input", k2)):
     run = functools.partial(senn_stability, model, x, epsilon=eps, denominator=den,
@@ -117,9 +120,19 @@ def posthoc_explainers(fn, settings: EvalSettings, *, key) -> dict[str, Callable
   }
 
 
+def dead_concepts(concept_variance) -> list[int]:
+  """Indices of concepts whose variance over the test set is at most `DEAD_VARIANCE`."""
+  v = np.asarray(concept_variance, float)
+  return [int(i) for i in np.flatnonzero(~(v > DEAD_VARIANCE))]
+
+
 def evaluate_posthoc(fn, data, settings: EvalSettings, *, key,
-                     methods: Sequence[str] = POSTHOC) -> dict[str, Any]:
-  """Input-space stability of post-hoc maps of a black box ``fn`` on the same points."""
+                     methods: Sequence[str] = POSTHOC,
+                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+  """Input-space stability of post-hoc maps of a black box ``fn`` on the same points.
+
+  ``progress(name)`` is called after each method's estimate.
+  """
   from rattr_jax.metrics import local_lipschitz_estimate
   x = jnp.asarray(data.x_test[:settings.num_eval])
   t = jnp.argmax(fn(x), -1).astype(jnp.int32)
@@ -133,6 +146,8 @@ def evaluate_posthoc(fn, data, settings: EvalSettings, *, key,
                             clip=(0.0, 1.0), batch_size=settings.batch_size)
     v = _max_estimate(run, settings, jax.random.fold_in(ke, i))
     out[name] = dict(_summary(v), seconds=time.perf_counter() - t0)
+    if progress is not None:
+      progress(name)
   return out
 
 
