@@ -227,17 +227,23 @@ def run(args) -> int:
 
   m0 = np.asarray(real_map(x))
   runs = _attack_fns(args, fn, explain, sur, mask, key)
-  starts = list(range(0, len(x), CHUNK))
+  size = min(CHUNK, len(x))
+  starts = list(range(0, len(x), size))
   results, rows = {}, []
   for name in ("random_sign",) + names:
     t0 = time.perf_counter()
     parts = []
     with _common.Progress(f"attack {name}", len(x), unit=" images", con=con) as prog:
       for s in starts:
-        r = runs[name](x[s:s + CHUNK], label[s:s + CHUNK])
-        parts.append((np.asarray(r.x_adv), np.asarray(r.success),
-                      np.asarray(r.surrogate_agreement)))
-        prog.advance(len(parts[-1][0]))
+        xc, lc = x[s:s + size], label[s:s + size]
+        n = len(xc)
+        if n < size:  # pad the last chunk (repeating its last example): one compilation
+          xc = jnp.concatenate([xc, jnp.repeat(xc[-1:], size - n, 0)])
+          lc = jnp.concatenate([lc, jnp.repeat(lc[-1:], size - n, 0)])
+        r = runs[name](xc, lc)
+        parts.append((np.asarray(r.x_adv)[:n], np.asarray(r.success)[:n],
+                      np.asarray(r.surrogate_agreement)[:n]))
+        prog.advance(n)
     secs = time.perf_counter() - t0
     x_adv = jnp.asarray(np.concatenate([p[0] for p in parts]))
     success = np.concatenate([p[1] for p in parts])

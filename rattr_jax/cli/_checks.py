@@ -15,6 +15,8 @@ import os
 import tempfile
 from fractions import Fraction
 
+#: Largest count accepted by integer flags (epochs, steps, sizes).
+MAX_INT = 2**31 - 1
 #: Largest seed accepted (seeds feed ``jax.random.key`` and NumPy generators).
 MAX_SEED = 2**32 - 1
 #: Image datasets (``[N, H, W, C]``) and tabular ones (``[N, F]``), by name.
@@ -51,8 +53,8 @@ def positive_int(text: str) -> int:
     v = int(text)
   except ValueError:
     raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-  if v <= 0:
-    raise argparse.ArgumentTypeError(f"must be a positive integer; got {v}")
+  if not 0 < v <= MAX_INT:
+    raise argparse.ArgumentTypeError(f"must be an integer in [1, {MAX_INT}]; got {v}")
   return v
 
 
@@ -61,8 +63,8 @@ def nonneg_int(text: str) -> int:
     v = int(text)
   except ValueError:
     raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}") from None
-  if v < 0:
-    raise argparse.ArgumentTypeError(f"must be >= 0; got {v}")
+  if not 0 <= v <= MAX_INT:
+    raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_INT}]; got {v}")
   return v
 
 

@@ -423,10 +423,58 @@ class _NoProgress:
       pass
 
 
+class _LineProgress:
+  """Progress for a stdout that is not a terminal (a log file, a pipe): one plain line
+  per 10 % of each epoch with the elapsed time and an ETA, never wrapped."""
+
+  def __init__(self):
+    self.total, self.done, self.fields, self.next_pct = 1, 0, {}, 10
+    self.t0 = time.perf_counter()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *a):
+    return False
+
+  def add_task(self, *a, total=1, **fields):
+    self.total, self.fields = max(int(total), 1), dict(fields)
+    return 0
+
+  def reset(self, task, total=None, **k):
+    self.total = max(int(total or self.total), 1)
+    self.done, self.next_pct, self.t0 = 0, 10, time.perf_counter()
+
+  def update(self, task, advance=0, **fields):
+    self.fields.update(fields)
+    if not advance:
+      return
+    self.done = min(self.done + advance, self.total)
+    pct = 100 * self.done / self.total
+    if pct + 1e-9 < self.next_pct and self.done < self.total:
+      return
+    while self.next_pct <= pct:
+      self.next_pct += 10
+    el = time.perf_counter() - self.t0
+    eta = el / self.done * (self.total - self.done)
+    print(f"{self.fields.get('epoch', '')}: {self.done}/{self.total} steps ({pct:.0f}%), "
+          f"{el:.1f} s elapsed, ETA {eta:.1f} s  {self.fields.get('stats', '')}", flush=True)
+
+  class console:  # noqa: N801
+    @staticmethod
+    def print(*a, **k):
+      import re
+      print(*(re.sub(r"\[/?[a-z ]*\]", "", str(x)) for x in a), flush=True)
+
+
 def _progress(enabled: bool):
   if not enabled:
     return _NoProgress()
+  import sys
+  if not sys.stdout.isatty():
+    return _LineProgress()
   from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                             TimeElapsedColumn)
+                             TimeElapsedColumn, TimeRemainingColumn)
   return Progress(TextColumn("[bold]{task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), transient=False)
+                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                  TimeRemainingColumn(), transient=False)
