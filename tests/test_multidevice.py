@@ -1,7 +1,8 @@
 """Data-parallel training over 4 simulated CPU devices equals single-device training.
 
 The device count is fixed when JAX initialises its backend, so the comparison
-runs in a subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=4``.
+runs in a subprocess with ``JAX_NUM_CPU_DEVICES=4`` (JAX's setting for the CPU
+device count; ``--xla_force_host_platform_device_count`` is not needed).
 """
 
 import json
@@ -46,6 +47,12 @@ for dp in (True, False):
   if dp:
     shardings = {str(getattr(l, "sharding", None).__class__.__name__) for l in leaves}
     out["num_devices_used"] = len(leaves[0].sharding.device_set)
+    out["addressable"] = all(len(l.addressable_shards) == 4 for l in leaves)
+    ts = training.make_train_step(BNNet(nnx.Rngs(0)), training.make_optimizer(cfg.optimizer, 8, 2)[0],
+                                  training.method_terms(cfg.method), mesh=training.default_mesh())
+    s0 = ts.init(0)
+    out["init_replicated"] = all(l.sharding.is_fully_replicated and len(l.addressable_shards) == 4
+                                 for l in jax.tree_util.tree_leaves(s0))
     out["shardings"] = sorted(shardings)
   out["dp" if dp else "single"] = {
       "leaves": [np.asarray(l).ravel().tolist() for l in leaves],
@@ -57,7 +64,7 @@ print("RESULT" + json.dumps(out))
 @pytest.mark.slow
 def test_data_parallel_equals_single_device():
   env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+  env["JAX_NUM_CPU_DEVICES"] = "4"
   env["JAX_PLATFORMS"] = "cpu"
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
@@ -67,6 +74,7 @@ def test_data_parallel_equals_single_device():
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
   out = json.loads(line[len("RESULT"):])
   assert out["num_devices_used"] == 4
+  assert out["addressable"] and out["init_replicated"]
   assert out["shardings"] == ["NamedSharding"]
   dp, single = out["dp"], out["single"]
   assert dp["status"] == single["status"] == "completed"

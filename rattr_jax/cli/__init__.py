@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "rattr_jax.cli._attack",
     "rattr_jax.cli._train",
     "rattr_jax.cli._senn_report",
+    "rattr_jax.cli._launch",
 )
 
 #: Flags whose values are paths, checked against the file name of an `OSError`.

@@ -112,6 +112,8 @@ def register(subparsers):
                  help="per-neuron activation-sensitivity weights, refreshed each epoch")
   p.add_argument("--resume", action="store_true", help="continue from --out's latest checkpoint")
   p.add_argument("--no-progress", dest="progress", action="store_false")
+  from rattr_jax.distributed import add_cli_args
+  add_cli_args(p)  # --coordinator/--num-processes/--process-id (multi-host)
   p.set_defaults(func=run)
   return p
 
@@ -170,6 +172,8 @@ def _flagged(message: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+  from rattr_jax import distributed
+  distributed.initialize_from_args(args)  # before any JAX computation
   import rattr_jax
   rattr_jax.apply_cpu_training_flag()  # before the first computation; see its docstring
   from rattr_jax.cli import _common

@@ -7,6 +7,12 @@ Layout under ``out_dir``::
 
 Orbax writes each checkpoint to a temporary directory and renames it when
 complete, so a crash or a NaN stop never leaves a half-written "latest".
+
+Multi-host (`rattr_jax.distributed`): every process calls `save` and
+`restore` with the same directory (a shared file system). A state living on a
+multi-process mesh is handed to orbax as global arrays, so orbax writes it
+multi-host (each shard once, from the process that owns it; replicated arrays
+from the primary process) and restores it onto the template's shardings.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ class Checkpointer:
 
   @staticmethod
   def _host(state):
+    leaves = jax.tree_util.tree_leaves(state)
+    if any(isinstance(a, jax.Array) and not a.is_fully_addressable for a in leaves):
+      return state  # global arrays: orbax saves them multi-host
     return jax.tree_util.tree_map(np.asarray, jax.device_get(state))
 
   def save(self, state, meta: dict[str, Any], *, best: bool = False) -> None:
@@ -57,9 +66,16 @@ class Checkpointer:
     step = mgr.latest_step()
     if step is None:
       return None
-    abstract = jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype) if not hasattr(
-            a, "sharding") else jax.ShapeDtypeStruct(a.shape, a.dtype), template)
+    # Restore onto the template's shardings (host values onto this process's
+    # first device), so a checkpoint written by another topology (e.g. a
+    # multi-host mesh) restores here, and a multi-host one restores sharded.
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def spec(a):
+      if isinstance(a, jax.Array):
+        return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding)
+      return jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype, sharding=local)
+    abstract = jax.tree_util.tree_map(spec, template)
     out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                      meta=ocp.args.JsonRestore()))
     return out.state, out.meta

@@ -18,7 +18,10 @@ survives until the host notices.
 Data parallelism: with a `jax.sharding.Mesh` (axis ``"data"``), the batch is
 sharded over the devices and the state replicated; the same program runs
 under GSPMD, so results equal single-device training up to float reduction
-order.
+order. The mesh may span several processes (`rattr_jax.distributed`): every
+process runs the same steps on the same global arrays, and the gradient
+all-reduce crosses hosts. ``place`` replicates host values (every process
+passes the same ones).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from rattr_jax import distributed
 from rattr_jax.models import _functional
 from rattr_jax.regularizers import _common
 from rattr_jax.training._terms import Batch, LossTerm, TermContext
@@ -196,7 +200,10 @@ def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation,
     batch_sharding = NamedSharding(mesh, P("data"))
 
     def place(tree):
-      return jax.device_put(tree, replicated)
+      # From host values, never `device_put` of a JAX array: a committed
+      # array cannot be put on a multi-process mesh (no cross-host transfer
+      # on CPU), and arrays placed that way broke orbax's multi-host save.
+      return distributed.replicate(tree, mesh)
 
     def shard_batch(a):
       return jax.lax.with_sharding_constraint(a, batch_sharding)
@@ -236,8 +243,9 @@ def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation,
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params0, rest=rest0,
                        opt_state=optimizer.init(params0), key=key, aux=aux,
                        nonfinite=jnp.zeros((), bool))
-    # Copy so that donation never invalidates the model's own arrays.
-    return place(jax.tree_util.tree_map(jnp.array, state))
+    # Copy so that donation never invalidates the model's own arrays (with a
+    # mesh, `place` copies through host memory).
+    return place(state) if mesh is not None else jax.tree_util.tree_map(jnp.array, state)
 
   def loss_fn(params, state, x, y, key):
     m = nnx.merge(graphdef_train, params, jax.tree_util.tree_map(lambda a: a, state.rest))

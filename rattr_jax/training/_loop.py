@@ -270,7 +270,9 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
       step_log = meta["step_log"]
       best_val = meta["best_val_accuracy"]
       start_epoch = int(meta["epoch"]) + 1
-  if out_dir is not None:
+  main = jax.process_index() == 0  # multi-host: every process trains, process 0 writes files
+  progress = progress and main
+  if out_dir is not None and main:
     with open(os.path.join(out_dir, "config.json"), "w") as f:
       json.dump(cfg_dict, f, indent=2)
 
@@ -368,14 +370,16 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
       if out_dir is not None:
         meta = {"epoch": epoch, "config": cfg_dict, "history": history, "step_log": step_log,
                 "best_val_accuracy": best_val}
-        ckpt.save(state, meta, best=is_best)
-        _write_log(out_dir, cfg_dict, history, step_log, status, message)
-        from rattr_jax.training._plot import plot_curves
-        plot_curves(os.path.join(out_dir, PLOT_NAME), history, step_log, title=_title(config))
+        ckpt.save(state, meta, best=is_best)  # every process: orbax writes multi-host
+        if main:
+          _write_log(out_dir, cfg_dict, history, step_log, status, message)
+          from rattr_jax.training._plot import plot_curves
+          plot_curves(os.path.join(out_dir, PLOT_NAME), history, step_log, title=_title(config))
       if callback is not None:
         callback(entry)
   if out_dir is not None:
-    _write_log(out_dir, cfg_dict, history, step_log, status, message)
+    if main:
+      _write_log(out_dir, cfg_dict, history, step_log, status, message)
     ckpt.close()
   if status == "completed":
     message = (f"Trained {config.epochs} epochs; best {'validation' if has_test else 'test'} "
