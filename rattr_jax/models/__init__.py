@@ -25,3 +25,12 @@ __all__ = [
     "functional", "surrogate_fn", "Conv2D", "max_pool2", "BasicBlock", "CifarLeNet",
     "create_model", "MLP", "MnistCNN", "MODELS", "ResNet18", "feature_fn", "layer_names",
 ]
+
+
+def __getattr__(name):
+  # `rattr_jax.models.senn` is a subpackage that imports regularizers (which import
+  # models), so it is imported on first access rather than here.
+  if name == "senn":
+    import importlib
+    return importlib.import_module("rattr_jax.models.senn")
+  raise AttributeError(f"module 'rattr_jax.models' has no attribute {name!r}")

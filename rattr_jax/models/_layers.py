@@ -21,15 +21,18 @@ class Conv2D(nnx.Module):
                conv_impl: str = "auto", rngs: nnx.Rngs):
     k = (kernel_size, kernel_size)
     init = nnx.initializers.lecun_normal()
-    self.kernel = nnx.Param(init(rngs.params(), k + (in_features, out_features)))
-    self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
+    # float32 parameters, as nnx.Linear's, also when jax_enable_x64 is on.
+    self.kernel = nnx.Param(init(rngs.params(), k + (in_features, out_features), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
     self.stride = (stride, stride)
     self.padding = padding
     self.conv_impl = _conv.resolve_impl(conv_impl) if conv_impl != "auto" else "auto"
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = _conv.conv2d(x, self.kernel[...], stride=self.stride, padding=self.padding,
-                     impl=self.conv_impl)
+    kernel = self.kernel[...]
+    dtype = jnp.result_type(x, kernel)  # e.g. float64 inputs with x64 on: a float64 conv
+    y = _conv.conv2d(x.astype(dtype), kernel.astype(dtype), stride=self.stride,
+                     padding=self.padding, impl=self.conv_impl)
     if self.bias is not None:
       y = y + self.bias[...]
     return y

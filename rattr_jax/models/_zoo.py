@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from rattr_jax.models._activation import Activation, as_activation
@@ -159,6 +160,23 @@ def create_model(name: str, *, input_shape: Sequence[int], num_classes: int,
   """
   if name not in MODELS:
     raise ValueError(f"Unknown model `name` {name!r}; expected one of {sorted(MODELS)}.")
+  if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or (
+      num_classes < 1):
+    raise ValueError(f"`num_classes` must be a positive int; got {num_classes!r}.")
+  try:
+    input_shape = tuple(input_shape)
+  except TypeError:
+    raise ValueError(f"`input_shape` must be a tuple of positive ints; got {input_shape!r}.") from None
+  if not input_shape or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1
+                            for d in input_shape):
+    raise ValueError(f"`input_shape` must be a non-empty tuple of positive ints (no batch "
+                     f"axis); got {input_shape!r}.")
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f"`seed` must be a non-negative int; got {seed!r}.")
+  try:
+    activation = as_activation(activation)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"Bad `activation` {activation!r}: {e}") from None
   rngs = nnx.Rngs(seed)
   input_shape = tuple(int(d) for d in input_shape)
   if name == "mlp":
