@@ -85,6 +85,8 @@ BAD = [
     (["attack", "--num-images", "10", "--num-eval", "4", "--out", "TMP"], "--num-images"),
     (["train", "--batch-size", "0", "--out", "TMP"], "--batch-size"),
     (["train", "--val-fraction", "1", "--out", "TMP"], "--val-fraction"),
+    (["train", "--num-processes", "0", "--out", "TMP"], "--num-processes"),
+    (["train", "--num-processes", "2", "--process-id", "2", "--out", "TMP"], "--process-id"),
     (["senn-report", "--blackbox-epochs", "0"], "--blackbox-epochs"),
     (["senn-report", "--num-eval", "0"], "--num-eval"),
     (["senn-report", "--num-projections", "-1"], "--num-projections"),
@@ -212,6 +214,21 @@ def test_cli_choice_lists_match_the_library():
   assert set(_train.MODELS) - {"senn"} == set(models.MODELS)
   assert set(_checks.DATASETS) == set(data.DATASETS)
   assert set(_checks.IMAGE_DATASETS).isdisjoint(_checks.TABULAR_DATASETS)
+
+
+def test_train_multihost_flags_match_the_library():
+  import argparse
+
+  from rattr_jax.cli import build_parser
+  from rattr_jax.distributed import add_cli_args
+  ref = argparse.ArgumentParser()
+  add_cli_args(ref)
+  train = next(a for a in build_parser()._actions
+               if isinstance(a, argparse._SubParsersAction)).choices["train"]
+  ours = {a.dest: a.option_strings for a in train._actions}
+  for a in ref._actions:
+    if a.dest != "help":
+      assert ours.get(a.dest) == a.option_strings, a.dest
 
 
 def test_oserror_at_the_top_names_the_flag(tmp_path, monkeypatch, capsys):
