@@ -1,10 +1,11 @@
 """Two processes x two CPU devices on localhost, as one JAX job (`jax.distributed`).
 
-* `rattr launch -n 2 --devices-per-process 2 -- train ...` writes a multi-host
-  checkpoint; a second 2-process job resumes from it; parameters and history
-  equal a single-process run (float tolerance: the gradient all-reduce over 4
-  devices sums in another order), and the checkpoint also restores in one
-  process.
+* A 2-process training job whose process 1 is killed after epoch 2 (the
+  launcher returns its status and stops the other) leaves a multi-host
+  checkpoint; `rattr launch -n 2 --devices-per-process 2 -- train --resume`
+  finishes it; parameters and history equal an uninterrupted single-process
+  run (float tolerance: the gradient all-reduce over 4 devices sums in
+  another order), and the checkpoint also restores in one process.
 * An attack and a metric on process-local slices (`process_slice`,
   `shard_batch`, `per_example`, `gather_examples`) equal the single-process,
   single-device values per example.
@@ -41,20 +42,15 @@ _TRAIN_ARGS = ["--model", "mlp", "--dataset", "digits", "--max-train", "256", "-
                "--batch-size", "32", "--no-progress"]
 
 _SCRIPT = r"""
-import json, sys
+import json, os, signal, sys, time
 from rattr_jax import distributed as dist
 dist.initialize()
 import jax, numpy as np
 from rattr_jax import attacks, attribution, metrics, models, training
-from rattr_jax.data import load_dataset
 from jax.tree_util import Partial
 
 out_dir, result_path = sys.argv[1], sys.argv[2]
 assert jax.process_count() == 2 and jax.device_count() == 4
-# Resume the 2-epoch run written by `rattr launch ... train` to 3 epochs.
-cfg = training.preset("fast_cpu", model="mlp", dataset="digits", max_train=256, max_test=128,
-                      batch_size=32, epochs=3)
-res = training.train(cfg, out_dir=out_dir, resume=True, progress=False)
 # An attack and a metric on this process's slice of 6 examples.
 mesh = dist.data_mesh()
 model = models.create_model("mlp", input_shape=(8, 8, 1), num_classes=10, seed=0,
@@ -74,10 +70,20 @@ sens = dist.per_example(metrics.max_sensitivity, mesh)(Partial(attribution.gradi
 adv_x, sens = dist.gather_examples((adv.x_adv, sens), n)
 if dist.is_main_process():
   with open(result_path, "w") as f:
-    json.dump({"history": [h["train_loss"] for h in res.history],
-               "process_count": jax.process_count(),
+    json.dump({"process_count": jax.process_count(),
                "local_rows": int(xs.addressable_shards[0].data.shape[0]) * 2,
                "adv_x": np.asarray(adv_x).tolist(), "sens": np.asarray(sens).tolist()}, f)
+
+
+def crash(entry):  # process 1 dies once epoch 2 is checkpointed
+  if jax.process_index() == 1 and entry["epoch"] == 2:
+    time.sleep(2)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+cfg = training.preset("fast_cpu", model="mlp", dataset="digits", max_train=256, max_test=128,
+                      batch_size=32, epochs=3)
+training.train(cfg, out_dir=out_dir, progress=False, callback=crash)
 """
 
 
@@ -89,19 +95,22 @@ def _launch(args, timeout=300):
 
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
+  """A 2x2 job (attack, metric, then training killed after epoch 2), resumed by `rattr launch`."""
   d = tmp_path_factory.mktemp("mp")
   out = str(d / "run")
-  p1 = _launch(["-n", "2", "--devices-per-process", "2", "--", "train", *_TRAIN_ARGS,
-                "--epochs", "2", "--out", out])
-  assert p1.returncode == 0, p1.stderr[-4000:]
   script = d / "job.py"
   script.write_text(_SCRIPT)
   from rattr_jax.distributed import _launch as L
   rc = L.launch([sys.executable, str(script), out, str(d / "result.json")], num_processes=2,
                 devices_per_process=2, env=subprocess_env(1))
-  assert rc == 0
+  assert rc == 128 + signal.SIGKILL  # the killed process's status; the launcher stopped the other
+  with open(os.path.join(out, "log.json")) as f:
+    crashed_epochs = [e["epoch"] for e in json.load(f)["epochs"]]
+  p2 = _launch(["-n", "2", "--devices-per-process", "2", "--", "train", *_TRAIN_ARGS,
+                "--epochs", "3", "--resume", "--out", out])
+  assert p2.returncode == 0, p2.stderr[-4000:]
   with open(d / "result.json") as f:
-    return out, p1.stdout, json.load(f)
+    return out, p2.stdout, crashed_epochs, json.load(f)
 
 
 def _reference_training(epochs):
@@ -111,19 +120,21 @@ def _reference_training(epochs):
   return training.train(cfg, progress=False)
 
 
-def test_training_equals_single_process_and_checkpoint_restores(two_process_run):
-  out, stdout, result = two_process_run
+def test_training_killed_resumes_and_equals_single_process(two_process_run):
+  out, stdout, crashed_epochs, _ = two_process_run
+  assert crashed_epochs == [1, 2]
   ref = _reference_training(3)
   assert jax.device_count() == 1
   # Only process 0 printed (the launcher silences the others' stdout) and wrote the log.
   assert stdout.count("rattr train:") == 1
   with open(os.path.join(out, "log.json")) as f:
     log = json.load(f)
+  assert log["status"] == "completed"
   assert [e["epoch"] for e in log["epochs"]] == [1, 2, 3]
-  np.testing.assert_allclose(result["history"], [h["train_loss"] for h in ref.history],
-                             rtol=0, atol=1e-4)
   np.testing.assert_allclose([e["train_loss"] for e in log["epochs"]],
                              [h["train_loss"] for h in ref.history], rtol=0, atol=1e-4)
+  np.testing.assert_allclose([e["test_accuracy"] for e in log["epochs"]],
+                             [h["test_accuracy"] for h in ref.history], rtol=0, atol=1 / 128 + 1e-9)
   # The checkpoint written by the 2-process job restores in this 1-device process.
   from rattr_jax.training._checkpoint import Checkpointer
   ck = Checkpointer(out)
@@ -139,7 +150,7 @@ def test_attack_and_metric_equal_single_process(two_process_run):
   from jax.tree_util import Partial
 
   from rattr_jax import attacks, attribution, distributed as dist, metrics, models
-  _, _, result = two_process_run
+  _, _, _, result = two_process_run
   assert result["process_count"] == 2
   assert result["local_rows"] == 4  # 3 examples per process, padded to its 2 devices
   model = models.create_model("mlp", input_shape=(8, 8, 1), num_classes=10, seed=0,
