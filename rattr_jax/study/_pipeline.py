@@ -1,0 +1,401 @@
+"""`run_study`: the stages of a study, end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import time
+from typing import Any
+
+import numpy as np
+
+from rattr_jax.study import _config as C
+from rattr_jax.study import _eval as E
+from rattr_jax.study import _run as R
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRun:
+  """One trained model of a study (a method and a seed)."""
+  label: str
+  seed: int
+  key: str
+  path: str
+  status: str = "pending"
+  message: str = ""
+  train_time: float = float("nan")
+
+  @property
+  def name(self) -> str:
+    return f"{self.label}-s{self.seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyResult:
+  """What `run_study` returns: where everything is and what happened."""
+  out_dir: str
+  scores_path: str
+  summary_path: str
+  report_path: str
+  models: tuple[ModelRun, ...]
+  computed_units: int
+  cached_units: int
+  stage_seconds: dict
+  nothing_to_do: bool
+
+
+def _train_config(config: C.StudyConfig, spec: C.MethodSpec, seed: int):
+  from rattr_jax import training
+  objective = spec.objective
+  if objective == "senn":
+    from rattr_jax.models.senn import register_senn_training
+    register_senn_training()
+    base = training.preset("fast_cpu", method="ce")
+    method = dataclasses.replace(base.method, lam=float(spec.param("lam", 1e-2)))
+    model = "senn"
+  else:
+    base = training.preset("fast_cpu", method=objective)
+    method = dataclasses.replace(base.method, **dict(spec.params))
+    model = config.model
+  cfg = base.replace(model=model, dataset=config.data.dataset, activation=spec.activation,
+                     epochs=spec.epochs or config.epochs, batch_size=config.batch_size,
+                     seed=seed, method=method, max_train=config.data.max_train,
+                     data_dir=config.data.data_dir or None, data_parallel=False,
+                     **{"optimizer.learning_rate": spec.learning_rate or config.learning_rate})
+  return training.validate(cfg)
+
+
+def _model_key(config: C.StudyConfig, spec: C.MethodSpec, seed: int) -> str:
+  return C.stable_hash({"locked": config.locked(), "method": dataclasses.asdict(spec),
+                        "seed": seed, "epochs": spec.epochs or config.epochs,
+                        "batch_size": config.batch_size,
+                        "lr": spec.learning_rate or config.learning_rate})
+
+
+def _is_smooth(activation: str) -> bool:
+  return not activation.startswith("relu")
+
+
+def _load_data(config: C.StudyConfig):
+  from rattr_jax.data import load_dataset
+  data = load_dataset(config.data.dataset, data_dir=config.data.data_dir or None,
+                      seed=config.data.split_seed)
+  n = config.data.num_eval
+  if n > len(data.x_test):
+    raise ValueError(f"`data.num_eval` ({n}) exceeds the test split ({len(data.x_test)}).")
+  if data.x_test.ndim != 4:
+    raise ValueError(f"`data.dataset` {config.data.dataset!r} is not an image dataset; the "
+                     f"study needs NHWC images.")
+  return data
+
+
+def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
+              progress: bool = True, console=None) -> StudyResult:
+  """Runs (or resumes) a study and writes its outputs to ``out_dir``.
+
+  Args:
+    config: a `StudyConfig` (`load_config`).
+    out_dir: output directory; see the README section "The study" for its files.
+    force: a stage name (`STAGES`): redo that stage and every later one.
+    progress: show progress (a bar with ETA on a terminal, lines otherwise).
+    console: a ``rich.console.Console`` for the bar (default: a new one).
+
+  Returns:
+    A `StudyResult`.
+  """
+  import jax
+  from rattr_jax import models as Mo
+  from rattr_jax import training
+  from rattr_jax.study import _aggregate, _report
+
+  if force is not None and force not in C.STAGES:
+    raise ValueError(f"Unknown `--force` {force!r}; expected one of {list(C.STAGES)}.")
+  out = R.check_out_dir(out_dir)
+  R.check_lock(out, config)
+  forced = set(C.STAGES[C.STAGES.index(force):]) if force else set()
+  if console is None:
+    from rich.console import Console
+    console = Console()
+  data = _load_data(config)
+  x_eval = np.asarray(data.x_test[:config.data.num_eval], np.float32)
+  y_eval = np.asarray(data.y_test[:config.data.num_eval], np.int32)
+  eval_hash = hashlib.sha256(x_eval.tobytes() + y_eval.tobytes()).hexdigest()
+  stage_seconds: dict[str, float] = {}
+  counts = {"computed": 0, "cached": 0}
+  failures: list[dict] = []
+  units: dict[str, int] = {}
+
+  def unit_path(stage: str, payload: dict) -> str:
+    return os.path.join(out, "units", stage, C.stable_hash({**payload, "eval": eval_hash},
+                                                          16) + ".npz")
+
+  def cached(path: str, stage: str) -> bool:
+    if stage in forced and os.path.exists(path) and path not in redone:
+      os.remove(path)
+    ok = os.path.exists(path)
+    counts["cached" if ok else "computed"] += 1
+    units[stage] = units.get(stage, 0) + 1
+    return ok
+
+  redone: set[str] = set()
+  runs: list[ModelRun] = []
+  trained: dict[str, Any] = {}
+
+  with R.Progress(progress, console) as prog:
+    # ------------------------------------------------------------------ train
+    t0 = time.perf_counter()
+    todo = [(s, seed) for s in config.methods for seed in config.seeds]
+    st = prog.stage("train", len(todo))
+    for spec, seed in todo:
+      key = _model_key(config, spec, seed)
+      path = os.path.join(out, "models", f"{spec.label}-s{seed}-{key[:8]}")
+      done_file = os.path.join(path, "DONE.json")
+      if "train" in forced and os.path.exists(path) and path not in redone:
+        shutil.rmtree(path)
+        redone.add(path)
+      cfg = _train_config(config, spec, seed)
+      was_done = os.path.exists(done_file)
+      units["train"] = units.get("train", 0) + 1
+      counts["cached" if was_done else "computed"] += 1
+      resume = os.path.isdir(path) and any(n.isdigit() or n.startswith("checkpoint")
+                                           for n in os.listdir(path))
+      if was_done:
+        import json
+        with open(done_file) as f:
+          done = json.load(f)
+        if done["status"] != "completed":
+          runs.append(ModelRun(spec.label, seed, key, path, done["status"], done["message"]))
+          failures.append({"model": f"{spec.label}-s{seed}", "message": done["message"]})
+          st.advance(f"{spec.label} s{seed} (failed earlier)", cached=True)
+          continue
+      res = training.train(cfg, dataset=data, out_dir=path,
+                           resume=os.path.isdir(path) and os.listdir(path) != [],
+                           progress=False)
+      train_time = float(sum(h.get("seconds", 0.0) for h in res.history))
+      run = ModelRun(spec.label, seed, key, path, res.status, res.message, train_time)
+      if not was_done:
+        R.write_json(done_file, {"status": res.status, "message": res.message,
+                                 "train_time": train_time, "epochs": len(res.history)})
+      runs.append(run)
+      if res.status != "completed":
+        failures.append({"model": run.name, "message": res.message})
+        console.print(f"[yellow]model {run.name} stopped: {res.message} The study carries on "
+                      f"without it.")
+      else:
+        trained[run.name] = (res.model, spec)
+      st.advance(f"{spec.label} s{seed}", cached=was_done)
+    stage_seconds["train"] = time.perf_counter() - t0
+
+    ok_runs = [r for r in runs if r.status == "completed"]
+    fns = {}
+    for r in ok_runs:
+      model, spec = trained[r.name]
+      fn = Mo.as_fn(model)
+      sur = None if _is_smooth(spec.activation) or spec.objective == "senn" else Mo.surrogate_fn(
+          model, beta=config.attacks.surrogate_beta)
+      fns[r.name] = (fn, sur)
+
+    # ---------------------------------------------------------------- explain
+    t0 = time.perf_counter()
+    attributions: dict[tuple[str, str], np.ndarray] = {}
+    st = prog.stage("explain", len(ok_runs) * len(config.explainers))
+    for r in ok_runs:
+      fn, _ = fns[r.name]
+      for es in config.explainers:
+        p = unit_path("explain", {"model": r.key, "explainer": dataclasses.asdict(es)})
+        if not cached(p, "explain"):
+          ex = E.explainer(es.name, es.params)
+          key = E.unit_key("explain", r.seed, es.name)
+          attr = []
+          for i, j in E._chunks(len(x_eval)):
+            attr.append(np.asarray(ex(fn, x_eval[i:j], y_eval[i:j],
+                                      key=jax.random.fold_in(key, i))))
+          attr = np.concatenate(attr)
+          m = np.asarray(E.to_map(attr))
+          R.save_unit(p, {"model": r.name, "explainer": es.name}, {"attribution": attr,
+                                                                   "map": m})
+        _, arrs = R.load_unit(p)
+        attributions[(r.name, es.name)] = arrs["attribution"]
+        _link_map(out, r.name, es.name, p)
+        st.advance(f"{r.name} {es.name}")
+    stage_seconds["explain"] = time.perf_counter() - t0
+
+    # ----------------------------------------------------------------- attack
+    t0 = time.perf_counter()
+    a = config.attacks
+    todo = [(r, en, an, eps) for r in ok_runs for en in a.explainers for an in a.names
+            for eps in a.epsilons]
+    labels = {r.name: np.concatenate([np.asarray(np.argmax(fns[r.name][0](x_eval[i:j]), -1))
+                                      for i, j in E._chunks(len(x_eval))]).astype(np.int32)
+              for r in ok_runs}
+    st = prog.stage("attack", len(todo))
+    for r, en, an, eps in todo:
+      fn, sur = fns[r.name]
+      es = config.explainer(en)
+      p = unit_path("attack", {"model": r.key, "explainer": dataclasses.asdict(es),
+                               "attack": an, "epsilon": eps, "num_steps": a.num_steps,
+                               "step_size": a.step_size, "k": a.k, "beta": a.surrogate_beta,
+                               "select_on": a.select_on,
+                               "similarity": list(config.metrics.similarity)})
+      if not cached(p, "attack"):
+        ex = E.explainer(es.name, es.params)
+        key = E.unit_key("attack", r.seed, en, an, eps)
+        x_adv = E.attack(fn, sur, ex, x_eval, y_eval, name=an, epsilon=eps,
+                         num_steps=a.num_steps, step_size=a.step_size, k=a.k,
+                         select_on=a.select_on, key=key)
+        m0 = E.to_map(attributions[(r.name, en)])
+        m1 = E.explain(fn, ex, x_adv, y_eval, key=E.unit_key("explain", r.seed, en))
+        vals = E.similarities(m0, m1, config.metrics.similarity, k=a.k)
+        vals["label_kept"] = E.accuracy(fn, x_adv, labels[r.name])
+        linf = np.max(np.abs(x_adv - x_eval).reshape(len(x_eval), -1), axis=1)
+        R.save_unit(p, {"model": r.name, "explainer": en, "attack": an, "epsilon": eps},
+                    {**{f"score/{k}": v for k, v in vals.items()}, "map_adv": m1,
+                     "x_adv": x_adv.astype(np.float32), "linf": linf})
+      st.advance(f"{r.name} {en} {an} eps={eps:.3g}")
+    stage_seconds["attack"] = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ score
+    t0 = time.perf_counter()
+    ms, dg = config.metrics, config.diagnostics
+    st = prog.stage("score", len(ok_runs) * (len(config.explainers) + 1))
+    for r in ok_runs:
+      fn, _ = fns[r.name]
+      model, spec = trained[r.name]
+      for es in config.explainers:
+        p = unit_path("score", {"model": r.key, "explainer": dataclasses.asdict(es),
+                                "metrics": dataclasses.asdict(ms)})
+        if not cached(p, "score"):
+          ex = E.explainer(es.name, es.params)
+          key = E.unit_key("score", r.seed, es.name)
+          vals = E.robustness(fn, ex, x_eval, y_eval, names=ms.robustness,
+                              epsilon=ms.robustness_epsilon, num_samples=ms.num_samples,
+                              lipschitz_steps=ms.lipschitz_steps, key=key)
+          vals.update(E.faithfulness(fn, attributions[(r.name, es.name)], x_eval, y_eval,
+                                     names=ms.faithfulness, curve_steps=ms.curve_steps,
+                                     num_samples=ms.num_samples,
+                                     key=jax.random.fold_in(key, 7)))
+          if "parameter_randomization" in ms.sanity:
+            rand = Mo.create_model(config.model if spec.objective != "senn" else "cnn",
+                                   input_shape=x_eval.shape[1:], num_classes=data.num_classes,
+                                   activation=spec.activation, seed=10_000 + r.seed)
+            m_rand = E.explain(Mo.as_fn(rand), ex, x_eval, y_eval, key=key)
+            vals["parameter_randomization"] = E.similarities(
+                E.to_map(attributions[(r.name, es.name)]), m_rand, ("spearman",),
+                k=config.attacks.k)["spearman"]
+          R.save_unit(p, {"model": r.name, "explainer": es.name},
+                      {f"score/{k}": v for k, v in vals.items()})
+        st.advance(f"{r.name} {es.name}")
+      # model diagnostics (and the random-map baseline, which is model-level)
+      p = unit_path("score", {"model": r.key, "diagnostics": dataclasses.asdict(dg),
+                              "sanity": list(ms.sanity), "curve": ms.curve_steps})
+      if not cached(p, "score"):
+        key = E.unit_key("diagnostics", r.seed)
+        vals = {"accuracy": E.accuracy(fn, data.x_test, data.y_test)}
+        nd = min(dg.num_examples, len(x_eval))
+        ra = np.full(len(x_eval), np.nan)
+        ra[:nd] = E.robust_accuracy(fn, x_eval[:nd], y_eval[:nd], epsilon=dg.pgd_epsilon,
+                                    num_steps=dg.pgd_steps, restarts=dg.pgd_restarts, key=key)
+        vals["robust_accuracy"] = ra
+        geo = E.geometry(Mo.as_fn(model, conv_impl="lax"), x_eval[:nd], y_eval[:nd],
+                         iters=dg.hessian_iters, samples=dg.hutchinson_samples,
+                         key=jax.random.fold_in(key, 1))
+        for k, v in geo.items():
+          full = np.full(len(x_eval), np.nan)
+          full[:nd] = v
+          vals[k] = full
+        if "random_map" in ms.sanity:
+          rnd = E.random_attribution(x_eval, key=jax.random.fold_in(key, 2))
+          f = E.faithfulness(fn, rnd, x_eval, y_eval, names=("insertion", "deletion"),
+                             curve_steps=ms.curve_steps, num_samples=1, key=key)
+          vals["random_map_insertion"] = f["insertion"]
+          vals["random_map_deletion"] = f["deletion"]
+        R.save_unit(p, {"model": r.name}, {f"score/{k}": v for k, v in vals.items()})
+      st.advance(f"{r.name} diagnostics")
+    stage_seconds["score"] = time.perf_counter() - t0
+
+  # ------------------------------------------------------------- aggregate/report
+  t0 = time.perf_counter()
+  plan = _plan(config, ok_runs, unit_path, fns_keys={r.name: r for r in ok_runs})
+  agg_key = C.stable_hash({"plan": plan, "runs": [dataclasses.asdict(r) for r in runs]}, 16)
+  nothing = counts["computed"] == 0 and not forced and _outputs_current(out, agg_key)
+  scores_path = os.path.join(out, "scores.csv")
+  summary_path = os.path.join(out, "summary.csv")
+  report_path = os.path.join(out, "REPORT.md")
+  if not nothing:
+    rows = _aggregate.collect_rows(plan, runs, config)
+    _aggregate.write_scores(scores_path, rows)
+    summary = _aggregate.summarize(rows, config)
+    _aggregate.write_summary(out, summary)
+    stage_seconds["aggregate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _report.write_report(out, config, runs, rows, summary, x_eval=x_eval, y_eval=y_eval,
+                         stage_seconds=stage_seconds)
+    stage_seconds["report"] = time.perf_counter() - t0
+    R.write_json(os.path.join(out, "manifest.json"), R.manifest(
+        config, eval_hash=eval_hash, stage_seconds=stage_seconds, units=units,
+        failures=failures))
+    with open(os.path.join(out, ".aggregate_key"), "w") as f:
+      f.write(agg_key)
+  return StudyResult(out_dir=out, scores_path=scores_path, summary_path=summary_path,
+                     report_path=report_path, models=tuple(runs),
+                     computed_units=counts["computed"], cached_units=counts["cached"],
+                     stage_seconds=stage_seconds, nothing_to_do=nothing)
+
+
+def _outputs_current(out: str, agg_key: str) -> bool:
+  try:
+    with open(os.path.join(out, ".aggregate_key")) as f:
+      ok = f.read().strip() == agg_key
+  except OSError:
+    return False
+  return ok and all(os.path.exists(os.path.join(out, n)) for n in
+                    ("scores.csv", "summary.csv", "summary.json", "REPORT.md", "manifest.json"))
+
+
+def _link_map(out: str, model: str, explainer: str, unit: str) -> None:
+  """``maps/<model>/<explainer>.npz``: the saved maps under a readable name."""
+  dst = os.path.join(out, "maps", model, f"{explainer}.npz")
+  if os.path.exists(dst) and os.path.samefile(dst, unit):
+    return
+  os.makedirs(os.path.dirname(dst), exist_ok=True)
+  tmp = dst + ".tmp"
+  if os.path.lexists(tmp):
+    os.remove(tmp)
+  try:
+    os.link(unit, tmp)
+  except OSError:
+    shutil.copyfile(unit, tmp)
+  os.replace(tmp, dst)
+
+
+def _plan(config, ok_runs, unit_path, fns_keys) -> list[dict]:
+  """Every unit file of this config, with what it holds (for `collect_rows`)."""
+  plan = []
+  a, ms, dg = config.attacks, config.metrics, config.diagnostics
+  for r in ok_runs:
+    for en in a.explainers:
+      es = config.explainer(en)
+      for an in a.names:
+        for eps in a.epsilons:
+          plan.append({"kind": "attack", "model": r.name, "label": r.label, "seed": r.seed,
+                       "explainer": en, "attack": an, "epsilon": eps,
+                       "path": unit_path("attack", {
+                           "model": r.key, "explainer": dataclasses.asdict(es), "attack": an,
+                           "epsilon": eps, "num_steps": a.num_steps, "step_size": a.step_size,
+                           "k": a.k, "beta": a.surrogate_beta, "select_on": a.select_on,
+                           "similarity": list(ms.similarity)})})
+    for es in config.explainers:
+      plan.append({"kind": "score", "model": r.name, "label": r.label, "seed": r.seed,
+                   "explainer": es.name, "attack": "", "epsilon": None,
+                   "path": unit_path("score", {"model": r.key,
+                                               "explainer": dataclasses.asdict(es),
+                                               "metrics": dataclasses.asdict(ms)})})
+    plan.append({"kind": "diagnostics", "model": r.name, "label": r.label, "seed": r.seed,
+                 "explainer": "", "attack": "", "epsilon": None,
+                 "path": unit_path("score", {"model": r.key,
+                                             "diagnostics": dataclasses.asdict(dg),
+                                             "sanity": list(ms.sanity),
+                                             "curve": ms.curve_steps})})
+  return plan
