@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "rattr_jax.cli._train",
     "rattr_jax.cli._senn_report",
     "rattr_jax.cli._launch",
+    "rattr_jax.cli._study",
 )
 
 #: Flags whose values are paths, checked against the file name of an `OSError`.

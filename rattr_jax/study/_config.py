@@ -440,7 +440,7 @@ def preset_names() -> tuple[str, ...]:
 def preset_text(name: str) -> str:
   names = preset_names()
   if name not in names:
-    raise ValueError(f"Unknown `--preset` {name!r}; expected one of {list(names)}.")
+    raise ValueError(f"--preset: unknown study {name!r}; expected one of {list(names)}.")
   return resources.files("rattr_jax.study").joinpath("presets", f"{name}.toml").read_text()
 
 

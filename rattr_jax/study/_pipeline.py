@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import shutil
@@ -72,6 +73,73 @@ def _model_key(config: C.StudyConfig, spec: C.MethodSpec, seed: int) -> str:
                         "seed": seed, "epochs": spec.epochs or config.epochs,
                         "batch_size": config.batch_size,
                         "lr": spec.learning_rate or config.learning_rate})
+
+
+def _build_model(cfg, data):
+  """The untrained model `rattr_jax.training.train` would build for ``cfg``."""
+  from rattr_jax import models as Mo
+  from rattr_jax import training
+  if cfg.model in training.MODEL_BUILDERS:
+    built = training.MODEL_BUILDERS[cfg.model](cfg, data)
+    return built[0] if isinstance(built, tuple) else built
+  return Mo.create_model(cfg.model, input_shape=data.input_shape, num_classes=data.num_classes,
+                         activation=cfg.activation, seed=cfg.seed)
+
+
+def _save_model(model, path: str) -> None:
+  """The final weights as an orbax checkpoint in ``path/final``."""
+  import orbax.checkpoint as ocp
+  from flax import nnx
+  target = os.path.join(os.path.abspath(path), "final")
+  if os.path.exists(target):
+    shutil.rmtree(target)
+  with ocp.StandardCheckpointer() as ck:
+    ck.save(target, nnx.state(model))
+    ck.wait_until_finished()
+
+
+def _restore_model(cfg, data, path: str):
+  import orbax.checkpoint as ocp
+  from flax import nnx
+  model = _build_model(cfg, data)
+  abstract = jax_tree_abstract(nnx.state(model))
+  with ocp.StandardCheckpointer() as ck:
+    state = ck.restore(os.path.join(os.path.abspath(path), "final"), abstract)
+  nnx.update(model, state)
+  return model
+
+
+def jax_tree_abstract(tree):
+  import jax
+  return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+
+
+class _Lazy(dict):
+  """A dict that computes a missing value on first access."""
+
+  def __init__(self, make):
+    super().__init__()
+    self._make = make
+
+  def __missing__(self, name):
+    self[name] = value = self._make(name)
+    return value
+
+  def model(self, name):
+    return self[name][2]
+
+
+def _functions(trained, name, config):
+  """``(fn, surrogate or None, model)`` of a trained model (restored on first use)."""
+  from rattr_jax import models as Mo
+  model, spec = trained[name]
+  if isinstance(model, functools.partial):
+    model = model()
+    trained[name] = (model, spec)
+  fn = Mo.as_fn(model)
+  smooth = _is_smooth(spec.activation) or spec.objective == "senn"
+  sur = None if smooth else Mo.surrogate_fn(model, beta=config.attacks.surrogate_beta)
+  return fn, sur, model
 
 
 def _is_smooth(activation: str) -> bool:
@@ -159,25 +227,25 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
       was_done = os.path.exists(done_file)
       units["train"] = units.get("train", 0) + 1
       counts["cached" if was_done else "computed"] += 1
-      resume = os.path.isdir(path) and any(n.isdigit() or n.startswith("checkpoint")
-                                           for n in os.listdir(path))
       if was_done:
-        import json
-        with open(done_file) as f:
-          done = json.load(f)
-        if done["status"] != "completed":
-          runs.append(ModelRun(spec.label, seed, key, path, done["status"], done["message"]))
-          failures.append({"model": f"{spec.label}-s{seed}", "message": done["message"]})
-          st.advance(f"{spec.label} s{seed} (failed earlier)", cached=True)
-          continue
-      res = training.train(cfg, dataset=data, out_dir=path,
-                           resume=os.path.isdir(path) and os.listdir(path) != [],
-                           progress=False)
+        done = R.read_json(done_file)
+        run = ModelRun(spec.label, seed, key, path, done["status"], done["message"],
+                       done["train_time"])
+        runs.append(run)
+        if run.status != "completed":
+          failures.append({"model": run.name, "message": run.message})
+        else:
+          trained[run.name] = (functools.partial(_restore_model, cfg, data, path), spec)
+        st.advance(f"{spec.label} s{seed}", cached=True)
+        continue
+      resume = os.path.isdir(os.path.join(path, "checkpoints"))
+      res = training.train(cfg, dataset=data, out_dir=path, resume=resume, progress=False)
       train_time = float(sum(h.get("seconds", 0.0) for h in res.history))
       run = ModelRun(spec.label, seed, key, path, res.status, res.message, train_time)
-      if not was_done:
-        R.write_json(done_file, {"status": res.status, "message": res.message,
-                                 "train_time": train_time, "epochs": len(res.history)})
+      if res.status == "completed":
+        _save_model(res.model, path)
+      R.write_json(done_file, {"status": res.status, "message": res.message,
+                               "train_time": train_time, "epochs": len(res.history)})
       runs.append(run)
       if res.status != "completed":
         failures.append({"model": run.name, "message": res.message})
@@ -185,28 +253,22 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
                       f"without it.")
       else:
         trained[run.name] = (res.model, spec)
-      st.advance(f"{spec.label} s{seed}", cached=was_done)
+      st.advance(f"{spec.label} s{seed}")
     stage_seconds["train"] = time.perf_counter() - t0
 
     ok_runs = [r for r in runs if r.status == "completed"]
-    fns = {}
-    for r in ok_runs:
-      model, spec = trained[r.name]
-      fn = Mo.as_fn(model)
-      sur = None if _is_smooth(spec.activation) or spec.objective == "senn" else Mo.surrogate_fn(
-          model, beta=config.attacks.surrogate_beta)
-      fns[r.name] = (fn, sur)
+    fns = _Lazy(lambda name: _functions(trained, name, config))
 
     # ---------------------------------------------------------------- explain
     t0 = time.perf_counter()
     attributions: dict[tuple[str, str], np.ndarray] = {}
     st = prog.stage("explain", len(ok_runs) * len(config.explainers))
     for r in ok_runs:
-      fn, _ = fns[r.name]
       for es in config.explainers:
         p = unit_path("explain", {"model": r.key, "explainer": dataclasses.asdict(es)})
         if not cached(p, "explain"):
           ex = E.explainer(es.name, es.params)
+          fn, _ = fns[r.name]
           key = E.unit_key("explain", r.seed, es.name)
           attr = []
           for i, j in E._chunks(len(x_eval)):
@@ -227,12 +289,11 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
     a = config.attacks
     todo = [(r, en, an, eps) for r in ok_runs for en in a.explainers for an in a.names
             for eps in a.epsilons]
-    labels = {r.name: np.concatenate([np.asarray(np.argmax(fns[r.name][0](x_eval[i:j]), -1))
-                                      for i, j in E._chunks(len(x_eval))]).astype(np.int32)
-              for r in ok_runs}
+    labels = _Lazy(lambda name: np.concatenate(
+        [np.asarray(np.argmax(fns[name][0](x_eval[i:j]), -1))
+         for i, j in E._chunks(len(x_eval))]).astype(np.int32))
     st = prog.stage("attack", len(todo))
     for r, en, an, eps in todo:
-      fn, sur = fns[r.name]
       es = config.explainer(en)
       p = unit_path("attack", {"model": r.key, "explainer": dataclasses.asdict(es),
                                "attack": an, "epsilon": eps, "num_steps": a.num_steps,
@@ -241,6 +302,7 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
                                "similarity": list(config.metrics.similarity)})
       if not cached(p, "attack"):
         ex = E.explainer(es.name, es.params)
+        fn, sur = fns[r.name]
         key = E.unit_key("attack", r.seed, en, an, eps)
         x_adv = E.attack(fn, sur, ex, x_eval, y_eval, name=an, epsilon=eps,
                          num_steps=a.num_steps, step_size=a.step_size, k=a.k,
@@ -261,13 +323,13 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
     ms, dg = config.metrics, config.diagnostics
     st = prog.stage("score", len(ok_runs) * (len(config.explainers) + 1))
     for r in ok_runs:
-      fn, _ = fns[r.name]
-      model, spec = trained[r.name]
+      spec = trained[r.name][1]
       for es in config.explainers:
         p = unit_path("score", {"model": r.key, "explainer": dataclasses.asdict(es),
                                 "metrics": dataclasses.asdict(ms)})
         if not cached(p, "score"):
           ex = E.explainer(es.name, es.params)
+          fn, _ = fns[r.name]
           key = E.unit_key("score", r.seed, es.name)
           vals = E.robustness(fn, ex, x_eval, y_eval, names=ms.robustness,
                               epsilon=ms.robustness_epsilon, num_samples=ms.num_samples,
@@ -291,6 +353,8 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
       p = unit_path("score", {"model": r.key, "diagnostics": dataclasses.asdict(dg),
                               "sanity": list(ms.sanity), "curve": ms.curve_steps})
       if not cached(p, "score"):
+        fn, _ = fns[r.name]
+        model = fns.model(r.name)
         key = E.unit_key("diagnostics", r.seed)
         vals = {"accuracy": E.accuracy(fn, data.x_test, data.y_test)}
         nd = min(dg.num_examples, len(x_eval))

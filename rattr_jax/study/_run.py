@@ -71,6 +71,11 @@ def write_json(path: str, payload: Any) -> None:
   _atomic_write(path, w)
 
 
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
 def _json_default(o):
   if isinstance(o, (np.floating, np.integer)):
     return o.item()

@@ -35,11 +35,18 @@ def bootstrap_ci(values: np.ndarray, *, num_resamples: int = 2000, level: float 
   mean = float(np.mean(np.concatenate(rows)))
   rng = np.random.default_rng(seed)
   s = len(rows)
-  means = np.empty(num_resamples)
   pick_seeds = rng.integers(0, s, size=(num_resamples, s))
-  for b in range(num_resamples):
-    parts = [rows[i][rng.integers(0, rows[i].size, rows[i].size)] for i in pick_seeds[b]]
-    means[b] = np.mean(np.concatenate(parts))
+  sizes = {r.size for r in rows}
+  if len(sizes) == 1:  # the usual case: every seed scored the same examples
+    n = sizes.pop()
+    table = np.stack(rows)
+    idx = rng.integers(0, n, size=(num_resamples, s, n))
+    means = table[pick_seeds[:, :, None], idx].mean(axis=(1, 2))
+  else:
+    means = np.empty(num_resamples)
+    for b in range(num_resamples):
+      parts = [rows[i][rng.integers(0, rows[i].size, rows[i].size)] for i in pick_seeds[b]]
+      means[b] = np.mean(np.concatenate(parts))
   alpha = (1 - level) / 2
   lo, hi = np.quantile(means, [alpha, 1 - alpha])
   return mean, float(min(lo, mean)), float(max(hi, mean))
