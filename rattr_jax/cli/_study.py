@@ -41,7 +41,7 @@ def run(args) -> int:
     print(C.preset_text(args.preset or "quick"))
     return 0
   config = C.load_config(args.config, preset=args.preset)
-  out = args.out or os.path.join("out", f"study-{config.name}")
+  out = args.out if args.out is not None else os.path.join("out", f"study-{config.name}")
   try:
     R.check_out_dir(out)
   except ValueError as e:

@@ -1,0 +1,249 @@
+"""`rattr study`: statistics against scipy, config errors, and a tiny study end to end."""
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from rattr_jax import study
+from rattr_jax.cli import main
+from rattr_jax.study import _aggregate as G
+from rattr_jax.study import _stats as S
+
+TINY = """
+name = "tiny"
+[model]
+name = "mlp"
+[data]
+dataset = "mnist_embedded"
+num_eval = 10
+max_train = 256
+[training]
+seeds = [0, 1]
+epochs = 1
+batch_size = 32
+[methods.ce]
+objective = "ce"
+[methods.softplus]
+objective = "ce"
+activation = "softplus:3"
+[methods.diverged]
+objective = "ce"
+learning_rate = 1e30
+[explainers.gradient]
+[attacks]
+names = ["random_sign", "topk"]
+epsilons = [0.1]
+num_steps = 2
+k = 40
+[metrics]
+num_samples = 2
+lipschitz_steps = 1
+curve_steps = 4
+[diagnostics]
+pgd_steps = 2
+hessian_iters = 2
+hutchinson_samples = 2
+num_examples = 4
+"""
+
+
+# ------------------------------------------------------------------ statistics
+def test_paired_wilcoxon_equals_scipy():
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=40)
+  b = a + rng.normal(0.3, 1.0, size=40)
+  d, p, n = S.paired_wilcoxon(a, b)
+  ref = st.wilcoxon(a, b)
+  assert p == pytest.approx(ref.pvalue, rel=1e-12)
+  assert d == pytest.approx(np.median(a - b))
+  assert n == 40
+  # NaN pairs are dropped, exactly as if they were absent
+  a2, b2 = np.append(a, np.nan), np.append(b, 1.0)
+  assert S.paired_wilcoxon(a2, b2)[1] == pytest.approx(ref.pvalue, rel=1e-12)
+  # all differences zero: no evidence
+  assert S.paired_wilcoxon(a, a) == (0.0, 1.0, 40)
+
+
+def test_holm_matches_hand_computation():
+  p = [0.01, 0.04, 0.03, 0.005]
+  # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> monotone 0.06
+  np.testing.assert_allclose(S.holm(p), [0.03, 0.06, 0.06, 0.02])
+  np.testing.assert_allclose(S.holm([0.5, 0.9]), [1.0, 1.0])
+  assert S.holm([]).size == 0
+
+
+def test_bootstrap_matches_plain_bootstrap_and_brackets_mean():
+  rng = np.random.default_rng(1)
+  v = rng.exponential(size=60)
+  mean, lo, hi = S.bootstrap_ci(v, num_resamples=4000, seed=3)
+  assert mean == pytest.approx(v.mean())
+  assert lo <= mean <= hi
+  # a plain percentile bootstrap (scipy) on the same data agrees to Monte-Carlo error
+  ref = st.bootstrap((v,), np.mean, n_resamples=4000, method="percentile",
+                     random_state=np.random.default_rng(4)).confidence_interval
+  se = v.std() / math.sqrt(v.size)
+  assert abs(lo - ref.low) < 0.25 * se and abs(hi - ref.high) < 0.25 * se
+  # constant data: a zero-width interval; two seeds of the same values: the same interval
+  assert S.bootstrap_ci(np.full(10, 2.5)) == (2.5, 2.5, 2.5)
+  two = S.bootstrap_ci(np.stack([v, v]), num_resamples=4000, seed=3)
+  assert two[0] == pytest.approx(mean)
+  assert two[1] < mean < two[2]
+  assert all(math.isnan(x) for x in S.bootstrap_ci(np.array([np.nan, np.nan])))
+
+
+def test_rank_table_and_kendall_w():
+  means = {"acc": {"a": 0.9, "b": 0.8, "c": 0.7}, "sens": {"a": 0.1, "b": 0.2, "c": 0.3}}
+  ranks, spread, w = S.rank_table(means, {"acc": True, "sens": False})
+  assert ranks["acc"] == {"a": 1.0, "b": 2.0, "c": 3.0} == ranks["sens"]
+  assert w == pytest.approx(1.0)
+  assert spread == {"a": 0.0, "b": 0.0, "c": 0.0}
+  ranks, spread, w = S.rank_table({"m1": {"a": 1, "b": 2}, "m2": {"a": 2, "b": 1}},
+                                  {"m1": True, "m2": True})
+  assert w == pytest.approx(0.0)
+  assert spread["a"] == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------ bad configs
+def _write(tmp_path, text, name="c.toml"):
+  p = tmp_path / name
+  p.write_text(text)
+  return str(p)
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda t: t + "\n[[broken", "not valid TOML"),
+    (lambda t: t.replace('objective = "ce"\n[methods.softplus]',
+                         'objective = "magic"\n[methods.softplus]'), "methods.ce.objective"),
+    (lambda t: t.replace('names = ["random_sign", "topk"]', 'names = ["random_sign", "nope"]'),
+     "attacks.names"),
+    (lambda t: t.replace("num_samples = 2", 'num_samples = 2\nrobustness = ["wiggle"]'),
+     "metrics.robustness"),
+    (lambda t: t.replace("[explainers.gradient]", "[explainers.lime]"), "explainers"),
+    (lambda t: t.replace('dataset = "mnist_embedded"', 'dataset = "imagenet"'), "data.dataset"),
+    (lambda t: t.replace('dataset = "mnist_embedded"',
+                         'dataset = "mnist"\ndata_dir = "/no/such/dir"'), "data.data_dir"),
+    (lambda t: t.replace("epsilons = [0.1]", "epsilons = [8]"), "attacks.epsilons"),
+    (lambda t: t.replace("seeds = [0, 1]", "seeds = [0, 0]"), "training.seeds"),
+    (lambda t: t.replace("[training]", "[training]\nbogus = 1"), "training.bogus"),
+])
+def test_bad_config_is_one_line_error(tmp_path, capsys, edit, field):
+  path = _write(tmp_path, edit(TINY))
+  out = tmp_path / "out"
+  assert main(["study", path, "--out", str(out)]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("rattr study: error:") and field in err, err
+  assert "\n" not in err and "Traceback" not in err
+  assert not (out / "scores.csv").exists()
+
+
+def test_bad_flags_are_one_line_errors(tmp_path, capsys):
+  f = tmp_path / "file"
+  f.write_text("x")
+  cases = [(["study", "--preset", "nope"], "--preset"),
+           (["study", "--preset", "quick", "--out", str(f)], "--out"),
+           (["study", "--preset", "quick", "--out", str(f / "sub")], "--out"),
+           (["study", "--preset", "quick", "--out", ""], "--out"),
+           (["study", "--preset", "quick", "--force", "everything"], "--force"),
+           (["study", str(tmp_path / "missing.toml")], "CONFIG")]
+  for argv, flag in cases:
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err.strip()
+    assert flag in err and "\n" not in err, (argv, err)
+
+
+def test_presets_parse():
+  names = study.preset_names()
+  assert {"quick", "mnist", "cifar10"} <= set(names)
+  for n in names:
+    cfg = study.load_config(preset=n)
+    assert cfg.methods and cfg.explainers
+  full = study.load_config(preset="mnist")
+  assert len(full.seeds) >= 3 and full.data.num_eval >= 100
+  objectives = {m.objective for m in full.methods}
+  assert set(study.OBJECTIVES) <= objectives
+
+
+# ------------------------------------------------------------------ end to end
+def _rows_without_time(path):
+  with open(path) as f:
+    return [r for r in csv.reader(f) if r[4] != "train_time"]
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end(tmp_path, capsys):
+  cfg_path = _write(tmp_path, TINY)
+  out = tmp_path / "run"
+  assert main(["study", cfg_path, "--out", str(out), "--no-progress"]) == 0
+  for name in ("manifest.json", "scores.csv", "summary.csv", "summary.json", "REPORT.md",
+               "study.json", "figures/saliency_grid.png", "figures/epsilon_curves.png",
+               "figures/robustness_vs_accuracy.png", "figures/metric_bars.png",
+               "maps/ce-s0/gradient.npz", "maps/softplus-s1/gradient.npz"):
+    assert (out / name).exists(), name
+  cfg = study.load_config(cfg_path)
+  # the diverged model stopped cleanly and is reported; the others were evaluated
+  report = (out / "REPORT.md").read_text()
+  assert "diverged-s0" in report and "did not finish" in report
+  rows = study.read_scores(str(out / "scores.csv"))
+  methods = {r["method"] for r in rows}
+  assert methods == {"ce", "softplus"}
+  # one row per (method, seed, explainer, attack/metric, eps, example)
+  keys = [(r["method"], r["seed"], r["explainer"], r["attack"], r["metric"], r["epsilon"],
+           r["example"]) for r in rows]
+  assert len(keys) == len(set(keys))
+  # attacks keep labels and stay in the ball
+  assert all(r["value"] == 1.0 for r in rows if r["metric"] == "label_kept")
+  # summary.csv is recomputed exactly from scores.csv, and every CI brackets its mean
+  again = G.summarize_file(str(out / "scores.csv"), cfg)
+  with open(out / "summary.csv") as f:
+    written = list(csv.DictReader(f))
+  assert len(written) == len(again["rows"])
+  for w, r in zip(written, again["rows"]):
+    for col in G.SUMMARY_COLUMNS:
+      assert w[col] == str(G._fmt(r[col])), (col, w, r)
+    if r["n"]:
+      assert r["ci_low"] <= r["mean"] <= r["ci_high"]
+  # the claims are computed from the scores: the random-sign vs top-k claim has numbers
+  claim = again["claims"][0]
+  assert claim["status"] in ("reproduced", "not reproduced", "inconclusive")
+  a, b = G.paired(*(G._groups(rows)[0][("ce", "gradient", att, "topk_intersection", "0.1")]
+                    for att in ("random_sign", "topk")))
+  assert claim["mean_a"] == pytest.approx(a.mean()) and claim["mean_b"] == pytest.approx(
+      b.mean())
+  reference = _rows_without_time(out / "scores.csv")
+  # a second run does nothing
+  capsys.readouterr()
+  res = study.run_study(cfg, out_dir=str(out), progress=False)
+  assert res.nothing_to_do and res.computed_units == 0
+  # changing one method re-runs only what depends on it
+  changed = TINY.replace('activation = "softplus:3"', 'activation = "softplus:5"')
+  res = study.run_study(study.parse_config(__import__("tomllib").loads(changed)),
+                        out_dir=str(out), progress=False)
+  # per softplus model: train, explain, 2 attacks, 2 score units; x 2 seeds
+  assert res.computed_units == 12
+  assert res.cached_units == 14  # the ce models' 12 units and the 2 diverged trainings
+  # a config whose data changes under the same --out is refused, naming the field
+  with pytest.raises(ValueError, match="data.num_eval"):
+    study.run_study(study.parse_config(__import__("tomllib").loads(
+        TINY.replace("num_eval = 10", "num_eval = 12"))), out_dir=str(out), progress=False)
+
+  # killed mid-way (SIGTERM) and re-run: the same scores.csv (train_time is wall time)
+  killed = tmp_path / "killed"
+  cmd = [sys.executable, "-m", "rattr_jax.cli", "study", cfg_path, "--out", str(killed),
+         "--no-progress"]
+  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline and not (killed / "units" / "attack").exists():
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  proc.wait(timeout=60)
+  assert not (killed / "scores.csv").exists()
+  assert subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode == 0
+  assert _rows_without_time(killed / "scores.csv") == reference
