@@ -151,7 +151,11 @@ def robustness(fn, ex, x, t, *, names, epsilon: float, num_samples: int, lipschi
   ``epsilon * sqrt(d)``, the L2 radius of the same L-inf box's corners)."""
   out = {}
   xj, tj = jnp.asarray(x), jnp.asarray(t)
-  bound = lambda z, tt, key=None: ex(fn, z, tt, key=key)
+  # A stochastic explainer (SmoothGrad) uses the same noise key at x and at every
+  # perturbed x' (common random numbers), so the metric sees the explanation's change,
+  # not fresh sampling noise.
+  k_ex = jax.random.fold_in(key, 3)
+  bound = lambda z, tt: ex(fn, z, tt, key=k_ex)
   if "max_sensitivity" in names:
     out["max_sensitivity"] = np.asarray(M.max_sensitivity(
         bound, xj, tj, key=jax.random.fold_in(key, 1), num_samples=num_samples,

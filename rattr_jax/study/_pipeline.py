@@ -268,7 +268,7 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
         p = unit_path("explain", {"model": r.key, "explainer": dataclasses.asdict(es)})
         if not cached(p, "explain"):
           ex = E.explainer(es.name, es.params)
-          fn, _ = fns[r.name]
+          fn = fns[r.name][0]
           key = E.unit_key("explain", r.seed, es.name)
           attr = []
           for i, j in E._chunks(len(x_eval)):
@@ -302,7 +302,7 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
                                "similarity": list(config.metrics.similarity)})
       if not cached(p, "attack"):
         ex = E.explainer(es.name, es.params)
-        fn, sur = fns[r.name]
+        fn, sur = fns[r.name][:2]
         key = E.unit_key("attack", r.seed, en, an, eps)
         x_adv = E.attack(fn, sur, ex, x_eval, y_eval, name=an, epsilon=eps,
                          num_steps=a.num_steps, step_size=a.step_size, k=a.k,
@@ -329,7 +329,7 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
                                 "metrics": dataclasses.asdict(ms)})
         if not cached(p, "score"):
           ex = E.explainer(es.name, es.params)
-          fn, _ = fns[r.name]
+          fn = fns[r.name][0]
           key = E.unit_key("score", r.seed, es.name)
           vals = E.robustness(fn, ex, x_eval, y_eval, names=ms.robustness,
                               epsilon=ms.robustness_epsilon, num_samples=ms.num_samples,
@@ -353,7 +353,7 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
       p = unit_path("score", {"model": r.key, "diagnostics": dataclasses.asdict(dg),
                               "sanity": list(ms.sanity), "curve": ms.curve_steps})
       if not cached(p, "score"):
-        fn, _ = fns[r.name]
+        fn = fns[r.name][0]
         model = fns.model(r.name)
         key = E.unit_key("diagnostics", r.seed)
         vals = {"accuracy": E.accuracy(fn, data.x_test, data.y_test)}
