@@ -1,5 +1,5 @@
 # Two entry points, both from a fresh clone (see README):
-#   make demo   -> creates .venv, installs rattr_jax, runs `rattr explain`
+#   make demo   -> creates .venv, installs rattr_jax, runs the quick study (`rattr study --preset quick`)
 #   make test   -> creates .venv, installs rattr_jax[test,bench], runs the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,7 +23,7 @@ install-test: $(BIN)/python
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 
 demo: install
-	$(BIN)/rattr explain --out out/explain
+	$(BIN)/rattr study --preset quick --out out/study
 
 test: install-test
 	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -n 2 --durations=30 -q
