@@ -29,7 +29,7 @@ from _timing import medians, round_robin
 from rattr_jax import attacks, models
 from rattr_jax.attacks import _objectives as O
 from rattr_jax.attribution import gradient, integrated_gradients
-from rattr_jax.attribution._target import target_gradient
+from rattr_jax.core import target_gradient
 
 try:
   import torch
@@ -46,7 +46,7 @@ def jax_attack(fn, sur, explain, x, t, num_steps, k):
   key = jax.random.key(0)
 
   def run():
-    return attacks.topk_attack(fn, explain, x, t, cfg, key=key, surrogate=sur).x_adv
+    return attacks.topk_attack(fn, explain, x, t, key=key, config=cfg, surrogate=sur).x_adv
   return run
 
 
@@ -232,8 +232,8 @@ def main():
   # Two memory settings: path points in chunks of 10 (every chunk rematerialised,
   # memory bounded for any number of path points) and in one chunk of 20 (no
   # remat: faster, memory grows with the points).
-  ig = functools.partial(integrated_gradients, num_steps=20, batch_size=10)
-  ig_one = functools.partial(integrated_gradients, num_steps=20, batch_size=20)
+  ig = functools.partial(integrated_gradients, num_steps=20, chunk_size=10)
+  ig_one = functools.partial(integrated_gradients, num_steps=20, chunk_size=20)
   cases = {"rattr_jax": jax_attack(fn, sur, ig, x, t, ig_attack_steps, K),
            "rattr_jax_one_chunk": jax_attack(fn, sur, ig_one, x, t, ig_attack_steps, K)}
   sync = {"rattr_jax": jsync, "rattr_jax_one_chunk": jsync}
@@ -251,7 +251,7 @@ def main():
                    "step_size": "0.5/255", "surrogate_beta": 10.0,
                    "weights": "random init (seed 0), identical in JAX and torch",
                    "inputs": "uniform [0, 1]",
-                   "ig": "20 trapezoid points; batch_size 10 (2 rematerialised chunks) and "
+                   "ig": "20 trapezoid points; chunk_size 10 (2 rematerialised chunks) and "
                          "20 (one chunk, no remat)",
                    "note": "round-robin in one process, ratios paired within the run; "
                            "device.load_average shows whether the machine was shared"},

@@ -22,7 +22,7 @@ Chunking: IG path points / SmoothGrad samples are evaluated ``chunk`` at a
 time, ``chunk`` being the largest divisor of ``num_steps`` with
 ``chunk * B <= --chunk-images``; Captum gets the same chunk
 (``internal_batch_size = chunk * B``, ``nt_samples_batch_size = chunk``). The
-variant ``ours_default`` calls rattr_jax with ``batch_size=None`` (the
+variant ``ours_default`` calls rattr_jax with ``chunk_size=None`` (the
 library's default) against the same Captum run.
 
 Interference: a PyTorch call leaves its worker threads spinning for a while,
@@ -72,7 +72,7 @@ def parse_args(argv=None):
   p.add_argument("--chunk-images", type=int, default=800,
                  help="max images per chunk (path points x batch) for both frameworks")
   p.add_argument("--no-default", action="store_true",
-                 help="skip the ours_default (batch_size=None) variant")
+                 help="skip the ours_default (chunk_size=None) variant")
   p.add_argument("--no-peer", action="store_true", help="skip torch/captum")
   p.add_argument("--torch-threads", type=int, default=2)
   p.add_argument("--settle", type=float, default=0.0,
@@ -185,7 +185,7 @@ def run(args) -> dict:
             theirs = lambda: sal.attribute(xt, target=tt, abs=False)
         elif method == "ig":
           ours["ours"] = lambda c=chunk: A.integrated_gradients(
-              fn, xj, tj, num_steps=n, method=args.ig_method, batch_size=c)
+              fn, xj, tj, num_steps=n, method=args.ig_method, chunk_size=c)
           if not args.no_default:
             ours["ours_default"] = lambda: A.integrated_gradients(
                 fn, xj, tj, num_steps=n, method=args.ig_method)
@@ -194,7 +194,7 @@ def run(args) -> dict:
                 xt, target=tt, n_steps=n, method=args.ig_method, internal_batch_size=c * batch)
         else:
           ours["ours"] = lambda c=chunk: A.smoothgrad(
-              fn, xj, tj, key=key, num_samples=s, stddev=args.stddev, batch_size=c)
+              fn, xj, tj, key=key, num_samples=s, stddev=args.stddev, chunk_size=c)
           if not args.no_default:
             ours["ours_default"] = lambda: A.smoothgrad(
                 fn, xj, tj, key=key, num_samples=s, stddev=args.stddev)
@@ -292,7 +292,7 @@ def _targets(results) -> dict:
       need = 1.4
     else:
       continue
-    # The library's general code path (`batch_size=None`) is what users get; the
+    # The library's general code path (`chunk_size=None`) is what users get; the
     # matched-chunk ratio is kept beside it for an apples-to-apples reading.
     ratios = r["ratio_captum_over"]
     got = ratios.get("ours_default", ratios["ours"])

@@ -121,30 +121,28 @@ def main():
   key = jax.random.key(0)
   features = models.feature_fn(model, args.layer)
 
-  # explainers: explain(f, x, t) for the attacks, maps on the real model.
+  # explainers(f, x, t, *, key) for the attacks, maps on the real model.
   explainers = {
       "gradient": A.gradient,
-      "smoothgrad": functools.partial(A.smoothgrad, num_samples=sg_samples, batch_size=None),
+      "smoothgrad": functools.partial(A.smoothgrad, num_samples=sg_samples, chunk_size=None),
       "integrated_gradients": functools.partial(A.integrated_gradients, num_steps=ig_steps,
-                                                batch_size=None),
+                                                chunk_size=None),
   }
 
   def base_attr(m, z, tt):
-    if m == "smoothgrad":
-      return explainers[m](fn, z, tt, key=key)
-    return explainers[m](fn, z, tt)
+    return explainers[m](fn, z, tt, key=key)
 
   dance_opts = {"smoothgrad": dict(num_samples=sg_samples),
                 "integrated_gradients": dict(ig_num_steps=ig_steps), "gradient": {}}
   gen_kw = dict(key=key, epsilon=args.epsilon, patch_size=args.patch_size,
-                num_steps=decoy_steps, batch_size=256)
+                num_steps=decoy_steps, chunk_size=256)
 
   def gen(z):
     return A.generate_decoys(features, z, **gen_kw)
 
   def dance(m, z, tt, dec, aggregation="range"):
     return A.decoy_saliency(fn, z, tt, key=key, decoys=dec, base=m, aggregation=aggregation,
-                            batch_size=256, **dance_opts[m])
+                            chunk_size=256, **dance_opts[m])
 
   # ------------------------------------------------------------- clean ----
   print(f"{len(x)} images, layer {args.layer}, epsilon {args.epsilon}, "
@@ -190,11 +188,11 @@ def main():
       t0 = time.perf_counter()
       kw = dict(key=jax.random.key(1), surrogate=sur)
       if a == "topk":
-        res = attacks.topk_attack(fn, explainers[m], x, t, cfg, **kw)
+        res = attacks.topk_attack(fn, explainers[m], x, t, config=cfg, **kw)
       elif a == "targeted":
-        res = attacks.targeted_attack(fn, explainers[m], x, t, mask, cfg, **kw)
+        res = attacks.targeted_attack(fn, explainers[m], x, t, mask=mask, config=cfg, **kw)
       else:
-        res = attacks.mass_center_attack(fn, explainers[m], x, t, cfg, **kw)
+        res = attacks.mass_center_attack(fn, explainers[m], x, t, config=cfg, **kw)
       x_adv = block(res.x_adv)
       t_att = time.perf_counter() - t0
       dec_adv = gen(x_adv)

@@ -84,16 +84,16 @@ def quantus_cases(model, x, t):
 
 
 def ours_cases(fn, x, t, *, ms_batch_size, images: bool):
-  explain = functools.partial(attribution.gradient, fn)
+  explain = attribution.gradient
   key = jax.random.key(0)
   cases = {
       "max_sensitivity": lambda: metrics.max_sensitivity(
-          explain, x, t, key=key, num_samples=MS_SAMPLES, epsilon=MS_EPS,
-          batch_size=ms_batch_size),
+          fn, explain, x, t, key=key, num_samples=MS_SAMPLES, epsilon=MS_EPS,
+          chunk_size=ms_batch_size),
       "lle_gradient_ascent": lambda: metrics.local_lipschitz_estimate(
-          explain, x, t, key=key, num_steps=LLE_STEPS, num_restarts=1),
+          fn, explain, x, t, key=key, num_steps=LLE_STEPS, num_restarts=1),
       "lle_sampling": lambda: metrics.local_lipschitz_estimate(
-          explain, x, t, key=key, method="sampling", num_samples=LLE_SAMPLES, noise="gaussian",
+          fn, explain, x, t, key=key, method="sampling", num_samples=LLE_SAMPLES, noise="gaussian",
           epsilon=LLE_STD),
   }
   if images:
@@ -144,7 +144,7 @@ def main():
            "images_per_s": {n: BATCH / v for n, v in med.items()},
            "first_call_seconds (compile+run)": warm, "raw_seconds": raw,
            "settings": {"max_sensitivity": {"num_samples": MS_SAMPLES, "epsilon": MS_EPS,
-                                            "batch_size": ms_bs},
+                                            "chunk_size": ms_bs},
                         "lle_gradient_ascent": {"num_steps": LLE_STEPS, "num_restarts": 1,
                                                 "ball": "l2", "epsilon": 1.0},
                         "lle_sampling": {"num_samples": LLE_SAMPLES, "noise": "gaussian",

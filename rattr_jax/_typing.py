@@ -12,7 +12,5 @@ from jaxtyping import Array, Float, Int
 LogitFn = Callable[[Float[Array, "B ..."]], Float[Array, "B C"]]
 #: An int, or an int array ``[B]`` of per-example classes.
 Target = Union[int, Int[Array, "B"], jax.Array]
-#: ``explain(x, target) -> attribution`` shaped like ``x``.
-ExplainFn = Callable[[Float[Array, "B ..."], Target], Float[Array, "B ..."]]
 #: A PRNG key.
 PRNGKey = jax.Array

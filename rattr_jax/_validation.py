@@ -225,16 +225,3 @@ def check_key(key: Any, *, name: str = "key") -> jax.Array:
           (key.dtype == jnp.uint32 and key.shape[-1:] == (2,))):
     raise ValueError(f"`{name}` must be a JAX PRNG key; got dtype {key.dtype}.")
   return key
-
-
-def check_explain_output(explain_fn: Callable, x: jax.Array, target: jax.Array,
-                         *, name: str = "explain_fn") -> None:
-  """Checks that ``explain_fn(x, target)`` returns an array shaped like ``x``."""
-  try:
-    out = eval_shape(explain_fn, x, target)
-  except Exception as e:
-    raise ValueError(f"`{name}` failed on x of shape {tuple(x.shape)}: {e}") from e
-  if getattr(out, "shape", None) != tuple(x.shape):
-    raise ValueError(
-        f"`{name}` must return an attribution shaped like x {tuple(x.shape)}; got "
-        f"{getattr(out, 'shape', type(out))}.")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, Phase, settings, strategies as st
 
-from rattr_jax import attacks, maps, metrics, models
+from rattr_jax import attacks, explainers, maps, metrics, models
 from rattr_jax.attacks import _ghorbani
 from rattr_jax.attacks import _dombrowski
 from rattr_jax.attacks import _objectives as O
@@ -40,15 +40,16 @@ ATTACKS = ("random_sign", "topk", "mass_center", "targeted")
 
 
 def run_attack(name, fn, x, t, config, *, key, surrogate=None, explain=gradient, mask=None,
-               batch_size=None):
+               chunk_size=None):
   if name == "targeted":
     if mask is None:
       mask = jnp.zeros(x.shape[1:3]).at[: x.shape[1] // 2].set(1.0)
-    return attacks.targeted_attack(fn, explain, x, t, mask, config, key=key,
-                                   surrogate=surrogate, batch_size=batch_size)
+    return attacks.targeted_attack(fn, explain, x, t, key=key, mask=mask, config=config,
+                                   surrogate=surrogate, chunk_size=chunk_size)
   f = {"random_sign": attacks.random_sign_attack, "topk": attacks.topk_attack,
        "mass_center": attacks.mass_center_attack}[name]
-  return f(fn, explain, x, t, config, key=key, surrogate=surrogate, batch_size=batch_size)
+  return f(fn, explain, x, t, key=key, config=config, surrogate=surrogate,
+           chunk_size=chunk_size)
 
 
 # ------------------------------------------------------------ invariants ----
@@ -214,7 +215,7 @@ def test_targeted_attack_raises_mass_in_mask(cnn_setup):
   mask = np.zeros((28, 28), np.float32)
   mask[:, :8] = 1.0  # a band on the left border
   cfg = attacks.AttackConfig(num_steps=100, k=50)
-  r = attacks.targeted_attack(fn, gradient, x, label, mask, cfg, key=jax.random.key(0),
+  r = attacks.targeted_attack(fn, gradient, x, label, mask=mask, config=cfg, key=jax.random.key(0),
                               surrogate=sur)
   before = jnp.sum(_maps(fn, x, label) * mask, axis=(1, 2))
   after = jnp.sum(_maps(fn, r.x_adv, label) * mask, axis=(1, 2))
@@ -227,7 +228,7 @@ def test_frame_attack_moves_map_towards_frame(cnn_setup):
   model, fn, _, x, label = cnn_setup
   x, label = x[:8], label[:8]
   fam = attacks.softplus_family(model)
-  r = attacks.frame_attack(fn, gradient, x, label, attacks.frame_config(epsilon=8 / 255),
+  r = attacks.frame_attack(fn, gradient, x, label, config=attacks.frame_config(epsilon=8 / 255),
                            key=jax.random.key(0), surrogate_family=fam)
   frame = jnp.broadcast_to(attacks.frame_map(28, 28), (8, 28, 28))
   m0 = maps.saliency_map(gradient(fn, x, label), normalize="max")
@@ -254,11 +255,11 @@ def test_objective_gradients_match_finite_differences(x64, objective, method):
   x = images(jax.random.fold_in(key, 1), shape, jnp.float64)
   t = jnp.array([0, 2])
   explain = gradient if method == "gradient" else functools.partial(
-      integrated_gradients, num_steps=6, batch_size=4)  # 2 chunks: scan + checkpoint
-  ref = O.to_map(explain(fn, x, t), "abs_sum", "sum_to_one")
+      integrated_gradients, num_steps=6, chunk_size=4)  # 2 chunks: scan + checkpoint
+  ref = O.to_map(explain(fn, x, t, key=None), "abs_sum", "sum_to_one")
   mask = jax.random.uniform(jax.random.fold_in(key, 2), ref.shape, jnp.float64)
   aux = O.objective_aux(objective, ref, 5, mask)
-  value = lambda z: O.map_objective(objective, O.to_map(explain(fn, z, t), "abs_sum",
+  value = lambda z: O.map_objective(objective, O.to_map(explain(fn, z, t, key=None), "abs_sum",
                                                         "sum_to_one"), aux)
   _fd_check(value, x + 0.01)
 
@@ -296,9 +297,9 @@ def test_jit_equals_eager():
   x = images(jax.random.fold_in(key, 1), (2, 4, 4, 1))
   t = jnp.argmax(fn(x), -1)
   cfg = attacks.AttackConfig(num_steps=2, k=4, epsilon=0.1, step_size=0.02)
-  r_jit = attacks.mass_center_attack(fn, gradient, x, t, cfg, key=key)
+  r_jit = attacks.mass_center_attack(fn, gradient, x, t, config=cfg, key=key)
   with jax.disable_jit():
-    r_eager = attacks.mass_center_attack(fn, gradient, x, t, cfg, key=key)
+    r_eager = attacks.mass_center_attack(fn, gradient, x, t, config=cfg, key=key)
   np.testing.assert_allclose(r_jit.x_adv, r_eager.x_adv, atol=1e-6)
   np.testing.assert_allclose(r_jit.objective_history, r_eager.objective_history, rtol=1e-4,
                              atol=1e-6)
@@ -315,12 +316,12 @@ def test_batched_equals_per_example_and_chunked(x64, attack):
     cfg = attacks.ManipulationConfig(num_steps=4, learning_rate=0.01, epsilon=0.1)
     tmap = jax.random.uniform(jax.random.fold_in(key, 2), (3, 5, 5), jnp.float64)
     run = lambda xb, tb, mb, bs=None: attacks.manipulation_attack(
-        fn, gradient, xb, tb, mb, cfg, key=key, batch_size=bs)
+        fn, gradient, xb, tb, target_map=mb, config=cfg, key=key, chunk_size=bs)
   else:
     cfg = attacks.AttackConfig(num_steps=4, k=4, epsilon=0.1, step_size=0.02)
     tmap = jnp.broadcast_to(jnp.eye(5), (3, 5, 5))
     run = lambda xb, tb, mb, bs=None: run_attack(attack, fn, xb, tb, cfg, key=key, mask=mb,
-                                                 batch_size=bs)
+                                                 chunk_size=bs)
   full = run(x, t, tmap)
   chunked = run(x, t, tmap, 2)
   for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(chunked)):
@@ -338,18 +339,18 @@ def test_epsilon_sweep_does_not_recompile():
   x = images(jax.random.fold_in(key, 1), (2, 4, 4, 1))
   t = jnp.argmax(fn(x), -1)
   base = attacks.AttackConfig(num_steps=3, k=3)
-  attacks.topk_attack(fn, gradient, x, t, base, key=key)
+  attacks.topk_attack(fn, gradient, x, t, config=base, key=key)
   before = _ghorbani._signed_attack._cache_size()
   for eps in (0.0, 1 / 255, 2 / 255, 4 / 255, 16 / 255):
     cfg = base.replace(epsilon=eps, step_size=eps / 4 + 1e-3)
-    attacks.topk_attack(fn, gradient, x, t, cfg, key=key)
+    attacks.topk_attack(fn, gradient, x, t, config=cfg, key=key)
   assert _ghorbani._signed_attack._cache_size() == before
 
   # The same under a user's outer jit: one trace for the whole sweep.
   @jax.jit
   @chex.assert_max_traces(n=1)
   def attack_at(eps):
-    return attacks.topk_attack(fn, gradient, x, t, base.replace(epsilon=eps),
+    return attacks.topk_attack(fn, gradient, x, t, config=base.replace(epsilon=eps),
                                key=key).objective
 
   for eps in (1 / 255, 2 / 255, 8 / 255):
@@ -364,11 +365,11 @@ def test_new_weights_of_the_same_architecture_reuse_the_compiled_attack():
          for s in (0, 1, 2)]
   surs = [models.surrogate_fn(models.create_model("mlp", input_shape=(8,), num_classes=3,
                                                   seed=s), beta=10.0) for s in (0, 1, 2)]
-  outs = [attacks.topk_attack(fns[0], gradient, x, 0, cfg, key=jax.random.key(0),
+  outs = [attacks.topk_attack(fns[0], gradient, x, 0, config=cfg, key=jax.random.key(0),
                               surrogate=surs[0])]
   before = _ghorbani._signed_attack._cache_size()
   for f, s in zip(fns[1:], surs[1:]):
-    outs.append(attacks.topk_attack(f, gradient, x, 0, cfg, key=jax.random.key(0), surrogate=s))
+    outs.append(attacks.topk_attack(f, gradient, x, 0, config=cfg, key=jax.random.key(0), surrogate=s))
   assert _ghorbani._signed_attack._cache_size() == before
   # ... and the results are those of the new weights
   assert not np.allclose(outs[0].objective_history, outs[1].objective_history)
@@ -388,12 +389,12 @@ def test_beta_schedule_is_traced_and_family_matches_surrogate():
   t = jnp.argmax(fn(xs), -1)
   tmap = jnp.ones((4, 4))
   base = attacks.ManipulationConfig(num_steps=3, learning_rate=0.01, epsilon=0.05)
-  attacks.manipulation_attack(fn, gradient, xs, t, tmap, base, key=jax.random.key(0),
+  attacks.manipulation_attack(fn, gradient, xs, t, target_map=tmap, config=base, key=jax.random.key(0),
                               surrogate_family=family)
   before = _dombrowski._manipulation._cache_size()
   for b0, b1, eps in ((1.0, 5.0, 0.1), (3.0, 30.0, float("inf"))):
     cfg = base.replace(beta_start=b0, beta_end=b1, epsilon=eps)
-    attacks.manipulation_attack(fn, gradient, xs, t, tmap, cfg, key=jax.random.key(0),
+    attacks.manipulation_attack(fn, gradient, xs, t, target_map=tmap, config=cfg, key=jax.random.key(0),
                                 surrogate_family=family)
   assert _dombrowski._manipulation._cache_size() == before
 
@@ -405,7 +406,7 @@ def test_manipulation_attack_reduces_loss_and_respects_ball():
   t = jnp.argmax(fn(x), -1)
   tmap = attacks.frame_map(6, 6, frame_width=1)
   cfg = attacks.ManipulationConfig(num_steps=60, learning_rate=3e-3, epsilon=0.05, gamma=1.0)
-  r = attacks.manipulation_attack(fn, gradient, x, t, tmap, cfg, key=key)
+  r = attacks.manipulation_attack(fn, gradient, x, t, target_map=tmap, config=cfg, key=key)
   assert bool(jnp.all(r.objective > r.initial_objective))
   assert float(jnp.max(jnp.abs(r.x_adv - x))) <= 0.05 + 1e-6
   np.testing.assert_array_equal(jnp.argmax(fn(r.x_adv), -1), t)
@@ -429,15 +430,15 @@ def test_integrated_gradients_and_smoothgrad_explainers():
   x = images(jax.random.fold_in(key, 1), (2, 5, 5, 1))
   t = jnp.argmax(fn(x), -1)
   cfg = attacks.AttackConfig(num_steps=5, k=5, epsilon=0.05, step_size=0.01)
-  ig = functools.partial(integrated_gradients, num_steps=8, batch_size=3)
-  r = attacks.topk_attack(fn, ig, x, t, cfg, key=key)
+  ig = explainers.get("integrated_gradients", num_steps=8, chunk_size=3)
+  r = attacks.topk_attack(fn, ig, x, t, config=cfg, key=key)
   assert bool(jnp.all(r.objective >= r.initial_objective))
   # A stochastic explainer gets a fresh key each step; the attack stays reproducible.
-  sg = functools.partial(smoothgrad, num_samples=4, key=jax.random.key(0))
-  r1 = attacks.topk_attack(fn, sg, x, t, cfg, key=key)
-  r2 = attacks.topk_attack(fn, sg, x, t, cfg, key=key)
+  sg = explainers.get("smoothgrad", num_samples=4)
+  r1 = attacks.topk_attack(fn, sg, x, t, config=cfg, key=key)
+  r2 = attacks.topk_attack(fn, sg, x, t, config=cfg, key=key)
   np.testing.assert_array_equal(r1.x_adv, r2.x_adv)
-  r3 = attacks.topk_attack(fn, sg, x, t, cfg, key=jax.random.key(1))
+  r3 = attacks.topk_attack(fn, sg, x, t, config=cfg, key=jax.random.key(1))
   assert not np.array_equal(r1.objective_history, r3.objective_history)
 
 
@@ -449,28 +450,29 @@ def test_bad_input_errors():
   t = jnp.argmax(fn(x), -1)
   cfg = attacks.AttackConfig(num_steps=2, k=3)
   with pytest.raises(ValueError, match="epsilon"):
-    attacks.topk_attack(fn, gradient, x, t, cfg.replace(epsilon=-0.1), key=key)
+    attacks.topk_attack(fn, gradient, x, t, config=cfg.replace(epsilon=-0.1), key=key)
   with pytest.raises(ValueError, match="step_size"):
-    attacks.topk_attack(fn, gradient, x, t, cfg.replace(step_size=0.0), key=key)
+    attacks.topk_attack(fn, gradient, x, t, config=cfg.replace(step_size=0.0), key=key)
   with pytest.raises(ValueError, match="`k`"):
-    attacks.topk_attack(fn, gradient, x, t, cfg.replace(k=17), key=key)
+    attacks.topk_attack(fn, gradient, x, t, config=cfg.replace(k=17), key=key)
   with pytest.raises(ValueError, match="mask"):
-    attacks.targeted_attack(fn, gradient, x, t, jnp.ones((3, 4)), cfg, key=key)
+    attacks.targeted_attack(fn, gradient, x, t, mask=jnp.ones((3, 4)), config=cfg, key=key)
   with pytest.raises(ValueError, match="explain"):
-    attacks.topk_attack(fn, lambda f, z, tt: gradient(f, z, tt)[..., 0], x, t, cfg, key=key)
+    attacks.topk_attack(fn, lambda f, z, tt, *, key: gradient(f, z, tt)[..., 0], x, t,
+                        config=cfg, key=key)
   with pytest.raises(ValueError, match="surrogate"):
-    attacks.topk_attack(fn, gradient, x, t, cfg, key=key,
+    attacks.topk_attack(fn, gradient, x, t, config=cfg, key=key,
                         surrogate=lambda z: jnp.concatenate([fn(z), fn(z)], -1))
   with pytest.raises(ValueError, match="input_range"):
-    attacks.topk_attack(fn, gradient, x + 2.0, t, cfg, key=key)
+    attacks.topk_attack(fn, gradient, x + 2.0, t, config=cfg, key=key)
   with pytest.raises(ValueError, match="key"):
-    attacks.topk_attack(fn, gradient, x, t, cfg, key=None)
+    attacks.topk_attack(fn, gradient, x, t, config=cfg, key=None)
   with pytest.raises(ValueError, match="config"):
-    attacks.topk_attack(fn, gradient, x, t, attacks.ManipulationConfig(), key=key)
+    attacks.topk_attack(fn, gradient, x, t, config=attacks.ManipulationConfig(), key=key)
   with pytest.raises(ValueError, match="target_map"):
-    attacks.manipulation_attack(fn, gradient, x, t, jnp.ones((5, 4)), key=key)
+    attacks.manipulation_attack(fn, gradient, x, t, target_map=jnp.ones((5, 4)), key=key)
   with pytest.raises(ValueError, match="learning_rate"):
-    attacks.manipulation_attack(fn, gradient, x, t, jnp.ones((4, 4)),
-                                attacks.ManipulationConfig(learning_rate=-1.0), key=key)
+    attacks.manipulation_attack(fn, gradient, x, t, target_map=jnp.ones((4, 4)),
+                                config=attacks.ManipulationConfig(learning_rate=-1.0), key=key)
   with pytest.raises(ValueError, match="centre-of-mass"):
-    attacks.mass_center_attack(fn, gradient, x.reshape(2, 16), t, cfg, key=key)
+    attacks.mass_center_attack(fn, gradient, x.reshape(2, 16), t, config=cfg, key=key)

@@ -88,12 +88,12 @@ def test_path_points_weights():
   np.testing.assert_allclose(a, [0.0, 0.25, 0.5, 0.75])
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 7, 50])
-def test_chunked_ig_equals_unchunked(batch_size):
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 50])
+def test_chunked_ig_equals_unchunked(chunk_size):
   fn = _tanh_mlp()
   x = jax.random.normal(jax.random.key(7), (4, 12))
   full = A.integrated_gradients(fn, x, 1, num_steps=20)
-  chunked = A.integrated_gradients(fn, x, 1, num_steps=20, batch_size=batch_size)
+  chunked = A.integrated_gradients(fn, x, 1, num_steps=20, chunk_size=chunk_size)
   np.testing.assert_allclose(chunked, full, rtol=1e-5, atol=1e-6)
 
 
@@ -102,7 +102,7 @@ def test_chunked_smoothgrad_equals_unchunked():
   x = jax.random.normal(jax.random.key(8), (4, 12))
   full = A.smoothgrad(fn, x, 1, key=KEY, num_samples=12)
   for bs in (1, 5, 12):
-    np.testing.assert_allclose(A.smoothgrad(fn, x, 1, key=KEY, num_samples=12, batch_size=bs),
+    np.testing.assert_allclose(A.smoothgrad(fn, x, 1, key=KEY, num_samples=12, chunk_size=bs),
                                full, rtol=1e-5, atol=1e-6)
 
 
@@ -158,12 +158,12 @@ def _cnn_fn():
 METHODS = [
     ("gradient", A.gradient, {}, False),
     ("input_x_gradient", A.input_x_gradient, {}, False),
-    ("integrated_gradients", A.integrated_gradients, {"num_steps": 6, "batch_size": 4}, False),
+    ("integrated_gradients", A.integrated_gradients, {"num_steps": 6, "chunk_size": 4}, False),
     ("integrated_gradients_gl", A.integrated_gradients,
      {"num_steps": 5, "method": "gausslegendre"}, False),
     ("smoothgrad", A.smoothgrad, {"num_samples": 4, "key": KEY}, True),
     ("smoothgrad_sq", A.smoothgrad, {"num_samples": 4, "key": KEY, "squared": True}, True),
-    ("vargrad", A.vargrad, {"num_samples": 4, "key": KEY, "batch_size": 3}, True),
+    ("vargrad", A.vargrad, {"num_samples": 4, "key": KEY, "chunk_size": 3}, True),
 ]
 
 
@@ -226,7 +226,7 @@ def test_public_calls_compile_once_per_shape(cnn_fn):
     (lambda fn, x: A.integrated_gradients(fn, x, 0, num_steps=0), "`num_steps`"),
     (lambda fn, x: A.integrated_gradients(fn, x, 0, method="simpson"), "`method`"),
     (lambda fn, x: A.integrated_gradients(fn, x, 0, baseline=jnp.zeros((3,))), "`baseline`"),
-    (lambda fn, x: A.integrated_gradients(fn, x, 0, batch_size=0), "`batch_size`"),
+    (lambda fn, x: A.integrated_gradients(fn, x, 0, chunk_size=0), "`chunk_size`"),
     (lambda fn, x: A.smoothgrad(fn, x, 0, key=KEY, num_samples=0), "`num_samples`"),
     (lambda fn, x: A.smoothgrad(fn, x, 0, key=None), "`key`"),
     (lambda fn, x: A.smoothgrad(fn, x, 0, key=KEY, stddev=-0.1), "`stddev`"),
@@ -256,10 +256,10 @@ def test_nan_under_jit_propagates():
 def test_memory_stays_bounded_when_differentiating_through_chunks(method):
   """Explanation attacks differentiate through the path / noise samples.
 
-  With a fixed chunk (``batch_size=4``) the compiled gradient needs the same
+  With a fixed chunk (``chunk_size=4``) the compiled gradient needs the same
   temporary memory for 8 and 256 points, because every chunk is
   rematerialised (without `jax.checkpoint` it grows ~linearly: 0.13 MB ->
-  3.2 MB here); in one chunk (``batch_size=None``) it grows with the points.
+  3.2 MB here); in one chunk (``chunk_size=None``) it grows with the points.
   """
   from rattr_jax.testing import TanhMLP
   fn = TanhMLP(jax.random.key(0), 64, 256, 10)
@@ -268,10 +268,10 @@ def test_memory_stays_bounded_when_differentiating_through_chunks(method):
   def temp_bytes(n, bs):
     if method == "integrated_gradients":
       f = lambda z: jnp.sum(A.integrated_gradients(fn, z, 3, num_steps=n,
-                                                   batch_size=bs) ** 2)
+                                                   chunk_size=bs) ** 2)
     else:
       f = lambda z: jnp.sum(A.smoothgrad(fn, z, 3, key=jax.random.key(0),
-                                         num_samples=n, batch_size=bs) ** 2)
+                                         num_samples=n, chunk_size=bs) ** 2)
     stats = jax.jit(jax.grad(f)).lower(x).compile().memory_analysis()
     return stats.temp_size_in_bytes
 

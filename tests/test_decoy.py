@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rattr_jax import attribution as A
-from rattr_jax import maps, metrics, models
+from rattr_jax import attacks, explainers, maps, metrics, models
 from rattr_jax.attribution import _decoy, _decoy_solver as S
 from rattr_jax.testing import linear_model
 
@@ -77,7 +77,7 @@ def test_every_returned_decoy_satisfies_its_constraints(seed, geometry, epsilon,
   max_change = bound * jax.random.uniform(jax.random.key(seed + 1), (h, w, c))
   res = A.generate_decoys(features, x, key=jax.random.key(seed), patch_size=patch_size,
                           stride=stride, epsilon=epsilon, max_change=max_change, num_steps=15,
-                          step_size=0.1, batch_size=16)
+                          step_size=0.1, chunk_size=16)
   offsets = np.asarray(res.offsets)
   n2 = 2 * len(offsets)
   assert res.decoys.shape == (2, n2, h, w, c)
@@ -107,7 +107,7 @@ def test_without_max_change_decoys_move_further():
   features = _conv_relu_features(0, 2)
   x = jax.random.uniform(jax.random.key(3), (2, 5, 5, 2))
   kw = dict(key=jax.random.key(0), patch_size=2, stride=2, epsilon=0.3, num_steps=15,
-            step_size=0.1, batch_size=16)
+            step_size=0.1, chunk_size=16)
   free = A.generate_decoys(features, x, **kw)
   tight = A.generate_decoys(features, x, max_change=0.01, **kw)
   assert float(jnp.max(jnp.abs(tight.decoys - x[:, None]))) <= 0.01 + 1e-7
@@ -192,7 +192,7 @@ def test_vmapped_generation_equals_a_per_patch_loop(x64):
   x = jax.random.uniform(jax.random.key(7), (2, 4, 4, 1), jnp.float64)
   key = jax.random.key(8)
   kw = dict(epsilon=0.05, step_size=0.1)
-  res = A.generate_decoys(features, x, key=key, patch_size=2, batch_size=5, num_steps=25, **kw)
+  res = A.generate_decoys(features, x, key=key, patch_size=2, chunk_size=5, num_steps=25, **kw)
   hyper = S.make_hyper(x, init_multiplier=1.0, growth=1.02, init_scale=0.01, **kw)
   solve = jax.jit(functools.partial(S.solve_problem, features, patch_size=2, num_steps=25))
   offsets = np.asarray(res.offsets)
@@ -215,22 +215,22 @@ def test_same_key_same_result_and_chunking_does_not_matter():
   x = jax.random.uniform(jax.random.key(9), (2, 6, 6, 1))
   fn = _FN
   kw = dict(layer=features, epsilon=0.2, num_steps=15, base="smoothgrad", num_samples=3)
-  r1 = A.decoy_saliency(fn, x, 0, key=jax.random.key(1), batch_size=7, **kw)
-  r2 = A.decoy_saliency(fn, x, 0, key=jax.random.key(1), batch_size=7, **kw)
+  r1 = A.decoy_saliency(fn, x, 0, key=jax.random.key(1), chunk_size=7, **kw)
+  r2 = A.decoy_saliency(fn, x, 0, key=jax.random.key(1), chunk_size=7, **kw)
   np.testing.assert_array_equal(np.asarray(r1.attribution), np.asarray(r2.attribution))
   np.testing.assert_array_equal(np.asarray(r1.decoys.decoys), np.asarray(r2.decoys.decoys))
-  r3 = A.decoy_saliency(fn, x, 0, key=jax.random.key(1), batch_size=None, **kw)
+  r3 = A.decoy_saliency(fn, x, 0, key=jax.random.key(1), chunk_size=None, **kw)
   np.testing.assert_allclose(np.asarray(r1.decoys.decoys), np.asarray(r3.decoys.decoys),
                              atol=1e-5)
   # Precomputed decoys give the same maps.
   gen = A.generate_decoys(features, x, key=jax.random.key(1), epsilon=0.2, num_steps=15,
-                          batch_size=7)
+                          chunk_size=7)
   np.testing.assert_array_equal(np.asarray(gen.decoys), np.asarray(r1.decoys.decoys))
-  r5 = A.decoy_saliency(fn, x, 0, key=jax.random.key(1), decoys=gen, batch_size=7,
+  r5 = A.decoy_saliency(fn, x, 0, key=jax.random.key(1), decoys=gen, chunk_size=7,
                         base="smoothgrad", num_samples=3)
   np.testing.assert_allclose(np.asarray(r5.attribution), np.asarray(r1.attribution),
                              atol=1e-6)
-  r4 = A.decoy_saliency(fn, x, 0, key=jax.random.key(2), batch_size=7, **kw)
+  r4 = A.decoy_saliency(fn, x, 0, key=jax.random.key(2), chunk_size=7, **kw)
   assert not np.array_equal(np.asarray(r1.decoys.decoys), np.asarray(r4.decoys.decoys))
   # Post-processing is the paper's, via maps.saliency_map.
   np.testing.assert_allclose(
@@ -248,19 +248,39 @@ def test_custom_base_equals_named_base_and_epsilon_sweep_does_not_recompile():
   fn = _FN
   kw = dict(layer=features, key=jax.random.key(0), num_steps=15)
   named = A.decoy_saliency(fn, x, 2, base="gradient", **kw)
-  custom = A.decoy_saliency(fn, x, 2, base=functools.partial(A.gradient, fn), **kw)
+  custom = A.decoy_saliency(fn, x, 2, base=A.gradient, **kw)
   np.testing.assert_allclose(np.asarray(named.attribution), np.asarray(custom.attribution),
                              atol=1e-6)
-  explain = A.decoy_explainer(fn, base="gradient", **kw)
-  np.testing.assert_allclose(np.asarray(explain(x, 2)), np.asarray(named.attribution),
-                             atol=1e-6)
-  explain_map = A.decoy_explainer(fn, output="saliency", **kw)
-  np.testing.assert_allclose(np.asarray(explain_map(x, 2)), np.asarray(named.saliency),
-                             atol=1e-6)
+  # DANCE as an explainer (bound settings, hashable); its map is the post-processed saliency.
+  explain = explainers.get("decoy", base="gradient", layer=features, num_steps=15)
+  assert explain == explainers.get("decoy", base="gradient", layer=features, num_steps=15)
+  attr = explain(fn, x, 2, key=kw["key"])
+  np.testing.assert_allclose(np.asarray(attr), np.asarray(named.attribution), atol=1e-6)
+  np.testing.assert_allclose(
+      np.asarray(maps.saliency_map(attr, reduce="max_abs", normalize="winsorize")),
+      np.asarray(named.saliency), atol=1e-6)
   before = _decoy._decoy_saliency._cache_size()
   for eps in (0.05, 0.1, 0.3):
     A.decoy_saliency(fn, x, 2, base="gradient", epsilon=eps, step_size=eps, **kw)
   assert _decoy._decoy_saliency._cache_size() == before
+
+
+def test_dance_explainer_is_differentiable_and_attackable():
+  """DANCE is an explainer like any other: its map has an input gradient and can be attacked."""
+  features = _conv_relu_features(1, 1)
+  x = jax.random.uniform(jax.random.key(14), (2, 6, 6, 1), minval=0.1, maxval=0.9)
+  t = jnp.argmax(_FN(x), -1)
+  key = jax.random.key(0)
+  dance = explainers.get("decoy", base="gradient", layer=features, num_steps=5, epsilon=0.2)
+  mask = jnp.zeros((6, 6)).at[:3].set(1.0)
+  g = jax.grad(lambda z: jnp.sum(maps.saliency_map(dance(_FN, z, t, key=key)) * mask))(x)
+  assert np.all(np.isfinite(np.asarray(g))) and float(jnp.max(jnp.abs(g))) > 0
+  cfg = attacks.AttackConfig(num_steps=2, k=5, epsilon=0.05, step_size=0.02)
+  r = attacks.targeted_attack(_FN, dance, x, t, key=key, mask=mask, config=cfg)
+  assert float(jnp.max(jnp.abs(r.x_adv - x))) <= 0.05 + 1e-6
+  np.testing.assert_array_equal(jnp.argmax(_FN(r.x_adv), -1), t)
+  assert np.all(np.asarray(r.objective) >= np.asarray(r.initial_objective))
+  assert bool(jnp.any(r.success))
 
 
 # ------------------------------------------------------------- bad input ----

@@ -97,7 +97,7 @@ def test_influence_attack_changes_top_training_points(cnn_influence):
   x = jnp.asarray(data.x_test[:8])
   label = jnp.argmax(state.logits(x), -1)
   cfg = I.influence_attack_config(num_steps=10, step_size=2 / 255)
-  r = I.influence_attack(state, x, label, cfg, key=jax.random.key(0))
+  r = I.influence_attack(state, x, label, config=cfg, key=jax.random.key(0))
   assert float(jnp.max(jnp.abs(r.attack.x_adv - x))) <= 8 / 255 + 1e-6
   np.testing.assert_array_equal(jnp.argmax(state.logits(r.attack.x_adv), -1), label)
   np.testing.assert_allclose(r.scores_before, I.influence(state, x, label), rtol=1e-3,
@@ -122,7 +122,8 @@ def test_bad_input_errors(cnn_influence):
     I.fit_influence(last, phi, jnp.full(5, 7))
   x = jnp.asarray(data.x_test[:2])
   with pytest.raises(ValueError, match="`k`"):
-    I.influence_attack(state, x, 0, I.influence_attack_config(k=5000), key=jax.random.key(0))
+    I.influence_attack(state, x, 0, config=I.influence_attack_config(k=5000),
+                       key=jax.random.key(0))
   with pytest.raises(ValueError, match="epsilon"):
-    I.influence_attack(state, x, 0, I.influence_attack_config(epsilon=-1.0),
+    I.influence_attack(state, x, 0, config=I.influence_attack_config(epsilon=-1.0),
                        key=jax.random.key(0))

@@ -92,7 +92,7 @@ def test_sensitivity_matches_quantus(setup, name):
   q = run_quantus(getattr(quantus, name)(nr_samples=S, perturb_func=replay(our_deltas(eps)),
                                          disable_warnings=True), s)
   ours = (metrics.max_sensitivity if name == "MaxSensitivity" else metrics.avg_sensitivity)(
-      s["explain"], s["x"], s["t"], key=KEY, num_samples=S, epsilon=eps)
+      s["fn"], attribution.gradient, s["x"], s["t"], key=KEY, num_samples=S, epsilon=eps)
   np.testing.assert_allclose(ours, q, rtol=2e-4)
 
 
@@ -101,7 +101,7 @@ def test_local_lipschitz_sampling_matches_quantus(setup):
   q = run_quantus(quantus.LocalLipschitzEstimate(
       nr_samples=S, normalise=False, perturb_func=replay(our_deltas(std, "gaussian")),
       disable_warnings=True), s)
-  ours = metrics.local_lipschitz_estimate(s["explain"], s["x"], s["t"], key=KEY,
+  ours = metrics.local_lipschitz_estimate(s["fn"], attribution.gradient, s["x"], s["t"], key=KEY,
                                           method="sampling", num_samples=S, noise="gaussian",
                                           epsilon=std)
   np.testing.assert_allclose(ours, q, rtol=2e-4)
@@ -117,12 +117,12 @@ def test_relative_stability_matches_quantus(setup, kind):
   q = run_quantus(cls(nr_samples=S, perturb_func=replay(d), disable_warnings=True, **kw), s)
   common = dict(key=KEY, num_samples=S, epsilon=eps, on_flip="nan")
   if kind == "input":
-    ours = metrics.relative_input_stability(s["fn"], s["explain"], s["x"], s["t"], **common)
+    ours = metrics.relative_input_stability(s["fn"], attribution.gradient, s["x"], s["t"], **common)
   elif kind == "output":
-    ours = metrics.relative_output_stability(s["fn"], s["explain"], s["x"], s["t"], **common)
+    ours = metrics.relative_output_stability(s["fn"], attribution.gradient, s["x"], s["t"], **common)
   else:
     rep = models.feature_fn(s["model"], "fc1")
-    ours = metrics.relative_representation_stability(s["fn"], s["explain"], s["x"], s["t"],
+    ours = metrics.relative_representation_stability(s["fn"], attribution.gradient, s["x"], s["t"],
                                                      representation_fn=rep, **common)
   assert np.all(np.isfinite(q))
   # Relative changes divide by near-zero attributions: compare with a looser tolerance.
@@ -133,7 +133,7 @@ def test_faithfulness_estimate_matches_quantus(setup):
   s = setup
   q = run_quantus(quantus.FaithfulnessEstimate(features_in_step=1, perturb_baseline="black",
                                                disable_warnings=True), s)
-  ours = metrics.faithfulness_estimate(s["fn"], s["explain"], s["x"], s["t"], baseline="min",
+  ours = metrics.faithfulness_estimate(s["fn"], attribution.gradient, s["x"], s["t"], baseline="min",
                                        output="logit")
   np.testing.assert_allclose(ours, q, rtol=1e-3, atol=1e-4)
 
@@ -143,7 +143,7 @@ def test_deletion_matches_quantus_pixel_flipping(setup):
   # PixelFlipping's __call__ defaults to softmax=True (FaithfulnessEstimate's to False).
   q = run_quantus(quantus.PixelFlipping(features_in_step=4, perturb_baseline="black",
                                         disable_warnings=True), s)
-  ours = metrics.deletion(s["fn"], s["explain"], s["x"], s["t"], num_steps=16, baseline="min",
+  ours = metrics.deletion(s["fn"], attribution.gradient, s["x"], s["t"], num_steps=16, baseline="min",
                           reduce="sum", output="probability")
   np.testing.assert_allclose(np.asarray(ours.curve)[:, 1:], q, rtol=1e-4, atol=1e-4)
 
@@ -173,7 +173,7 @@ def test_sensitivity_max_matches_captum(setup):
                                      torch.from_numpy(s["xq"]), perturb_func=perturb,
                                      perturb_radius=eps, n_perturb_samples=S,
                                      target=torch.from_numpy(s["t"]))
-  ours = metrics.max_sensitivity(s["explain"], s["x"], s["t"], key=KEY, num_samples=S,
+  ours = metrics.max_sensitivity(s["fn"], attribution.gradient, s["x"], s["t"], key=KEY, num_samples=S,
                                  epsilon=eps)
   np.testing.assert_allclose(ours, c.numpy(), rtol=2e-4)
 
@@ -196,6 +196,6 @@ def test_infidelity_matches_captum(setup, normalize):
                                 torch.from_numpy(attr.transpose(0, 3, 1, 2).copy()),
                                 target=torch.from_numpy(s["t"]), n_perturb_samples=10,
                                 normalize=normalize)
-  ours = metrics.infidelity(s["fn"], s["explain"], s["x"], s["t"], key=KEY, num_samples=10,
+  ours = metrics.infidelity(s["fn"], attribution.gradient, s["x"], s["t"], key=KEY, num_samples=10,
                             epsilon=std, normalize=normalize)
   np.testing.assert_allclose(ours, c.numpy(), rtol=1e-3, atol=1e-7)

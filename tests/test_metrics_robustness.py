@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rattr_jax import attribution, metrics, testing
+from rattr_jax.explainers import precomputed as metrics_precomputed
 from rattr_jax.metrics import _common as C
 from rattr_jax.metrics import _lipschitz, _robustness
 
@@ -19,6 +20,7 @@ X10 = jax.random.normal(jax.random.key(4), (3, 10))
 G_LIN = functools.partial(attribution.gradient, LIN)
 IXG_LIN = functools.partial(attribution.input_x_gradient, LIN)
 G_QUAD = functools.partial(attribution.gradient, QUAD)
+GRAD = attribution.gradient
 
 
 MLP = testing.TanhMLP(jax.random.key(5), 10, 16, 3)
@@ -38,19 +40,19 @@ def np_explain(explain_fn, x, t):
 
 # ------------------------------------------------------------ closed forms ----
 def test_linear_gradient_has_zero_sensitivity():
-  np.testing.assert_array_equal(metrics.max_sensitivity(G_LIN, X12, 1, key=KEY), np.zeros(4))
+  np.testing.assert_array_equal(metrics.max_sensitivity(LIN, GRAD, X12, 1, key=KEY), np.zeros(4))
 
 
 def test_linear_gradient_has_zero_local_lipschitz():
-  v = metrics.local_lipschitz_estimate(G_LIN, X12, 2, key=KEY, num_steps=5)
+  v = metrics.local_lipschitz_estimate(LIN, GRAD, X12, 2, key=KEY, num_steps=5)
   np.testing.assert_array_equal(v, np.zeros(4))
 
 
 def test_quadratic_lipschitz_reaches_spectral_norm():
   """Logit 0.5 x^T A x + b^T x: the gradient Ax + b has local Lipschitz constant ||A||_2."""
   norm_a = np.linalg.norm(np.asarray(QUAD.A[0]), 2)
-  asc = metrics.local_lipschitz_estimate(G_QUAD, X10, 0, key=KEY, num_steps=20, num_restarts=2)
-  smp = metrics.local_lipschitz_estimate(G_QUAD, X10, 0, key=KEY, method="sampling",
+  asc = metrics.local_lipschitz_estimate(QUAD, GRAD, X10, 0, key=KEY, num_steps=20, num_restarts=2)
+  smp = metrics.local_lipschitz_estimate(QUAD, GRAD, X10, 0, key=KEY, method="sampling",
                                          num_samples=200)
   asc, smp = np.asarray(asc), np.asarray(smp)
   assert np.all(asc <= norm_a * (1 + 1e-4))
@@ -63,8 +65,8 @@ def test_quadratic_lipschitz_reaches_spectral_norm():
 def test_quadratic_lipschitz_linf_ball_beats_sampling():
   norm_a = np.linalg.norm(np.asarray(QUAD.A[0]), 2)
   kw = dict(key=KEY, ball="linf", epsilon=0.1)
-  asc = np.asarray(metrics.local_lipschitz_estimate(G_QUAD, X10, 0, num_steps=20, **kw))
-  smp = np.asarray(metrics.local_lipschitz_estimate(G_QUAD, X10, 0, method="sampling",
+  asc = np.asarray(metrics.local_lipschitz_estimate(QUAD, GRAD, X10, 0, num_steps=20, **kw))
+  smp = np.asarray(metrics.local_lipschitz_estimate(QUAD, GRAD, X10, 0, method="sampling",
                                                     num_samples=40, **kw))
   assert np.all(asc > smp) and np.all(asc <= norm_a * (1 + 1e-4))
 
@@ -76,15 +78,15 @@ def test_sensitivity_matches_numpy_reference():
   phi = np_explain(G_MLP, x, t)
   ratios = np.stack([np.linalg.norm(np_explain(G_MLP, x + d[i], t) - phi, axis=1)
                      for i in range(s)]) / np.linalg.norm(phi, axis=1)
-  mx = metrics.max_sensitivity(G_MLP, X10, t, key=KEY, num_samples=s, epsilon=eps)
-  av = metrics.avg_sensitivity(G_MLP, X10, t, key=KEY, num_samples=s, epsilon=eps)
+  mx = metrics.max_sensitivity(MLP, GRAD, X10, t, key=KEY, num_samples=s, epsilon=eps)
+  av = metrics.avg_sensitivity(MLP, GRAD, X10, t, key=KEY, num_samples=s, epsilon=eps)
   np.testing.assert_allclose(mx, ratios.max(0), rtol=1e-5)
   np.testing.assert_allclose(av, ratios.mean(0), rtol=1e-5)
 
 
 def test_sensitivity_of_zero_explanation_is_zero():
-  zero = lambda x, t: jnp.zeros_like(x)  # noqa: E731
-  np.testing.assert_array_equal(metrics.max_sensitivity(zero, X12, 0, key=KEY), np.zeros(4))
+  zero = lambda f, x, t, *, key: jnp.zeros_like(x)  # noqa: E731
+  np.testing.assert_array_equal(metrics.max_sensitivity(LIN, zero, X12, 0, key=KEY), np.zeros(4))
 
 
 def test_lipschitz_sampling_matches_numpy_reference_gaussian():
@@ -94,7 +96,7 @@ def test_lipschitz_sampling_matches_numpy_reference_gaussian():
   phi = np_explain(G_MLP, x, t)
   ref = np.stack([np.linalg.norm(np_explain(G_MLP, x + d[i], t) - phi, axis=1)
                   / (np.linalg.norm(d[i], axis=1) + 1e-10) for i in range(s)]).max(0)
-  v = metrics.local_lipschitz_estimate(G_MLP, X10, t, key=KEY, method="sampling",
+  v = metrics.local_lipschitz_estimate(MLP, GRAD, X10, t, key=KEY, method="sampling",
                                        num_samples=s, noise="gaussian", epsilon=eps)
   np.testing.assert_allclose(v, ref, rtol=1e-5)
 
@@ -103,12 +105,12 @@ def test_senn_variant_with_identity_concepts_equals_plain_estimate():
   theta = lambda z: G_QUAD(z, jnp.zeros(z.shape[0], jnp.int32))  # noqa: E731
   kw = dict(key=KEY, num_steps=20, num_restarts=2)  # as the spectral-norm test
   senn = metrics.senn_local_lipschitz_estimate(theta, lambda z: z, X10, **kw)
-  plain = metrics.local_lipschitz_estimate(G_QUAD, X10, 0, **kw)
+  plain = metrics.local_lipschitz_estimate(QUAD, GRAD, X10, 0, **kw)
   np.testing.assert_allclose(senn, plain, rtol=1e-5)
   # Concepts h = 2 x halve every ratio (sampling: the same points as the plain estimate).
   kw = dict(key=KEY, method="sampling", num_samples=200)  # as the spectral-norm test
   two = metrics.senn_local_lipschitz_estimate(theta, lambda z: 2 * z, X10, **kw)
-  one = metrics.local_lipschitz_estimate(G_QUAD, X10, 0, **kw)
+  one = metrics.local_lipschitz_estimate(QUAD, GRAD, X10, 0, **kw)
   np.testing.assert_allclose(two, one / 2, rtol=1e-5)
 
 
@@ -173,25 +175,25 @@ def test_relative_stability_matches_numpy_reference(kind, on_flip):
   f = {"input": metrics.relative_input_stability, "output": metrics.relative_output_stability,
        "representation": functools.partial(metrics.relative_representation_stability,
                                            representation_fn=REP)}[kind]
-  v = f(MLP, G_MLP, X10, t, key=KEY, num_samples=s, epsilon=eps, on_flip=on_flip)
+  v = f(MLP, GRAD, X10, t, key=KEY, num_samples=s, epsilon=eps, on_flip=on_flip)
   np.testing.assert_allclose(v, ref, rtol=1e-4)
 
 
 def test_relative_stability_flip_policies_differ_on_flips():
   t = np.asarray(MLP(X10)).argmax(1)
   kw = dict(key=KEY, num_samples=8, epsilon=0.6)
-  ex = np.asarray(metrics.relative_output_stability(MLP, G_MLP, X10, t, on_flip="exclude", **kw))
-  nan = np.asarray(metrics.relative_output_stability(MLP, G_MLP, X10, t, on_flip="nan", **kw))
-  ign = np.asarray(metrics.relative_output_stability(MLP, G_MLP, X10, t, on_flip="ignore", **kw))
+  ex = np.asarray(metrics.relative_output_stability(MLP, GRAD, X10, t, on_flip="exclude", **kw))
+  nan = np.asarray(metrics.relative_output_stability(MLP, GRAD, X10, t, on_flip="nan", **kw))
+  ign = np.asarray(metrics.relative_output_stability(MLP, GRAD, X10, t, on_flip="ignore", **kw))
   assert np.isnan(nan).any() and not np.isnan(ex).any()  # this setup has flips
   assert np.all(ign >= ex)
 
 
 # --------------------------------------------------------------------- RPS ----
 def test_rps_of_constant_explanation_is_perfect():
-  v = metrics.random_perturbation_similarity(G_LIN, X12, 0, key=KEY, similarity="pearson")
+  v = metrics.random_perturbation_similarity(LIN, GRAD, X12, 0, key=KEY, similarity="pearson")
   np.testing.assert_allclose(v, np.ones(4), rtol=1e-6)
-  v = metrics.random_perturbation_similarity(G_LIN, X12, 0, key=KEY, similarity="mse")
+  v = metrics.random_perturbation_similarity(LIN, GRAD, X12, 0, key=KEY, similarity="mse")
   np.testing.assert_allclose(v, np.zeros(4), atol=1e-12)
 
 
@@ -202,20 +204,20 @@ def test_rps_matches_numpy_reference():
   m0 = np.abs(np_explain(G_MLP, x, t))
   ref = np.mean([[np.corrcoef(m0[b], np.abs(np_explain(G_MLP, x + d[i], t))[b])[0, 1]
                   for b in range(3)] for i in range(s)], axis=0)
-  v = metrics.random_perturbation_similarity(G_MLP, X10, t, key=KEY, num_samples=s, epsilon=eps)
+  v = metrics.random_perturbation_similarity(MLP, GRAD, X10, t, key=KEY, num_samples=s, epsilon=eps)
   np.testing.assert_allclose(v, ref, rtol=1e-5)
-  v = metrics.random_perturbation_similarity(G_MLP, X10, t, key=KEY, num_samples=s, epsilon=eps,
-                                             similarity="topk", k=3, batch_size=2)
+  v = metrics.random_perturbation_similarity(MLP, GRAD, X10, t, key=KEY, num_samples=s, epsilon=eps,
+                                             similarity="topk", k=3, chunk_size=2)
   assert v.shape == (3,) and np.all((np.asarray(v) >= 0) & (np.asarray(v) <= 1))
 
 
 def test_rps_on_images_with_ssim_and_clip():
   img_fn = testing.linear_model(jax.random.key(9), 8 * 8 * 1, 3)
   # A quadratic map is not constant, so RPS < 1.
-  expl = lambda x, t: x * attribution.gradient(img_fn, x, t) * x  # noqa: E731
+  expl = lambda f, x, t, *, key: x * attribution.gradient(f, x, t) * x  # noqa: E731
   x = jax.random.uniform(jax.random.key(10), (2, 8, 8, 1))
-  v = metrics.random_perturbation_similarity(expl, x, 0, key=KEY, similarity="ssim",
-                                             clip=(0.0, 1.0), epsilon=0.1)
+  v = metrics.random_perturbation_similarity(img_fn, expl, x, 0, key=KEY, similarity="ssim",
+                                             input_range=(0.0, 1.0), epsilon=0.1)
   assert v.shape == (2,) and np.all(np.asarray(v) < 1) and np.all(np.asarray(v) > 0)
 
 
@@ -224,13 +226,13 @@ def test_rps_on_images_with_ssim_and_clip():
 # (same shapes and static settings); compiling dominates these tests' run time.
 CASES = {
     "max_sensitivity": lambda x, t, key, **kw: metrics.max_sensitivity(
-        G_MLP, x, t, key=key, num_samples=6, **{"epsilon": 0.3, **kw}),
+        MLP, GRAD, x, t, key=key, num_samples=6, **{"epsilon": 0.3, **kw}),
     "lle_ascent": lambda x, t, key, **kw: metrics.local_lipschitz_estimate(
-        G_MLP, x, t, key=key, num_steps=4, num_restarts=3, **kw),
+        MLP, GRAD, x, t, key=key, num_steps=4, num_restarts=3, **kw),
     "ris": lambda x, t, key, **kw: metrics.relative_input_stability(
-        MLP, G_MLP, x, t, key=key, num_samples=6, epsilon=0.3, **kw),
+        MLP, GRAD, x, t, key=key, num_samples=6, epsilon=0.3, **kw),
     "rps": lambda x, t, key, **kw: metrics.random_perturbation_similarity(
-        G_MLP, x, t, key=key, num_samples=6, epsilon=0.3, **kw),
+        MLP, GRAD, x, t, key=key, num_samples=6, epsilon=0.3, **kw),
 }
 T3 = jnp.array([0, 2, 1])
 
@@ -249,7 +251,7 @@ def test_batched_equals_per_example(name):
 @pytest.mark.parametrize("name", ["max_sensitivity", "lle_ascent"])
 def test_chunking_changes_nothing(name):
   f = CASES[name]
-  np.testing.assert_allclose(f(X10, T3, KEY, batch_size=2), f(X10, T3, KEY), rtol=1e-4,
+  np.testing.assert_allclose(f(X10, T3, KEY, chunk_size=2), f(X10, T3, KEY), rtol=1e-4,
                              atol=1e-7)
 
 
@@ -285,7 +287,7 @@ def test_epsilon_sweep_compiles_once():
 def test_flip_exclusion_on_sensitivity():
   t = jnp.asarray(np.asarray(MLP(X10)).argmax(1), jnp.int32)
   ign = np.asarray(CASES["max_sensitivity"](X10, t, KEY, epsilon=0.6))
-  ex = np.asarray(CASES["max_sensitivity"](X10, t, KEY, epsilon=0.6, fn=MLP, on_flip="exclude"))
+  ex = np.asarray(CASES["max_sensitivity"](X10, t, KEY, epsilon=0.6, on_flip="exclude"))
   x = np.asarray(X10)
   d = deltas(KEY, 3, 6, (10,), 0.6)
   phi = np_explain(G_MLP, x, t)
@@ -300,35 +302,41 @@ def test_flip_exclusion_on_sensitivity():
 
 # -------------------------------------------------------------- bad input ----
 BAD = [
-    (lambda: metrics.max_sensitivity(G_LIN, X12, 0, key=KEY, num_samples=0), "num_samples"),
-    (lambda: metrics.avg_sensitivity(G_LIN, X12, 0, key=KEY, epsilon=0.0), "epsilon"),
-    (lambda: metrics.max_sensitivity(G_LIN, X12, 0, key=KEY, epsilon=-1.0), "epsilon"),
-    (lambda: metrics.max_sensitivity(lambda x, t: x[:, :3], X12, 0, key=KEY), "explain_fn"),
-    (lambda: metrics.max_sensitivity(G_LIN, X12, 0, key=KEY, norm="l3"), "norm"),
-    (lambda: metrics.max_sensitivity(G_LIN, X12, 0, key=KEY, on_flip="exclude"), "on_flip"),
-    (lambda: metrics.max_sensitivity(G_LIN, X12, 0, key=None), "key"),
-    (lambda: metrics.max_sensitivity(G_LIN, X12, 0, key=jax.random.split(KEY, 3)), "key"),
-    (lambda: metrics.max_sensitivity(G_LIN, X12, [0, 1], key=KEY), "target"),
-    (lambda: metrics.local_lipschitz_estimate(G_LIN, X12, 0, key=KEY, method="bo"), "method"),
-    (lambda: metrics.local_lipschitz_estimate(G_LIN, X12, 0, key=KEY, ball="l7"), "ball"),
-    (lambda: metrics.local_lipschitz_estimate(G_LIN, X12, 0, key=KEY, num_samples=-2), "num_samples"),
-    (lambda: metrics.local_lipschitz_estimate(G_LIN, X12, 0, key=KEY, epsilon=0), "epsilon"),
+    (lambda: metrics.max_sensitivity(LIN, GRAD, X12, 0, key=KEY, num_samples=0), "num_samples"),
+    (lambda: metrics.avg_sensitivity(LIN, GRAD, X12, 0, key=KEY, epsilon=0.0), "epsilon"),
+    (lambda: metrics.max_sensitivity(LIN, GRAD, X12, 0, key=KEY, epsilon=-1.0), "epsilon"),
+    (lambda: metrics.max_sensitivity(LIN, lambda f, x, t, *, key: x[:, :3], X12, 0, key=KEY),
+     "explainer"),
+    (lambda: metrics.max_sensitivity(LIN, lambda x, t: x, X12, 0, key=KEY), "explainer"),
+    (lambda: metrics.max_sensitivity(LIN, metrics_precomputed(X12), X12, 0, key=KEY),
+     "precomputed"),
+    (lambda: metrics.max_sensitivity(LIN, GRAD, X12, 0, key=KEY, norm="l3"), "norm"),
+    (lambda: metrics.max_sensitivity(LIN, GRAD, X12, 0, key=KEY, on_flip="drop"), "on_flip"),
+    (lambda: metrics.max_sensitivity(None, GRAD, X12, 0, key=KEY, on_flip="exclude"), "fn"),
+    (lambda: metrics.max_sensitivity(LIN, GRAD, X12, 0, key=None), "key"),
+    (lambda: metrics.max_sensitivity(LIN, GRAD, X12, 0, key=jax.random.split(KEY, 3)), "key"),
+    (lambda: metrics.max_sensitivity(LIN, GRAD, X12, [0, 1], key=KEY), "target"),
+    (lambda: metrics.local_lipschitz_estimate(LIN, GRAD, X12, 0, key=KEY, method="bo"), "method"),
+    (lambda: metrics.local_lipschitz_estimate(LIN, GRAD, X12, 0, key=KEY, ball="l7"), "ball"),
+    (lambda: metrics.local_lipschitz_estimate(LIN, GRAD, X12, 0, key=KEY, num_samples=-2), "num_samples"),
+    (lambda: metrics.local_lipschitz_estimate(LIN, GRAD, X12, 0, key=KEY, epsilon=0), "epsilon"),
     (lambda: metrics.senn_local_lipschitz_estimate(lambda z: z[0], lambda z: z, X12, key=KEY),
      "theta_fn"),
-    (lambda: metrics.relative_input_stability(None, G_LIN, X12, 0, key=KEY), "fn"),
-    (lambda: metrics.relative_output_stability(LIN, G_LIN, X12, 0, key=KEY, norm="fro2"), "norm"),
-    (lambda: metrics.relative_representation_stability(LIN, G_LIN, X12, 0, key=KEY,
+    (lambda: metrics.relative_input_stability(None, GRAD, X12, 0, key=KEY), "fn"),
+    (lambda: metrics.relative_output_stability(LIN, GRAD, X12, 0, key=KEY, norm="fro2"), "norm"),
+    (lambda: metrics.relative_representation_stability(LIN, GRAD, X12, 0, key=KEY,
                                                        representation_fn=None),
      "representation_fn"),
-    (lambda: metrics.random_perturbation_similarity(G_LIN, X12, 0, key=KEY, similarity="iou"),
+    (lambda: metrics.random_perturbation_similarity(LIN, GRAD, X12, 0, key=KEY, similarity="iou"),
      "similarity"),
-    (lambda: metrics.random_perturbation_similarity(G_LIN, X12, 0, key=KEY, similarity="topk"),
+    (lambda: metrics.random_perturbation_similarity(LIN, GRAD, X12, 0, key=KEY, similarity="topk"),
      "k"),
-    (lambda: metrics.random_perturbation_similarity(G_LIN, X12, 0, key=KEY, similarity="ssim"),
+    (lambda: metrics.random_perturbation_similarity(LIN, GRAD, X12, 0, key=KEY, similarity="ssim"),
      "ssim"),
-    (lambda: metrics.random_perturbation_similarity(G_LIN, X12, 0, key=KEY, num_samples=0),
+    (lambda: metrics.random_perturbation_similarity(LIN, GRAD, X12, 0, key=KEY, num_samples=0),
      "num_samples"),
-    (lambda: metrics.random_perturbation_similarity(G_LIN, X12, 0, key=KEY, clip=(1, 0)), "clip"),
+    (lambda: metrics.random_perturbation_similarity(LIN, GRAD, X12, 0, key=KEY,
+                                                    input_range=(1, 0)), "input_range"),
 ]
 
 
@@ -343,8 +351,9 @@ def test_attack_similarity_bridges_to_attacks():
   from rattr_jax import attacks
   x01 = jax.random.uniform(jax.random.key(12), (3, 10))
   cfg = attacks.AttackConfig(num_steps=3, k=3, epsilon=0.1, step_size=0.05)
-  r = metrics.attack_similarity("topk", MLP, attribution.gradient, x01, T3, key=KEY, config=cfg)
-  direct = attacks.topk_attack(MLP, attribution.gradient, x01, T3, cfg, key=KEY)
+  r = metrics.attack_similarity(MLP, attribution.gradient, x01, T3, key=KEY, attack="topk",
+                                config=cfg)
+  direct = attacks.topk_attack(MLP, attribution.gradient, x01, T3, key=KEY, config=cfg)
   np.testing.assert_array_equal(r.x_adv, direct.x_adv)
   np.testing.assert_array_equal(r.success, direct.success)
   ref = metrics.topk_intersection(jnp.abs(G_MLP(x01, T3)), jnp.abs(G_MLP(r.x_adv, T3)), 3)
@@ -354,7 +363,7 @@ def test_attack_similarity_bridges_to_attacks():
   v = np.asarray(r.value)
   assert np.all(v[~np.asarray(r.success)] == 1)
   with pytest.raises(ValueError, match="attack"):
-    metrics.attack_similarity("pgd", MLP, attribution.gradient, x01, T3, key=KEY)
+    metrics.attack_similarity(MLP, attribution.gradient, x01, T3, key=KEY, attack="pgd")
   with pytest.raises(ValueError, match="similarity"):
-    metrics.attack_similarity(attacks.topk_attack, MLP, attribution.gradient, x01, T3, key=KEY,
-                              similarity="jaccard")
+    metrics.attack_similarity(MLP, attribution.gradient, x01, T3, key=KEY,
+                              attack=attacks.topk_attack, similarity="jaccard")

@@ -122,7 +122,7 @@ def test_ig_equals_captum_every_method(case, method, request):
   ig = captum_attr.IntegratedGradients(tm)
   for n_steps in ((2, 7) if case == "mlp" else (5,)):  # conv nets: fewer compilations
     ours = A.integrated_gradients(fn, jnp.asarray(x), jnp.asarray(t), baseline=baseline,
-                                  num_steps=n_steps, method=method, batch_size=3)
+                                  num_steps=n_steps, method=method, chunk_size=3)
     theirs = TM.from_torch(tm, ig.attribute(xt, baselines=TM.to_torch_input(tm, baseline),
                                             target=tt, n_steps=n_steps, method=method))
     if method == "riemann_trapezoid":
@@ -170,7 +170,7 @@ def test_smoothgrad_equals_noise_tunnel_on_our_noise(case, nt_type, request, mon
   theirs = TM.from_torch(tm, nt.attribute(xt, nt_type=nt_type, nt_samples=s, stdevs=stddev,
                                           target=tt, abs=False))
   xj, tj = jnp.asarray(x), jnp.asarray(t)
-  kw = dict(key=key, num_samples=s, stddev=stddev, batch_size=4)
+  kw = dict(key=key, num_samples=s, stddev=stddev, chunk_size=4)
   if nt_type == "vargrad":
     ours = A.vargrad(fn, xj, tj, **kw)
     rtol = 1e-3  # a difference of two moments: cancellation

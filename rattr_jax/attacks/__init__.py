@@ -1,14 +1,17 @@
 """Explanation attacks: perturb ``x`` so the label stays and the explanation moves.
 
-Every attack: ``attack(fn, explain, x, target, config, *, key, surrogate=None,
-batch_size=None) -> AttackResult``, where ``explain(f, x, target)`` is any
-rattr_jax attribution method (it is called on the surrogate for gradients and
-on ``fn`` for reference maps). See `rattr_jax.attacks._ghorbani` for details.
+Every attack: ``attack(fn, explainer, x, target, *, key, config=None, surrogate=None,
+chunk_size=None, ...) -> AttackResult``, where ``explainer(f, x, target, *, key)``
+is any explainer (`rattr_jax.explainers`; it is called on the surrogate for
+gradients and on ``fn`` for reference maps). Everything after ``target`` is
+keyword-only. See `rattr_jax.attacks._ghorbani` for details.
 """
 
 from rattr_jax.attacks._base import AttackConfig
 from rattr_jax.attacks._base import AttackResult
 from rattr_jax.attacks._base import ManipulationConfig
+from rattr_jax.attacks._constraints import check_positive_scalar
+from rattr_jax.attacks._engine import run_loop as attack_loop
 from rattr_jax.attacks._dombrowski import beta_schedule
 from rattr_jax.attacks._dombrowski import manipulation_attack
 from rattr_jax.attacks._dombrowski import softplus_family
@@ -24,6 +27,8 @@ __all__ = [
     "AttackConfig",
     "AttackResult",
     "ManipulationConfig",
+    "attack_loop",
+    "check_positive_scalar",
     "beta_schedule",
     "manipulation_attack",
     "softplus_family",

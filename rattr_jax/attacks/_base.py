@@ -21,6 +21,8 @@ from typing import Optional, Tuple
 import jax
 from flax import struct
 
+from rattr_jax.core import ThreatModel
+
 #: Which explanation the best iterate is selected on; see `AttackConfig`.
 SELECT_ON = ("surrogate", "model")
 
@@ -68,6 +70,11 @@ class AttackConfig:
   select_on: str = struct.field(pytree_node=False, default="surrogate")
   random_start: bool = struct.field(pytree_node=False, default=False)
 
+  @property
+  def threat_model(self) -> ThreatModel:
+    """The L-infinity `ThreatModel` of radius ``epsilon`` and box ``input_range``."""
+    return ThreatModel(epsilon=self.epsilon, norm="linf", input_range=self.input_range)
+
 
 @struct.dataclass
 class ManipulationConfig:
@@ -109,6 +116,11 @@ class ManipulationConfig:
   reduce: str = struct.field(pytree_node=False, default="abs_sum")
   normalize: str = struct.field(pytree_node=False, default="sum_to_hw")
   select_on: str = struct.field(pytree_node=False, default="surrogate")
+
+  @property
+  def threat_model(self) -> ThreatModel:
+    """The L-infinity `ThreatModel` (``epsilon = inf``: only the box ``input_range``)."""
+    return ThreatModel(epsilon=self.epsilon, norm="linf", input_range=self.input_range)
 
 
 @struct.dataclass

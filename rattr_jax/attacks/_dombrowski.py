@@ -1,9 +1,9 @@
 """Dombrowski et al.'s manipulation attack, and softplus-beta surrogate families.
 
-``manipulation_attack(fn, explain, x, target, target_map, config, *, key,
-surrogate=None, surrogate_family=None, batch_size=None)`` follows the
+``manipulation_attack(fn, explainer, x, target, *, key, target_map, config=None,
+surrogate=None, surrogate_family=None, chunk_size=None)`` follows the
 signature of the other attacks (see `rattr_jax.attacks._ghorbani`) and adds
-the target map.
+the (keyword-only) target map.
 
 The beta schedule needs a surrogate whose softplus ``beta`` is a *traced*
 value (so the whole schedule runs in one compiled loop). A model's
@@ -28,11 +28,10 @@ from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import PRNGKey, Target
 from rattr_jax.attacks import _engine
 from rattr_jax.attacks._base import AttackResult, ManipulationConfig
-from rattr_jax.attacks._constraints import (check_epsilon, check_positive_scalar,
-                                             predicted_label, project)
+from rattr_jax.attacks._constraints import check_epsilon, check_positive_scalar, predicted_label
 from rattr_jax.attacks._ghorbani import check_common, check_mask
 from rattr_jax.attacks._objectives import manipulation_loss, to_map
-from rattr_jax.maps._saliency import normalize_map
+from rattr_jax.core import normalize_map
 
 
 class _SoftplusBeta:
@@ -80,7 +79,7 @@ def beta_schedule(beta_start, beta_end, num_steps: int) -> jax.Array:
   return beta_start * (beta_end / beta_start) ** frac
 
 
-def _manip_core(fn, explain, surrogate, family, config, key, pass_key, args):
+def _manip_core(fn, explain, surrogate, family, config, key, args):
   x, t, tmap = args
   dtype = x.dtype
   eps = jnp.asarray(config.epsilon, dtype)
@@ -100,8 +99,7 @@ def _manip_core(fn, explain, surrogate, family, config, key, pass_key, args):
 
   def loss_of(f, z, p):
     k = jax.random.fold_in(k_steps, p)
-    m = to_map(_engine.call_explain(explain, f, z, t, k, pass_key), config.reduce,
-               config.normalize)
+    m = to_map(explain(f, z, t, key=k), config.reduce, config.normalize)
     return manipulation_loss(m, tmap, jax.nn.softmax(f(z), axis=-1), probs0, gamma)
 
   def neg_total(z, p):
@@ -122,10 +120,11 @@ def _manip_core(fn, explain, surrogate, family, config, key, pass_key, args):
     return -loss_of(fn if score_on_model else sur_at(p), z, p)
 
   opt = optax.adam(jnp.asarray(config.learning_rate, dtype))
+  threat = config.threat_model
 
   def update(z, g, state, p):
     upd, state = opt.update(g, state, z)
-    return project(z + upd, x, eps, config.input_range), state
+    return threat.project(z + upd, x), state
 
   out = _engine.run_loop(fn=fn, x=x, label=label, num_steps=config.num_steps,
                          evaluate=evaluate, final_value=final_value, update=update,
@@ -135,18 +134,17 @@ def _manip_core(fn, explain, surrogate, family, config, key, pass_key, args):
 
 
 @jit_with_callables(callables=("fn", "explain", "surrogate"),
-                    static_argnames=("family", "batch_size", "pass_key"))
-def _manipulation(fn, explain, surrogate, family, x, t, tmap, config, key, batch_size,
-                  pass_key):
-  core = functools.partial(_manip_core, fn, explain, surrogate, family, config, key, pass_key)
-  out = _engine.chunked(core, (x, t, tmap), batch_size)
+                    static_argnames=("family", "chunk_size"))
+def _manipulation(fn, explain, surrogate, family, x, t, tmap, config, key, chunk_size):
+  run = functools.partial(_manip_core, fn, explain, surrogate, family, config, key)
+  out = _engine.chunked(run, (x, t, tmap), chunk_size)
   return AttackResult(num_steps=jnp.asarray(config.num_steps, jnp.int32), **out)
 
 
-def manipulation_attack(fn, explain, x: jax.Array, target: Target, target_map,
-                        config: ManipulationConfig | None = None, *, key: PRNGKey,
+def manipulation_attack(fn, explainer, x: jax.Array, target: Target, *, key: PRNGKey,
+                        target_map, config: ManipulationConfig | None = None,
                         surrogate=None, surrogate_family=None,
-                        batch_size: int | None = None) -> AttackResult:
+                        chunk_size: int | None = None) -> AttackResult:
   """Manipulate the explanation towards an arbitrary target map, keeping the output.
 
   Minimises, with Adam on the input,
@@ -161,7 +159,7 @@ def manipulation_attack(fn, explain, x: jax.Array, target: Target, target_map,
   Args:
     fn: the real model, ``[B, *F] -> [B, C]``; labels are checked on it and
       ``softmax(fn(x))`` is the output to preserve.
-    explain: explainer ``explain(f, x, target)`` for any model ``f`` (see
+    explainer: ``explainer(f, x, target, *, key)`` for any model ``f`` (see
       `topk_attack`).
     x: inputs ``[B, *F]`` inside ``config.input_range``.
     target: explained class, an int or ``[B]``.
@@ -177,7 +175,7 @@ def manipulation_attack(fn, explain, x: jax.Array, target: Target, target_map,
       ``beta_p`` from the geometric schedule ``config.beta_start ->
       config.beta_end`` (Dombrowski's code: 10 -> 100). Exclusive with
       ``surrogate``.
-    batch_size: examples attacked at once; ``None`` = all.
+    chunk_size: examples attacked at once; ``None`` = all.
 
   Returns:
     `AttackResult`.
@@ -205,15 +203,15 @@ def manipulation_attack(fn, explain, x: jax.Array, target: Target, target_map,
     check_positive_scalar(config.beta_end, name="beta_end")
     beta0 = config.beta_start
     fam_fn = lambda z: surrogate_family(z, beta0)
-  x, t, pass_key, map_shape = check_common(
-      fn, explain, x, target, key, surrogate if fam_fn is None else fam_fn,
+  x, t, map_shape = check_common(
+      fn, explainer, x, target, key, surrogate if fam_fn is None else fam_fn,
       reduce=config.reduce, normalize=config.normalize, select_on=config.select_on,
       input_range=config.input_range, num_steps=config.num_steps)
   check_epsilon(config.epsilon, allow_inf=True)
   check_positive_scalar(config.learning_rate, name="learning_rate")
   if V.is_concrete(config.gamma):
     V.check_nonnegative(config.gamma, name="gamma")
-  batch_size = V.check_optional_positive_int(batch_size, name="batch_size")
+  chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")
   tmap = check_mask(target_map, map_shape, name="target_map").astype(x.dtype)
-  return _manipulation(fn, explain, surrogate, surrogate_family, x, t, tmap, config, key,
-                       batch_size, pass_key)
+  return _manipulation(fn, explainer, surrogate, surrogate_family, x, t, tmap, config, key,
+                       chunk_size)

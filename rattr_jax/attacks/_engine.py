@@ -12,28 +12,11 @@ With a random start ``z_0 != x``, ``x`` is scored first and is the fallback.
 
 from __future__ import annotations
 
-import inspect
-import math
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 
-from rattr_jax.attacks._constraints import predicted_label
-
-
-def accepts_key(explain: Callable) -> bool:
-  """True if ``explain`` takes a ``key`` keyword (e.g. a SmoothGrad partial)."""
-  try:
-    return "key" in inspect.signature(explain).parameters
-  except (TypeError, ValueError):
-    return False
-
-
-def call_explain(explain, f, z, t, key, pass_key):
-  if pass_key:
-    return explain(f, z, t, key=key)
-  return explain(f, z, t)
+from rattr_jax.core import chunk_examples as chunked  # noqa: F401
+from rattr_jax.core import predicted_label
 
 
 def _bcast(mask, like):
@@ -99,27 +82,3 @@ def run_loop(*, fn, x, label, num_steps: int, evaluate, final_value, update, opt
   return dict(x_adv=best_x, objective=best_obj, initial_objective=initial,
               objective_history=history, label_kept_history=kept, best_step=best_step,
               success=best_obj > initial)
-
-
-def chunked(f, args, batch_size: int | None):
-  """Applies ``f`` (batch -> pytree with batch-first leaves) in chunks of ``batch_size``.
-
-  Chunks run one after another (`lax.map`), so memory is bounded by one
-  chunk. The last chunk is padded with copies of the last example, whose
-  results are dropped. Examples never interact, so the result equals the
-  unchunked one (up to stochastic explainers, whose noise is drawn per chunk).
-  """
-  leaves = jax.tree_util.tree_leaves(args)
-  bsz = leaves[0].shape[0]
-  if batch_size is None or batch_size >= bsz:
-    return f(args)
-  n = math.ceil(bsz / batch_size)
-  pad = n * batch_size - bsz
-
-  def split(a):
-    if pad:
-      a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0)
-    return a.reshape((n, batch_size) + a.shape[1:])
-
-  out = jax.lax.map(f, jax.tree_util.tree_map(split, args))
-  return jax.tree_util.tree_map(lambda o: o.reshape((n * batch_size,) + o.shape[2:])[:bsz], out)

@@ -42,7 +42,7 @@ def frame_map(height: int, width: int, *, frame_width: int | None = None,
   return jnp.where(inside, 0.0, 1.0).astype(dtype)
 
 
-def frame_config(epsilon: float = 4.0 / 255.0, num_steps: int = 100,
+def frame_config(*, epsilon: float = 4.0 / 255.0, num_steps: int = 100,
                  **kwargs) -> ManipulationConfig:
   """The AGA evaluation setting: Adam with ``lr = 4 epsilon / T``, ``T = 100``,
   an ``epsilon``-ball (default 4/255), max-normalised maps and ``gamma = 1``.
@@ -58,10 +58,10 @@ def frame_config(epsilon: float = 4.0 / 255.0, num_steps: int = 100,
   return ManipulationConfig(**settings)
 
 
-def frame_attack(fn, explain, x: jax.Array, target: Target,
-                 config: ManipulationConfig | None = None, *, key: PRNGKey,
-                 surrogate=None, surrogate_family=None, frame_width: int | None = None,
-                 batch_size: int | None = None) -> AttackResult:
+def frame_attack(fn, explainer, x: jax.Array, target: Target, *, key: PRNGKey,
+                 config: ManipulationConfig | None = None, surrogate=None,
+                 surrogate_family=None, frame_width: int | None = None,
+                 chunk_size: int | None = None) -> AttackResult:
   """Frame attack: `manipulation_attack` towards a frame-shaped target map.
 
   The target is `frame_map` on the image border; with the default
@@ -71,7 +71,7 @@ def frame_attack(fn, explain, x: jax.Array, target: Target,
   Pearson to the frame and to the original map) give AGA's TAPS / SAPS.
 
   Args:
-    fn, explain, x, target, key, surrogate, surrogate_family, batch_size: as in
+    fn, explainer, x, target, key, surrogate, surrogate_family, chunk_size: as in
       `manipulation_attack`; ``x`` must be NHWC images.
     config: a `ManipulationConfig`; default `frame_config()`.
     frame_width: border width in pixels (default `default_frame_width`).
@@ -85,7 +85,7 @@ def frame_attack(fn, explain, x: jax.Array, target: Target,
   """
   x = V.check_image_batch(x)
   target_map = frame_map(x.shape[1], x.shape[2], frame_width=frame_width, dtype=x.dtype)
-  return manipulation_attack(fn, explain, x, target, target_map,
-                             frame_config() if config is None else config, key=key,
+  return manipulation_attack(fn, explainer, x, target, key=key, target_map=target_map,
+                             config=frame_config() if config is None else config,
                              surrogate=surrogate, surrogate_family=surrogate_family,
-                             batch_size=batch_size)
+                             chunk_size=chunk_size)

@@ -2,29 +2,30 @@
 
 Every attack has the signature
 
-    attack(fn, explain, x, target, config=AttackConfig(), *, key,
-           surrogate=None, batch_size=None, ...) -> AttackResult
+    attack(fn, explainer, x, target, *, key, config=None, surrogate=None,
+           chunk_size=None, ...) -> AttackResult
 
 * ``fn``: the real model, ``fn(x [B, *F]) -> logits [B, C]``. Labels are
   checked on it at every step and all reported maps are its maps.
-* ``explain``: an *explainer*, ``explain(f, x, target) -> attribution`` shaped
-  like ``x``, for ANY model function ``f``. Every rattr_jax attribution
-  method already has this signature: pass ``rattr_jax.attribution.gradient``
-  itself, or ``functools.partial(integrated_gradients, num_steps=20,
-  batch_size=5)``, or ``functools.partial(smoothgrad, num_samples=10,
-  key=key)``. The attack calls it on the surrogate to get the gradient of the
-  objective and on ``fn`` for the reference map. If ``explain`` takes a
-  ``key`` keyword, the attack passes a fresh key derived from ``key`` at every
-  step (a new noise draw per step for SmoothGrad). Build the explainer once
-  and reuse it: like ``fn``, it is a static argument (a new object recompiles).
+* ``explainer``: ``explainer(f, x, target, *, key) -> attribution`` shaped
+  like ``x``, for ANY model function ``f`` (`rattr_jax.explainers`): e.g.
+  ``rattr_jax.attribution.gradient``, ``explainers.get("integrated_gradients",
+  num_steps=20, chunk_size=5)`` or ``explainers.get("smoothgrad",
+  num_samples=10)``. The attack calls it on the surrogate to get the gradient
+  of the objective and on ``fn`` for the reference map, always with a key
+  derived from ``key`` (``fold_in`` of the step: a new noise draw per step for
+  SmoothGrad; deterministic explainers ignore it). Build the explainer once
+  and reuse it: its static part is a static argument (a new object recompiles;
+  two `explainers.get` with equal settings are equal).
 * ``surrogate``: the model whose explanation is differentiated, e.g.
   ``rattr_jax.models.surrogate_fn(model, beta=10.)`` for a ReLU ``model``
   (a ReLU network's gradient map is piecewise constant in ``x``, so its
   objective has zero gradient almost everywhere). ``None`` uses ``fn``
   (right for smooth models). It must return logits shaped like ``fn``'s.
 * ``key``: PRNG key (required): random signs, stochastic explainers.
-* ``batch_size``: examples attacked at once; larger batches are processed in
+* ``chunk_size``: examples attacked at once; larger batches are processed in
   chunks of this size inside the same compiled program.
+* ``config``, ``mask``, ``target_map``, ...: keyword-only.
 
 The loop is one jitted `lax.scan`; ``epsilon`` and ``step_size`` are traced,
 so sweeping them does not recompile.
@@ -39,22 +40,22 @@ import jax
 import jax.numpy as jnp
 
 from rattr_jax import _validation as V
+from rattr_jax import core
 from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import PRNGKey, Target
 from rattr_jax.attacks import _engine
 from rattr_jax.attacks._base import AttackConfig, AttackResult, SELECT_ON
 from rattr_jax.attacks._constraints import (check_epsilon, check_input_range,
-                                             check_positive_scalar, predicted_label, project)
+                                             check_positive_scalar, predicted_label)
 from rattr_jax.attacks._objectives import map_objective, objective_aux, to_map
-from rattr_jax.attribution import _target
-from rattr_jax.maps._saliency import NORMALIZATIONS, REDUCTIONS
+from rattr_jax.core import NORMALIZATIONS, REDUCTIONS
 
 
 # ------------------------------------------------------------- validation ----
 def check_common(fn, explain, x, target, key, surrogate, *, reduce, normalize, select_on,
                  input_range, num_steps):
-  """Validates the arguments shared by all attacks; returns ``(x, t, pass_key, map_shape)``."""
-  x, t = _target.prepare(fn, x, target)
+  """Validates the arguments shared by all attacks; returns ``(x, t, map_shape)``."""
+  x, t = core.prepare(fn, x, target)
   V.check_key(key)
   V.check_positive_int(num_steps, name="num_steps")
   V.check_choice(reduce, REDUCTIONS, name="reduce")
@@ -67,24 +68,9 @@ def check_common(fn, explain, x, target, key, surrogate, *, reduce, normalize, s
     if c_s != num_classes:
       raise ValueError(f"`surrogate` must return logits shaped like `fn`'s [B, {num_classes}]; "
                        f"got [B, {c_s}].")
-  if not callable(explain):
-    raise ValueError(f"`explain` must be callable explain(f, x, target); got {explain!r}.")
-  pass_key = _engine.accepts_key(explain)
-  probe = jax.tree_util.Partial(_explain_and_map, explain, fn, pass_key, reduce, normalize)
-  try:
-    attr, m = V.eval_shape(probe, x, t, key)
-  except Exception as e:
-    raise ValueError(f"`explain` failed on x of shape {tuple(x.shape)}: {e}") from e
-  if tuple(attr.shape) != tuple(x.shape):
-    raise ValueError(f"`explain` must return an attribution shaped like x {tuple(x.shape)}; "
-                     f"got {tuple(attr.shape)}.")
-  return x, t, pass_key, tuple(m.shape)
-
-
-def _explain_and_map(explain, fn, pass_key, reduce, normalize, z, t, key):
-  """The attribution of ``fn`` at ``z`` and its map (shape probe for `check_common`)."""
-  a = _engine.call_explain(explain, fn, z, t, key, pass_key)
-  return a, to_map(a, reduce, normalize)
+  core.check_explainer(explain, fn, x, t, key, allow_precomputed=False, what="an attack")
+  map_shape = core.map_shape_of(tuple(x.shape), reduce)
+  return x, t, map_shape
 
 
 def check_mask(mask, map_shape, *, name: str = "mask"):
@@ -118,19 +104,18 @@ def _check_config(config, x, map_shape, objective):
 
 
 # ------------------------------------------------------------------ core ----
-def _explainers(fn, explain, surrogate, t, key, pass_key, reduce, normalize):
+def _explainers(fn, explain, surrogate, t, key, reduce, normalize):
   k_ref, k_steps = jax.random.split(key)
 
   def map_of(f, z, step):
     k = jax.random.fold_in(k_steps, step)
-    return to_map(_engine.call_explain(explain, f, z, t, k, pass_key), reduce, normalize)
+    return to_map(explain(f, z, t, key=k), reduce, normalize)
 
-  ref = lambda z: to_map(_engine.call_explain(explain, fn, z, t, k_ref, pass_key),
-                         reduce, normalize)
+  ref = lambda z: to_map(explain(fn, z, t, key=k_ref), reduce, normalize)
   return ref, map_of
 
 
-def _signed_core(fn, explain, surrogate, objective, config, key, pass_key, args):
+def _signed_core(fn, explain, surrogate, objective, config, key, args):
   x, t, mask, signs = args
   sur = fn if surrogate is None else surrogate
   dtype = x.dtype
@@ -139,7 +124,7 @@ def _signed_core(fn, explain, surrogate, objective, config, key, pass_key, args)
   label = predicted_label(fn, x)
   agree = (predicted_label(sur, x) == label) if surrogate is not None else jnp.ones_like(label,
                                                                                        bool)
-  ref, map_of = _explainers(fn, explain, surrogate, t, key, pass_key, config.reduce,
+  ref, map_of = _explainers(fn, explain, surrogate, t, key, config.reduce,
                             config.normalize)
   aux = jax.lax.stop_gradient(objective_aux(objective, ref(x), config.k, mask))
 
@@ -159,12 +144,14 @@ def _signed_core(fn, explain, surrogate, objective, config, key, pass_key, args)
   def final_value(z, p):
     return map_objective(objective, map_of(fn if score_on_model else sur, z, p), aux)
 
+  threat = config.threat_model
+
   def update(z, g, state, p):
-    return project(z + alpha * jnp.sign(g), x, eps, config.input_range), state
+    return threat.project(z + alpha * jnp.sign(g), x), state
 
   start = None
   if signs is not None:
-    start = project(x + eps * signs, x, eps, config.input_range)
+    start = threat.project(x + eps * signs, x)
   out = _engine.run_loop(fn=fn, x=x, label=label, num_steps=config.num_steps,
                          evaluate=evaluate, final_value=final_value, update=update,
                          opt_state=(), start=start)
@@ -173,29 +160,27 @@ def _signed_core(fn, explain, surrogate, objective, config, key, pass_key, args)
 
 
 @jit_with_callables(callables=("fn", "explain", "surrogate"),
-                    static_argnames=("objective", "batch_size", "pass_key"))
-def _signed_attack(fn, explain, surrogate, objective, x, t, mask, config, key, batch_size,
-                   pass_key):
+                    static_argnames=("objective", "chunk_size"))
+def _signed_attack(fn, explain, surrogate, objective, x, t, mask, config, key, chunk_size):
   k_start, key = jax.random.split(key)
   signs = jax.random.rademacher(k_start, x.shape, x.dtype) if config.random_start else None
-  core = functools.partial(_signed_core, fn, explain, surrogate, objective, config, key,
-                           pass_key)
-  out = _engine.chunked(core, (x, t, mask, signs), batch_size)
+  run = functools.partial(_signed_core, fn, explain, surrogate, objective, config, key)
+  out = _engine.chunked(run, (x, t, mask, signs), chunk_size)
   return AttackResult(num_steps=jnp.asarray(config.num_steps, jnp.int32), **out)
 
 
-def _random_sign_core(fn, explain, surrogate, objective, config, key, pass_key, args):
+def _random_sign_core(fn, explain, surrogate, objective, config, key, args):
   x, t, mask, signs = args
   eps = jnp.asarray(config.epsilon, x.dtype)
   label = predicted_label(fn, x)
   agree = (predicted_label(surrogate, x) == label) if surrogate is not None else (
       jnp.ones_like(label, bool))
-  ref, map_of = _explainers(fn, explain, surrogate, t, key, pass_key, config.reduce,
+  ref, map_of = _explainers(fn, explain, surrogate, t, key, config.reduce,
                             config.normalize)
   m0 = ref(x)
   aux = objective_aux(objective, m0, config.k, mask)
   d0 = map_objective(objective, m0, aux)
-  z = project(x + eps * signs, x, eps, config.input_range)
+  z = config.threat_model.project(x + eps * signs, x)
   d1 = map_objective(objective, map_of(fn, z, 0), aux)
   ok = predicted_label(fn, z) == label
   x_adv = jnp.where(ok.reshape((-1,) + (1,) * (x.ndim - 1)), z, x)
@@ -206,50 +191,49 @@ def _random_sign_core(fn, explain, surrogate, objective, config, key, pass_key, 
 
 
 @jit_with_callables(callables=("fn", "explain", "surrogate"),
-                    static_argnames=("objective", "batch_size", "pass_key"))
-def _random_sign(fn, explain, surrogate, objective, x, t, mask, config, key, batch_size,
-                 pass_key):
+                    static_argnames=("objective", "chunk_size"))
+def _random_sign(fn, explain, surrogate, objective, x, t, mask, config, key, chunk_size):
   k_sign, k_rest = jax.random.split(key)
   signs = jax.random.rademacher(k_sign, x.shape, x.dtype)
-  core = functools.partial(_random_sign_core, fn, explain, surrogate, objective, config,
-                           k_rest, pass_key)
-  out = _engine.chunked(core, (x, t, mask, signs), batch_size)
+  run = functools.partial(_random_sign_core, fn, explain, surrogate, objective, config, k_rest)
+  out = _engine.chunked(run, (x, t, mask, signs), chunk_size)
   return AttackResult(num_steps=jnp.asarray(1, jnp.int32), **out)
 
 
-def _run(objective, fn, explain, x, target, config, key, surrogate, mask, batch_size,
+def _run(objective, fn, explain, x, target, config, key, surrogate, mask, chunk_size,
          random_sign=False):
   if config is None:
     config = AttackConfig()
   if not isinstance(config, AttackConfig):
     raise ValueError(f"`config` must be an AttackConfig; got {type(config).__name__}.")
-  x, t, pass_key, map_shape = check_common(
+  x, t, map_shape = check_common(
       fn, explain, x, target, key, surrogate, reduce=config.reduce,
       normalize=config.normalize, select_on=config.select_on,
       input_range=config.input_range, num_steps=config.num_steps)
   _check_config(config, x, map_shape, objective)
-  batch_size = V.check_optional_positive_int(batch_size, name="batch_size")
+  chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")
   m = check_mask(mask, map_shape) if objective == "targeted" else None
   impl = _random_sign if random_sign else _signed_attack
-  return impl(fn, explain, surrogate, objective, x, t, m, config, key, batch_size, pass_key)
+  return impl(fn, explain, surrogate, objective, x, t, m, config, key, chunk_size)
 
 
 # ---------------------------------------------------------------- public ----
 _COMMON_ARGS = """
   Args:
     fn: the real model, ``[B, *F] -> [B, C]`` logits; labels are checked on it.
-    explain: explainer ``explain(f, x, target) -> [B, *F]`` for any model
+    explainer: ``explainer(f, x, target, *, key) -> [B, *F]`` for any model
       ``f``, e.g. ``rattr_jax.attribution.gradient`` or
-      ``functools.partial(integrated_gradients, num_steps=20, batch_size=5)``.
+      ``rattr_jax.explainers.get("integrated_gradients", num_steps=20)``.
     x: inputs ``[B, *F]`` inside ``config.input_range`` (images NHWC).
     target: explained class, an int or an int array ``[B]``.
+    key: PRNG key (required): random signs / starts, and the explainer's
+      per-call keys (``fold_in`` of the step).
     config: an `AttackConfig` (defaults: Ghorbani's ``epsilon=8/255``,
       ``step_size=0.5/255``, 300 steps).
-    key: PRNG key (required).
     surrogate: optional smooth model on the same weights whose explanation
       is differentiated (``rattr_jax.models.surrogate_fn(model, beta=10.)`` for
       ReLU models); ``None`` uses ``fn``.
-    batch_size: examples attacked at once (memory bound); ``None`` = all.
+    chunk_size: examples attacked at once (memory bound); ``None`` = all.
 """
 
 _RETURNS = """
@@ -280,10 +264,10 @@ def _doc(*parts):
 @_doc(_COMMON_ARGS, """    objective: objective used to score the perturbation.
     mask: target mask for ``objective="targeted"``.
 """, _RETURNS)
-def random_sign_attack(fn, explain, x: jax.Array, target: Target,
-                       config: AttackConfig | None = None, *, key: PRNGKey,
-                       surrogate=None, batch_size: int | None = None,
-                       objective: str = "topk", mask=None) -> AttackResult:
+def random_sign_attack(fn, explainer, x: jax.Array, target: Target, *, key: PRNGKey,
+                       config: AttackConfig | None = None, surrogate=None,
+                       chunk_size: int | None = None, objective: str = "topk",
+                       mask=None) -> AttackResult:
   """The random-sign baseline: every feature moves by ``+-epsilon`` at random.
 
   ``x_adv = clip(x + epsilon * s)`` with Rademacher signs ``s``. It is
@@ -294,40 +278,41 @@ def random_sign_attack(fn, explain, x: jax.Array, target: Target,
   targeted attacks; ``surrogate`` only feeds ``surrogate_agreement``.
   """
   V.check_choice(objective, ("topk", "mass_center", "targeted"), name="objective")
-  return _run(objective, fn, explain, x, target, config, key, surrogate, mask, batch_size,
+  return _run(objective, fn, explainer, x, target, config, key, surrogate, mask, chunk_size,
               random_sign=True)
 
 
 @_doc(_COMMON_ARGS, _RETURNS)
-def topk_attack(fn, explain, x: jax.Array, target: Target,
-                config: AttackConfig | None = None, *, key: PRNGKey, surrogate=None,
-                batch_size: int | None = None) -> AttackResult:
+def topk_attack(fn, explainer, x: jax.Array, target: Target, *, key: PRNGKey,
+                config: AttackConfig | None = None, surrogate=None,
+                chunk_size: int | None = None) -> AttackResult:
   """Top-k attack: push the map's mass off the original top-``k`` features.
 
   Maximises ``D(x_adv) = -sum_{i in top-k(I(x))} I_i(x_adv)`` by signed
   gradient ascent, projected to the ``epsilon``-ball around ``x`` and the valid
   range. **Lower top-k intersection after the attack = stronger attack.**
   """
-  return _run("topk", fn, explain, x, target, config, key, surrogate, None, batch_size)
+  return _run("topk", fn, explainer, x, target, config, key, surrogate, None, chunk_size)
 
 
 @_doc(_COMMON_ARGS, _RETURNS)
-def mass_center_attack(fn, explain, x: jax.Array, target: Target,
-                       config: AttackConfig | None = None, *, key: PRNGKey,
-                       surrogate=None, batch_size: int | None = None) -> AttackResult:
+def mass_center_attack(fn, explainer, x: jax.Array, target: Target, *, key: PRNGKey,
+                       config: AttackConfig | None = None, surrogate=None,
+                       chunk_size: int | None = None) -> AttackResult:
   """Centre-of-mass attack: move the map's centre of mass as far as possible.
 
   Maximises ``D(x_adv) = ||C(I(x_adv)) - C(I(x))||^2`` (pixels^2) for image
   maps ``[B, H, W]``. **Larger centre shift = stronger attack.**
   """
-  return _run("mass_center", fn, explain, x, target, config, key, surrogate, None, batch_size)
+  return _run("mass_center", fn, explainer, x, target, config, key, surrogate, None,
+              chunk_size)
 
 
 @_doc(_COMMON_ARGS, """    mask: target region (see above).
 """, _RETURNS)
-def targeted_attack(fn, explain, x: jax.Array, target: Target, mask,
-                    config: AttackConfig | None = None, *, key: PRNGKey, surrogate=None,
-                    batch_size: int | None = None) -> AttackResult:
+def targeted_attack(fn, explainer, x: jax.Array, target: Target, *, key: PRNGKey, mask,
+                    config: AttackConfig | None = None, surrogate=None,
+                    chunk_size: int | None = None) -> AttackResult:
   """Targeted attack: pull the map's mass into a region ``mask``.
 
   Maximises ``D(x_adv) = sum_{i in M} I_i(x_adv)``. ``mask`` has the shape
@@ -335,4 +320,4 @@ def targeted_attack(fn, explain, x: jax.Array, target: Target, mask,
   otherwise) or of the whole batch of maps; non-binary masks weight the
   features. **More mass in the mask = stronger attack.**
   """
-  return _run("targeted", fn, explain, x, target, config, key, surrogate, mask, batch_size)
+  return _run("targeted", fn, explainer, x, target, config, key, surrogate, mask, chunk_size)

@@ -10,15 +10,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rattr_jax.maps._saliency import normalize_map, reduce_channels
-from rattr_jax.metrics._similarity import _center_of_mass
+from rattr_jax.core import map_center_of_mass as _center_of_mass
+from rattr_jax.core import to_map
 
 OBJECTIVES = ("topk", "mass_center", "targeted")
-
-
-def to_map(attribution: jax.Array, reduce: str, normalize: str) -> jax.Array:
-  """Attribution ``[B, *F]`` -> normalised map (``[B, H, W]`` for NHWC)."""
-  return normalize_map(reduce_channels(attribution, reduce), normalize)
 
 
 def _flat(m):

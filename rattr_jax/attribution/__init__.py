@@ -1,11 +1,13 @@
-"""Attribution methods: pure functions ``method(fn, x, target, *, ...) -> [B, *F]``.
+"""Attribution methods: explainers ``method(fn, x, target, *, key, ...) -> [B, *F]``.
 
-Compose them into an explain function with `functools.partial`, e.g.
-``explain = functools.partial(integrated_gradients, fn, num_steps=32)`` or
-``explain = lambda x, t: smoothgrad(fn, x, t, key=key)``.
+Every method takes ``key`` as a keyword (deterministic ones ignore it), so
+each is an explainer in the sense of `rattr_jax.explainers`. Bind settings
+with ``rattr_jax.explainers.get(name, **settings)`` (hashable) or
+`functools.partial`.
 """
 
-from rattr_jax.attribution._decoy import decoy_explainer
+from rattr_jax.attribution._decoy import decoy_attribution
+from rattr_jax.attribution._decoy import resolve_layer as decoy_layer
 from rattr_jax.attribution._decoy import decoy_saliency
 from rattr_jax.attribution._decoy import DecoySaliency
 from rattr_jax.attribution._decoy_solver import DecoyResult
@@ -19,7 +21,8 @@ from rattr_jax.attribution._smoothgrad import smoothgrad
 from rattr_jax.attribution._smoothgrad import vargrad
 
 __all__ = [
-    "decoy_explainer",
+    "decoy_attribution",
+    "decoy_layer",
     "decoy_saliency",
     "DecoySaliency",
     "DecoyResult",

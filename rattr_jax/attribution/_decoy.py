@@ -32,7 +32,8 @@ from rattr_jax import _validation as V
 from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import PRNGKey, Target
 from rattr_jax.attribution import _decoy_solver as S
-from rattr_jax.attribution import _integrated, _smoothgrad, _target
+from rattr_jax import core
+from rattr_jax.attribution import _integrated, _smoothgrad
 from rattr_jax.maps import _saliency
 
 BASES = ("gradient", "smoothgrad", "integrated_gradients")
@@ -84,7 +85,7 @@ def _explain_one(fn, spec: _BaseSpec, key, x1, t1):
   """Base attribution of one input ``x1 [*F]`` (called under `vmap`)."""
   xb, tb = x1[None], t1[None]
   if spec.name == "gradient":
-    out = _target.target_gradient(fn, xb, tb)
+    out = core.target_gradient(fn, xb, tb)
   elif spec.name == "smoothgrad":
     # The same key for every decoy: common random numbers, so the range over
     # decoys reflects the decoys and not SmoothGrad's Monte-Carlo noise.
@@ -95,7 +96,7 @@ def _explain_one(fn, spec: _BaseSpec, key, x1, t1):
     out = _integrated._integrated_gradients(fn, xb, tb, spec.baseline[None], spec.num_steps,
                                             spec.method, None)
   else:
-    out = spec.explain(xb, tb)
+    out = spec.explain(fn, xb, tb, key=key)
   return out[0]
 
 
@@ -115,7 +116,7 @@ def aggregate(maps: jax.Array, used: jax.Array, aggregation: str) -> jax.Array:
 
 
 def explain_decoys(fn, spec, res: S.DecoyResult, t, key, percentile, use_mean,
-                   batch_size) -> DecoySaliency:
+                   chunk_size) -> DecoySaliency:
   """Explains the decoys of ``res`` with the base method and aggregates them."""
   k_base = S.rbg_key(key, 1)
   b, p = res.feasible.shape
@@ -123,7 +124,7 @@ def explain_decoys(fn, spec, res: S.DecoyResult, t, key, percentile, use_mean,
   flat = res.decoys.reshape((b * p,) + feat)
   tt = jnp.repeat(t, p)
   maps = jax.lax.map(lambda a: _explain_one(fn, spec, k_base, *a), (flat, tt),
-                     batch_size=batch_size)
+                     batch_size=chunk_size)
   maps = maps.reshape((b, p) + feat)
   used = res.feasible
   # Both aggregations are cheap; selecting with a traced flag avoids a recompile.
@@ -138,17 +139,17 @@ def explain_decoys(fn, spec, res: S.DecoyResult, t, key, percentile, use_mean,
 
 
 @jit_with_callables(callables=("fn", "features", "spec"),
-                    static_argnames=("patch_size", "stride", "num_steps", "batch_size"))
+                    static_argnames=("patch_size", "stride", "num_steps", "chunk_size"))
 def _decoy_saliency(fn, features, spec, x, t, key, hyper, lo, hi, max_change, percentile,
-                    use_mean, patch_size, stride, num_steps, batch_size):
+                    use_mean, patch_size, stride, num_steps, chunk_size):
   res = S.solve_all(features, x, key, hyper, lo, hi, max_change, patch_size=patch_size,
-                    stride=stride, num_steps=num_steps, batch_size=batch_size)
-  return explain_decoys(fn, spec, res, t, key, percentile, use_mean, batch_size)
+                    stride=stride, num_steps=num_steps, chunk_size=chunk_size)
+  return explain_decoys(fn, spec, res, t, key, percentile, use_mean, chunk_size)
 
 
-@jit_with_callables(callables=("fn", "spec"), static_argnames=("batch_size",))
-def _from_decoys(fn, spec, res, t, key, percentile, use_mean, batch_size):
-  return explain_decoys(fn, spec, res, t, key, percentile, use_mean, batch_size)
+@jit_with_callables(callables=("fn", "spec"), static_argnames=("chunk_size",))
+def _from_decoys(fn, spec, res, t, key, percentile, use_mean, chunk_size):
+  return explain_decoys(fn, spec, res, t, key, percentile, use_mean, chunk_size)
 
 
 def _base_spec(base, x, *, num_samples, stddev, num_steps, method, baseline) -> _BaseSpec:
@@ -175,7 +176,7 @@ def decoy_saliency(fn: Callable, x: Float[Array, "B H W C"], target: Target, *,
                    bounds: tuple[float, float] | None = (0.0, 1.0), max_change: Any = None,
                    num_steps: int = 100, step_size: float = 0.05,
                    init_multiplier: float = 1.0, growth: float = 1.02,
-                   init_scale: float = 0.01, batch_size: int | None = 256,
+                   init_scale: float = 0.01, chunk_size: int | None = 256,
                    num_samples: int = 50, stddev: float = 0.15,
                    ig_num_steps: int = 20, ig_method: str = "riemann_trapezoid",
                    baseline: Any = None, percentile: float = 95.0,
@@ -200,13 +201,14 @@ def decoy_saliency(fn: Callable, x: Float[Array, "B H W C"], target: Target, *,
     key: PRNG key (required): decoy random starts and SmoothGrad noise.
     model: the Flax NNX model when ``layer`` is a name.
     base: ``"gradient"``, ``"smoothgrad"``, ``"integrated_gradients"``, or an
-      explain function ``explain(x, target) -> [B, H, W, C]`` (it is called
-      under `vmap` on one decoy at a time).
+      explainer ``explainer(fn, x, target, *, key) -> [B, H, W, C]`` (it is
+      called under `lax.map` on one decoy at a time, with the same key for
+      every decoy).
     aggregation: ``"range"`` (DANCE) or ``"mean"`` (the paper's ablation).
     patch_size, stride, epsilon, bounds, max_change, num_steps, step_size,
       init_multiplier, growth, init_scale: decoy generation, see
       `rattr_jax.attribution.generate_decoys`.
-    batch_size: decoy problems solved (and decoys explained) at once; bounds
+    chunk_size: decoy problems solved (and decoys explained) at once; bounds
       memory. ``None`` processes all ``B * 2n`` together.
     num_samples, stddev: SmoothGrad options (the same noise is used for every
       decoy of a call: common random numbers).
@@ -230,13 +232,13 @@ def decoy_saliency(fn: Callable, x: Float[Array, "B H W C"], target: Target, *,
   t = V.check_target(target, x.shape[0], num_classes)
   V.check_key(key)
   V.check_choice(aggregation, AGGREGATIONS, name="aggregation")
-  batch_size = V.check_optional_positive_int(batch_size, name="batch_size")
+  chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")
   if not 0.0 <= float(percentile) <= 100.0:
     raise ValueError(f"`percentile` must lie in [0, 100]; got {percentile}.")
   spec = _base_spec(base, x, num_samples=num_samples, stddev=stddev, num_steps=ig_num_steps,
                     method=ig_method, baseline=baseline)
   if spec.explain is not None:
-    V.check_explain_output(spec.explain, x[:1], t[:1], name="base")
+    core.check_explainer(spec.explain, fn, x[:1], t[:1], key, name="base")
   pct = jnp.asarray(percentile, x.dtype)
   use_mean = jnp.asarray(aggregation == "mean")
   if decoys is not None:
@@ -246,7 +248,7 @@ def decoy_saliency(fn: Callable, x: Float[Array, "B H W C"], target: Target, *,
     if len(shape) != 5 or shape[0] != x.shape[0] or shape[2:] != tuple(x.shape[1:]):
       raise ValueError(f"`decoys` must hold decoys [B, 2n, H, W, C] of `x` "
                        f"{tuple(x.shape)}; got {shape}.")
-    return _from_decoys(fn, spec, decoys, t, key, pct, use_mean, batch_size)
+    return _from_decoys(fn, spec, decoys, t, key, pct, use_mean, chunk_size)
   if layer is None:
     raise ValueError("`layer` is required (a function features(x) -> [B, ...] or a layer "
                      "name of `model`) unless precomputed `decoys` are passed.")
@@ -258,46 +260,33 @@ def decoy_saliency(fn: Callable, x: Float[Array, "B H W C"], target: Target, *,
   hyper = S.make_hyper(x, epsilon=epsilon, step_size=step_size,
                        init_multiplier=init_multiplier, growth=growth, init_scale=init_scale)
   return _decoy_saliency(fn, features, spec, x, t, key, hyper, lo, hi, mc, pct, use_mean,
-                         patch_size, stride, num_steps, batch_size)
+                         patch_size, stride, num_steps, chunk_size)
 
 
-def decoy_explainer(fn: Callable, *, layer: Any, key: PRNGKey, model: Any = None,
-                    output: str = "attribution", **options) -> Callable:
-  """An explain function ``explain(x, target)`` computing DANCE maps.
+def decoy_attribution(fn: Callable, x: Float[Array, "B H W C"], target: Target, *,
+                      key: PRNGKey, layer: Any, **options) -> Float[Array, "B H W C"]:
+  """DANCE as an explainer: the aggregated decoy attribution shaped like ``x``.
 
-  The layer is resolved once (so repeated calls reuse one compilation) and
-  every call uses the same ``key``.
-
-  Args:
-    fn: model logits function.
-    layer: a features function or a layer name of ``model``.
-    key: PRNG key.
-    model: the Flax NNX model when ``layer`` is a name.
-    output: ``"attribution"`` returns the aggregated ``[B, H, W, C]`` attribution
-      (an ordinary explain function, shaped like ``x``); ``"saliency"`` returns the
-      post-processed ``[B, H, W]`` map.
-    **options: keyword options of `decoy_saliency` (``base``, ``epsilon``, ...).
-
-  Returns:
-    ``explain(x, target)``.
-
-  Example:
-    >>> explain = decoy_explainer(fn, layer="conv2", model=model,   # doctest: +SKIP
-    ...                           key=jax.random.key(0), base="gradient")
-    >>> attr = explain(x, target)                                  # doctest: +SKIP
+  ``decoy_saliency(fn, x, target, key=key, layer=layer, **options).attribution``.
+  It is differentiable in ``x`` (through the decoy solver's `lax.scan` and the
+  base explanation), so explanation attacks can attack it. Bind its settings
+  with ``rattr_jax.explainers.get("decoy", layer=..., model=..., ...)``, which
+  resolves a layer name once.
   """
-  V.check_choice(output, ("attribution", "saliency"), name="output")
+  return decoy_saliency(fn, x, target, key=key, layer=layer, **options).attribution
+
+
+def resolve_layer(layer: Any, model: Any) -> Any:
+  """A layer name of ``model`` -> its features function; a function passes through."""
   if isinstance(layer, str):
     if model is None:
       raise ValueError(f"`layer` is the name {layer!r}; pass the Flax model as `model=`.")
-    from rattr_jax.models import _features
-    layer = _features.feature_fn(model, layer)  # unknown names raise on the first call
-
-  def explain(x, target):
-    res = decoy_saliency(fn, x, target, layer=layer, key=key, **options)
-    return res.attribution if output == "attribution" else res.saliency
-
-  return explain
+    from rattr_jax.models import feature_fn
+    return feature_fn(model, layer)  # unknown names raise on the first call
+  if layer is None or not callable(layer):
+    raise ValueError("`layer` is required: a function features(x) -> [B, ...] or a layer "
+                     "name of `model`.")
+  return layer
 
 
 def default_layer(model: Any) -> str:
@@ -307,17 +296,17 @@ def default_layer(model: Any) -> str:
   convolution, after a ReLU and a pooling), the setting of
   ``benchmarks/dance_eval.py``; a model with a single submodule uses it.
   """
-  from rattr_jax.models import _features
-  names = _features.layer_names(model)
+  from rattr_jax.models import layer_names
+  names = layer_names(model)
   if not names:
     raise ValueError("`model` has no submodules to use as the decoy layer.")
   return names[1] if len(names) > 1 else names[0]
 
 
-def cli_explainer(fn: Callable, model: Any, *, key: PRNGKey, base: str = "gradient",
-                  layer: str | None = None, epsilon: float = 1.0,
-                  num_steps: int = 100) -> Callable:
-  """The ``decoy`` entry of ``rattr explain``: DANCE over ``base`` at `default_layer`."""
+def cli_explainer(model: Any, *, base: str = "gradient", layer: str | None = None,
+                  epsilon: float = 1.0, num_steps: int = 100) -> Callable:
+  """The ``decoy`` entry of ``rattr explain``: a DANCE explainer over ``base`` at `default_layer`."""
+  from rattr_jax import explainers
   layer = default_layer(model) if layer is None else layer
-  return decoy_explainer(fn, layer=layer, model=model, key=key, base=base, epsilon=epsilon,
-                         num_steps=num_steps)
+  return explainers.get("decoy", layer=layer, model=model, base=base, epsilon=epsilon,
+                        num_steps=num_steps)

@@ -34,7 +34,7 @@ returned decoy. Nothing infeasible is returned silently:
   `rattr_jax.attribution.decoy_saliency` drops decoys where it does not.
 
 The ``2n`` problems of every image in a batch are flattened into one problem
-axis and solved by one vmapped solver (`jax.lax.map` with ``batch_size``
+axis and solved by one vmapped solver (`jax.lax.map` with ``chunk_size``
 problems per chunk bounds memory). The optimisation loop is a `lax.scan` of
 ``num_steps`` steps inside the compiled function.
 
@@ -247,10 +247,10 @@ def _trivial(x, offset, sign, lo, hi, max_change, patch_size):
 
 
 def solve_all(features, x, key, hyper, lo, hi, max_change, *, patch_size, stride,
-              num_steps, batch_size):
+              num_steps, chunk_size):
   """Solves the ``2n`` problems of every image of ``x [B, H, W, C]``.
 
-  Problems are flattened to one axis and solved ``batch_size`` at a time by
+  Problems are flattened to one axis and solved ``chunk_size`` at a time by
   the vmapped `solve_problem`, chunks running sequentially in a `lax.map`.
   Problems whose box leaves no room in their sign's direction (e.g. the
   ``s = -1`` decoy of a black patch at ``lo``) have the input itself as their
@@ -272,7 +272,7 @@ def solve_all(features, x, key, hyper, lo, hi, max_change, *, patch_size, stride
   trivial = jax.vmap(lambda i, j: _trivial(x[i], offsets[j // 2], signs[j % 2], lo, hi,
                                            mc_of(i), patch_size))(img, idx)
   order = jnp.argsort(trivial, stable=True)
-  bs = total if batch_size is None else min(batch_size, total)
+  bs = total if chunk_size is None else min(chunk_size, total)
   num_chunks = -(-total // bs)
   pad = num_chunks * bs - total
   zeros = jnp.zeros((pad,), img.dtype)
@@ -304,11 +304,11 @@ def solve_all(features, x, key, hyper, lo, hi, max_change, *, patch_size, stride
 
 
 @jit_with_callables(callables=("features",),
-                    static_argnames=("patch_size", "stride", "num_steps", "batch_size"))
+                    static_argnames=("patch_size", "stride", "num_steps", "chunk_size"))
 def _generate_decoys(features, x, key, hyper, lo, hi, max_change, patch_size, stride,
-                     num_steps, batch_size):
+                     num_steps, chunk_size):
   return solve_all(features, x, key, hyper, lo, hi, max_change, patch_size=patch_size,
-                   stride=stride, num_steps=num_steps, batch_size=batch_size)
+                   stride=stride, num_steps=num_steps, chunk_size=chunk_size)
 
 
 # ------------------------------------------------------------ validation ----
@@ -409,7 +409,7 @@ def generate_decoys(layer: Any, x: jax.Array, *, key: jax.Array, model: Any = No
                     bounds: tuple[float, float] | None = (0.0, 1.0), max_change: Any = None,
                     num_steps: int = 100, step_size: float = 0.05,
                     init_multiplier: float = 1.0, growth: float = 1.02,
-                    init_scale: float = 0.01, batch_size: int | None = 256) -> DecoyResult:
+                    init_scale: float = 0.01, chunk_size: int | None = 256) -> DecoyResult:
   """DANCE decoys of a batch of images at layer ``F_l``: 2 per patch (signs +-1).
 
   See the module docstring for the optimisation problem and solver.
@@ -434,7 +434,7 @@ def generate_decoys(layer: Any, x: jax.Array, *, key: jax.Array, model: Any = No
     init_multiplier: initial penalty multiplier ``lambda``.
     growth: factor applied to ``lambda`` after each infeasible step (``>= 1``).
     init_scale: size of the random start ``s * U(0, init_scale)`` in the patch.
-    batch_size: decoy problems solved at once (memory bound); ``None`` solves
+    chunk_size: decoy problems solved at once (memory bound); ``None`` solves
       all ``B * 2n`` together.
 
   Returns:
@@ -451,8 +451,8 @@ def generate_decoys(layer: Any, x: jax.Array, *, key: jax.Array, model: Any = No
   lo, hi = check_bounds(bounds, x)
   mc = check_max_change(max_change, x)
   num_steps = V.check_positive_int(num_steps, name="num_steps")
-  batch_size = V.check_optional_positive_int(batch_size, name="batch_size")
+  chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")
   hyper = make_hyper(x, epsilon=epsilon, step_size=step_size, init_multiplier=init_multiplier,
                      growth=growth, init_scale=init_scale)
   return _generate_decoys(features, x, key, hyper, lo, hi, mc, patch_size, stride, num_steps,
-                          batch_size)
+                          chunk_size)

@@ -14,8 +14,8 @@ from jaxtyping import Array, Float
 
 from rattr_jax import _validation as V
 from rattr_jax._jit import jit_with_callables
-from rattr_jax._typing import Target
-from rattr_jax.attribution import _target
+from rattr_jax._typing import PRNGKey, Target
+from rattr_jax import core
 
 METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid",
            "gausslegendre")
@@ -54,7 +54,7 @@ def path_points(num_steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 #: Input elements (path points x batch x features) per chunk when
-#: ``batch_size=None``. Measured on 2 CPU cores (benchmarks/attribution_throughput.py):
+#: ``chunk_size=None``. Measured on 2 CPU cores (benchmarks/attribution_throughput.py):
 #: chunks of 16-80 CNN/LeNet images ran IG and SmoothGrad 25-30% faster than
 #: evaluating all 50 x 16 path points at once (better cache use), and the MLP
 #: is insensitive. It also bounds memory for any ``num_steps`` by default.
@@ -62,7 +62,7 @@ AUTO_CHUNK_ELEMENTS = 1 << 16
 
 
 def auto_chunk(num_points: int, x_shape: tuple[int, ...]) -> int:
-  """Points (IG path points, SmoothGrad samples) per chunk when ``batch_size=None``.
+  """Points (IG path points, SmoothGrad samples) per chunk when ``chunk_size=None``.
 
   At most ``AUTO_CHUNK_ELEMENTS // prod(x_shape)`` points per chunk (at least
   one), all of them when they fit. Among chunk sizes between half that cap and
@@ -78,18 +78,18 @@ def auto_chunk(num_points: int, x_shape: tuple[int, ...]) -> int:
 
 def chunked_path_sum(grad_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
                      baseline: jax.Array, alphas: jax.Array, weights: jax.Array,
-                     batch_size: int | None) -> jax.Array:
+                     chunk_size: int | None) -> jax.Array:
   """``sum_i w_i * grad_fn(baseline + a_i (x - baseline))`` in chunks of path points.
 
   ``grad_fn`` takes a batch ``[N, *F]`` (``N = chunk * B``) and returns its
-  gradient. Path points are processed ``batch_size`` at a time inside a
-  `lax.scan`, so memory is bounded by ``batch_size * B`` inputs; padding points
+  gradient. Path points are processed ``chunk_size`` at a time inside a
+  `lax.scan`, so memory is bounded by ``chunk_size * B`` inputs; padding points
   carry zero weight; ``None`` picks `auto_chunk`. With more than one chunk,
   each chunk is rematerialised (`jax.checkpoint`) so that differentiating
   through the whole path (explanation attacks) keeps memory bounded too.
   """
   n = alphas.shape[0]
-  bs = auto_chunk(n, x.shape) if batch_size is None else min(batch_size, n)
+  bs = auto_chunk(n, x.shape) if chunk_size is None else min(chunk_size, n)
   num_chunks = -(-n // bs)
   pad = num_chunks * bs - n
   alphas = jnp.concatenate([alphas, jnp.zeros((pad,), alphas.dtype)]).reshape(num_chunks, bs)
@@ -118,8 +118,8 @@ def chunked_path_sum(grad_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
   return acc
 
 
-@jit_with_callables(static_argnames=("num_steps", "method", "batch_size"))
-def _integrated_gradients(fn, x, t, baseline, num_steps, method, batch_size):
+@jit_with_callables(static_argnames=("num_steps", "method", "chunk_size"))
+def _integrated_gradients(fn, x, t, baseline, num_steps, method, chunk_size):
   baseline = jnp.broadcast_to(baseline, x.shape)
   a, w = path_points(num_steps, method)
   alphas = jnp.asarray(a, x.dtype)
@@ -128,16 +128,16 @@ def _integrated_gradients(fn, x, t, baseline, num_steps, method, batch_size):
 
   def grad_fn(pts):
     reps = pts.shape[0] // bsz
-    return _target.target_gradient(fn, pts, jnp.tile(t, reps))
+    return core.target_gradient(fn, pts, jnp.tile(t, reps))
 
-  avg_grad = chunked_path_sum(grad_fn, x, baseline, alphas, weights, batch_size)
+  avg_grad = chunked_path_sum(grad_fn, x, baseline, alphas, weights, chunk_size)
   return (x - baseline) * avg_grad
 
 
 def integrated_gradients(fn: Callable, x: Float[Array, "B ..."], target: Target, *,
-                         baseline: Any = None, num_steps: int = 50,
+                         key: PRNGKey | None = None, baseline: Any = None, num_steps: int = 50,
                          method: str = "riemann_trapezoid",
-                         batch_size: int | None = None) -> Float[Array, "B ..."]:
+                         chunk_size: int | None = None) -> Float[Array, "B ..."]:
   """Integrated gradients along the straight path from ``baseline`` to ``x``.
 
   ``IG(x) = (x - x') * sum_i w_i * grad f_target(x' + a_i (x - x'))``, the
@@ -148,20 +148,21 @@ def integrated_gradients(fn: Callable, x: Float[Array, "B ..."], target: Target,
     fn: model, mapping a batch ``[B, *F]`` to logits ``[B, C]``.
     x: inputs ``[B, *F]``.
     target: class index, an int or an int array ``[B]``.
+    key: ignored (deterministic; accepted by every explainer).
     baseline: ``None`` (zeros), a scalar, an array ``[*F]`` or ``[B, *F]``.
     num_steps: number of path points (quadrature nodes).
     method: one of ``riemann_left``, ``riemann_right``, ``riemann_middle``,
       ``riemann_trapezoid`` or ``gausslegendre``, with Captum's meaning.
-    batch_size: path points evaluated at once (each is a whole batch of ``B``
-      inputs). Memory grows with ``batch_size * B``, never with ``num_steps``.
+    chunk_size: path points evaluated at once (each is a whole batch of ``B``
+      inputs). Memory grows with ``chunk_size * B``, never with ``num_steps``.
       ``None`` chooses it automatically (`auto_chunk`: about 2**16 input
       elements per chunk, all points when they fit), which bounds memory and
       was measured faster on CPU than one huge batch. When the result is
       differentiated (explanation attacks), several chunks are each
       rematerialised (`jax.checkpoint`): memory stays bounded for any
       ``num_steps``, at a cost (a 20-point IG top-k attack on the MNIST CNN
-      at batch 16 took 1.4x as long as with ``batch_size=num_steps``, one
-      chunk and no remat). Pass ``batch_size=num_steps`` for speed when the
+      at batch 16 took 1.4x as long as with ``chunk_size=num_steps``, one
+      chunk and no remat). Pass ``chunk_size=num_steps`` for speed when the
       whole path fits in memory.
 
   Returns:
@@ -171,11 +172,11 @@ def integrated_gradients(fn: Callable, x: Float[Array, "B ..."], target: Target,
     Sundararajan, Taly, Yan, "Axiomatic Attribution for Deep Networks", ICML
     2017. https://arxiv.org/abs/1703.01365
   """
-  x, t = _target.prepare(fn, x, target)
+  x, t = core.prepare(fn, x, target)
   num_steps = V.check_positive_int(num_steps, name="num_steps")
-  batch_size = V.check_optional_positive_int(batch_size, name="batch_size")
+  chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")
   V.check_choice(method, METHODS, name="method")
   if method == "riemann_trapezoid" and num_steps < 2:
     raise ValueError("`num_steps` must be >= 2 for method='riemann_trapezoid'.")
   b = V.check_baseline_shape(baseline, x)
-  return _integrated_gradients(fn, x, t, b, num_steps, method, batch_size)
+  return _integrated_gradients(fn, x, t, b, num_steps, method, chunk_size)

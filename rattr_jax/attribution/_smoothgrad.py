@@ -14,7 +14,7 @@ from rattr_jax import _validation as V
 from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import PRNGKey, Target
 from rattr_jax.attribution import _integrated
-from rattr_jax.attribution import _target
+from rattr_jax import core
 
 
 def noise_scale(x: jax.Array, stddev) -> jax.Array:
@@ -28,12 +28,12 @@ def noise_scale(x: jax.Array, stddev) -> jax.Array:
   return stddev * spread
 
 
-def noisy_gradient_moments(fn, x, t, key, stddev, num_samples, batch_size,
+def noisy_gradient_moments(fn, x, t, key, stddev, num_samples, chunk_size,
                            moments=(1, 2)):
   """First and second moments of the target gradient at ``x + N(0, sigma^2)``.
 
   Noise samples are drawn per chunk inside a `lax.scan`; each chunk of
-  ``batch_size`` samples is a single call of ``fn`` on ``batch_size * B`` inputs
+  ``chunk_size`` samples is a single call of ``fn`` on ``chunk_size * B`` inputs
   (``None``: `rattr_jax.attribution._integrated.auto_chunk`).
   Sample ``s`` of the whole batch uses ``jax.random.fold_in(key, s)``.
   ``moments`` (static) names the moments to accumulate; the others are
@@ -41,8 +41,8 @@ def noisy_gradient_moments(fn, x, t, key, stddev, num_samples, batch_size,
   unused second moment would cost a pass over every chunk).
   """
   s_total = num_samples
-  bs = (_integrated.auto_chunk(s_total, x.shape) if batch_size is None
-        else min(batch_size, s_total))
+  bs = (_integrated.auto_chunk(s_total, x.shape) if chunk_size is None
+        else min(chunk_size, s_total))
   num_chunks = -(-s_total // bs)
   sigma = noise_scale(x, stddev)
   bsz, feat = x.shape[0], x.shape[1:]
@@ -53,7 +53,7 @@ def noisy_gradient_moments(fn, x, t, key, stddev, num_samples, batch_size,
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
     eps = jax.vmap(lambda k: jax.random.normal(k, x.shape, x.dtype))(keys)
     pts = (x[None] + sigma[None] * eps).reshape((bs * bsz,) + feat)
-    g = _target.target_gradient(fn, pts, jnp.tile(t, bs)).reshape((bs, bsz) + feat)
+    g = core.target_gradient(fn, pts, jnp.tile(t, bs)).reshape((bs, bsz) + feat)
     return tuple(jnp.tensordot(valid, g if m == 1 else g * g, axes=1) for m in moments)
 
   if num_chunks == 1:
@@ -68,31 +68,31 @@ def noisy_gradient_moments(fn, x, t, key, stddev, num_samples, batch_size,
   return out.get(1), out.get(2)
 
 
-@jit_with_callables(static_argnames=("num_samples", "squared", "batch_size"))
-def _smoothgrad(fn, x, t, key, stddev, num_samples, squared, batch_size):
-  m1, m2 = noisy_gradient_moments(fn, x, t, key, stddev, num_samples, batch_size,
+@jit_with_callables(static_argnames=("num_samples", "squared", "chunk_size"))
+def _smoothgrad(fn, x, t, key, stddev, num_samples, squared, chunk_size):
+  m1, m2 = noisy_gradient_moments(fn, x, t, key, stddev, num_samples, chunk_size,
                                   moments=(2,) if squared else (1,))
   return m2 if squared else m1
 
 
-@jit_with_callables(static_argnames=("num_samples", "batch_size"))
-def _vargrad(fn, x, t, key, stddev, num_samples, batch_size):
-  m1, m2 = noisy_gradient_moments(fn, x, t, key, stddev, num_samples, batch_size)
+@jit_with_callables(static_argnames=("num_samples", "chunk_size"))
+def _vargrad(fn, x, t, key, stddev, num_samples, chunk_size):
+  m1, m2 = noisy_gradient_moments(fn, x, t, key, stddev, num_samples, chunk_size)
   return jnp.maximum(m2 - m1 * m1, 0.0)
 
 
-def _check(fn, x, target, key, num_samples, stddev, batch_size):
-  x, t = _target.prepare(fn, x, target)
+def _check(fn, x, target, key, num_samples, stddev, chunk_size):
+  x, t = core.prepare(fn, x, target)
   V.check_key(key)
   V.check_positive_int(num_samples, name="num_samples")
   V.check_nonnegative(stddev, name="stddev")
-  V.check_optional_positive_int(batch_size, name="batch_size")
+  V.check_optional_positive_int(chunk_size, name="chunk_size")
   return x, t
 
 
 def smoothgrad(fn: Callable, x: Float[Array, "B ..."], target: Target, *, key: PRNGKey,
                num_samples: int = 50, stddev: float = 0.15, squared: bool = False,
-               batch_size: int | None = None) -> Float[Array, "B ..."]:
+               chunk_size: int | None = None) -> Float[Array, "B ..."]:
   """SmoothGrad: the mean gradient over Gaussian-perturbed copies of ``x``.
 
   ``SG(x) = 1/N sum_n grad f_target(x + eps_n)``, ``eps_n ~ N(0, sigma^2 I)``,
@@ -108,8 +108,8 @@ def smoothgrad(fn: Callable, x: Float[Array, "B ..."], target: Target, *, key: P
     stddev: noise level as a fraction of each example's input range.
       ``stddev -> 0`` recovers `gradient`.
     squared: average squared gradients instead.
-    batch_size: noise samples evaluated at once; bounds memory by
-      ``batch_size * B`` inputs. ``None`` chooses it automatically (about
+    chunk_size: noise samples evaluated at once; bounds memory by
+      ``chunk_size * B`` inputs. ``None`` chooses it automatically (about
       2**16 input elements per chunk, all samples when they fit; see
       `integrated_gradients`). The result does not depend on it beyond float
       rounding: sample ``s`` always uses ``fold_in(key, s)``.
@@ -121,14 +121,14 @@ def smoothgrad(fn: Callable, x: Float[Array, "B ..."], target: Target, *, key: P
     Smilkov et al., "SmoothGrad: removing noise by adding noise", 2017.
     https://arxiv.org/abs/1706.03825
   """
-  x, t = _check(fn, x, target, key, num_samples, stddev, batch_size)
+  x, t = _check(fn, x, target, key, num_samples, stddev, chunk_size)
   return _smoothgrad(fn, x, t, key, np.asarray(stddev, x.dtype), num_samples,
-                     bool(squared), batch_size)
+                     bool(squared), chunk_size)
 
 
 def vargrad(fn: Callable, x: Float[Array, "B ..."], target: Target, *, key: PRNGKey,
             num_samples: int = 50, stddev: float = 0.15,
-            batch_size: int | None = None) -> Float[Array, "B ..."]:
+            chunk_size: int | None = None) -> Float[Array, "B ..."]:
   """VarGrad: the per-feature variance of noisy gradients.
 
   ``VG(x) = 1/N sum_n g_n^2 - (1/N sum_n g_n)^2`` with the noise of `smoothgrad`
@@ -141,7 +141,7 @@ def vargrad(fn: Callable, x: Float[Array, "B ..."], target: Target, *, key: PRNG
     key: PRNG key (required).
     num_samples: number of noise samples.
     stddev: noise level as a fraction of each example's input range.
-    batch_size: noise samples evaluated at once (bounds memory); ``None``
+    chunk_size: noise samples evaluated at once (bounds memory); ``None``
       chooses it automatically, as in `smoothgrad`.
 
   Returns:
@@ -151,5 +151,5 @@ def vargrad(fn: Callable, x: Float[Array, "B ..."], target: Target, *, key: PRNG
     Adebayo et al., "Local Explanation Methods for Deep Neural Networks Lack
     Sensitivity to Parameter Values", 2018. https://arxiv.org/abs/1810.03307
   """
-  x, t = _check(fn, x, target, key, num_samples, stddev, batch_size)
-  return _vargrad(fn, x, t, key, np.asarray(stddev, x.dtype), num_samples, batch_size)
+  x, t = _check(fn, x, target, key, num_samples, stddev, chunk_size)
+  return _vargrad(fn, x, t, key, np.asarray(stddev, x.dtype), num_samples, chunk_size)

@@ -108,15 +108,13 @@ def _load_weights(model, path):
   return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, new))
 
 
-def _explainer(method, key):
-  import functools
-
-  from rattr_jax import attribution as A
+def _explainer(method):
+  from rattr_jax import explainers
   if method == "gradient":
-    return A.gradient
+    return explainers.get("gradient")
   if method == "integrated_gradients":
-    return functools.partial(A.integrated_gradients, num_steps=20, batch_size=10)
-  return functools.partial(A.smoothgrad, num_samples=10, stddev=0.1, key=key)
+    return explainers.get("integrated_gradients", num_steps=20, chunk_size=10)
+  return explainers.get("smoothgrad", num_samples=10, stddev=0.1)
 
 
 def _attack_fns(args, fn, explain, sur, mask, key):
@@ -127,14 +125,16 @@ def _attack_fns(args, fn, explain, sur, mask, key):
                              k=args.k)
   fcfg = attacks.frame_config(epsilon=max(eps, 1e-12), num_steps=args.num_steps)
   return {
-      "random_sign": lambda x, t: attacks.random_sign_attack(fn, explain, x, t, cfg, key=key,
-                                                             surrogate=sur),
-      "topk": lambda x, t: attacks.topk_attack(fn, explain, x, t, cfg, key=key, surrogate=sur),
-      "mass_center": lambda x, t: attacks.mass_center_attack(fn, explain, x, t, cfg, key=key,
-                                                             surrogate=sur),
-      "targeted": lambda x, t: attacks.targeted_attack(fn, explain, x, t, mask, cfg, key=key,
-                                                       surrogate=sur),
-      "frame": lambda x, t: attacks.frame_attack(fn, explain, x, t, fcfg, key=key, surrogate=sur),
+      "random_sign": lambda x, t: attacks.random_sign_attack(fn, explain, x, t, key=key,
+                                                             config=cfg, surrogate=sur),
+      "topk": lambda x, t: attacks.topk_attack(fn, explain, x, t, key=key, config=cfg,
+                                               surrogate=sur),
+      "mass_center": lambda x, t: attacks.mass_center_attack(fn, explain, x, t, key=key,
+                                                             config=cfg, surrogate=sur),
+      "targeted": lambda x, t: attacks.targeted_attack(fn, explain, x, t, key=key, mask=mask,
+                                                       config=cfg, surrogate=sur),
+      "frame": lambda x, t: attacks.frame_attack(fn, explain, x, t, key=key, config=fcfg,
+                                                 surrogate=sur),
   }
 
 
@@ -216,14 +216,15 @@ def run(args) -> int:
   x = jnp.asarray(data.x_test[:args.num_eval])
   label = jnp.argmax(fn(x), -1)
   key = jax.random.key(args.seed)
-  explain = _explainer(args.method, jax.random.fold_in(key, 1))
+  explain = _explainer(args.method)
+  map_key = jax.random.fold_in(key, 1)
   h, w = data.input_shape[:2]
   mask = np.zeros((h, w), np.float32)
   mask[:, : w // 4] = 1.0  # targeted attack: pull the map to the left quarter
   frame = np.asarray(attacks.frame_map(h, w))
 
   def real_map(z):
-    return maps.saliency_map(explain(fn, z, label))
+    return maps.saliency_map(explain(fn, z, label, key=map_key))
 
   m0 = np.asarray(real_map(x))
   runs = _attack_fns(args, fn, explain, sur, mask, key)

@@ -68,9 +68,9 @@ def explainers(fn, *, num_steps: int, num_samples: int, key) -> dict:
       "gradient": functools.partial(A.gradient, fn),
       "input_x_gradient": functools.partial(A.input_x_gradient, fn),
       "integrated_gradients": functools.partial(A.integrated_gradients, fn,
-                                                num_steps=num_steps, batch_size=25),
+                                                num_steps=num_steps, chunk_size=25),
       "smoothgrad": functools.partial(A.smoothgrad, fn, key=key, num_samples=num_samples,
-                                      batch_size=25),
+                                      chunk_size=25),
   }
 
 
@@ -104,8 +104,10 @@ def run(args) -> int:
   table = explainers(fn, num_steps=args.num_steps, num_samples=args.num_samples, key=key)
   shown = list(methods)
   if "decoy" in methods:  # needs the model (its layer conv2 / second submodule)
+    import functools
+
     from rattr_jax.attribution import _decoy
-    table["decoy"] = _decoy.cli_explainer(fn, model, key=key)
+    table["decoy"] = functools.partial(_decoy.cli_explainer(model), fn, key=key)
     if "gradient" not in shown:  # DANCE's base map, drawn beside the decoy map
       shown.insert(shown.index("decoy"), "gradient")
 

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from rattr_jax import _validation as V
 from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import Target
-from rattr_jax.attribution import _target
+from rattr_jax import core
 
 OBJECTIVES = ("logit", "loss")
 MODES = ("auto", "forward_over_reverse", "reverse_over_reverse")
@@ -188,7 +188,7 @@ def num_features(x: jax.Array) -> int:
 def prepare(fn: Callable, x: Any, target: Any, objective: str, mode: str
             ) -> tuple[jax.Array, jax.Array, str]:
   """Validates ``x``, ``target``, ``objective``, ``mode``; resolves ``mode``."""
-  x, t = _target.prepare(fn, x, target)
+  x, t = core.prepare(fn, x, target)
   V.check_choice(objective, OBJECTIVES, name="objective")
   mode = resolve_mode(mode, fn, x)
   return x, t, mode

@@ -16,18 +16,21 @@ import jax.numpy as jnp
 
 from rattr_jax import _validation as V
 from rattr_jax._jit import jit_with_callables
-from rattr_jax._typing import ExplainFn, Target
-from rattr_jax.attribution import _target
+from rattr_jax._typing import PRNGKey, Target
+from rattr_jax.core import Explainer
+from rattr_jax import core
 from rattr_jax.curvature import _hvp
-from rattr_jax.maps import _saliency
 
 
-def _map_fn(fn, explain_fn, t, reduce, normalize, percentile):
+def _map_fn(fn, explainer, t, key, reduce, normalize, percentile):
   def m(z):
-    attr = (_target.target_gradient(fn, z, t) if explain_fn is None else explain_fn(z, t))
-    return _saliency.normalize_map(_saliency.reduce_channels(attr, reduce), normalize,
-                                   percentile)
+    attr = explainer(fn, z, t, key=key)
+    return core.normalize_map(core.reduce_channels(attr, reduce), normalize, percentile)
   return m
+
+
+def _explained(explainer, fn, key, z, t):
+  return explainer(fn, z, t, key=key)
 
 
 def reverse_jvp(f: Callable, x: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -41,32 +44,34 @@ def reverse_jvp(f: Callable, x: jax.Array, v: jax.Array) -> tuple[jax.Array, jax
   return y, vjp2(v)[0]
 
 
-@jit_with_callables(callables=("fn", "explain_fn"),
+@jit_with_callables(callables=("fn", "explainer"),
                     static_argnames=("reduce", "normalize", "mode"))
-def _explanation_sensitivity(fn, x, t, v, explain_fn, reduce, normalize, percentile, mode):
-  m = _map_fn(fn, explain_fn, t, reduce, normalize, percentile)
+def _explanation_sensitivity(fn, explainer, x, t, v, key, reduce, normalize, percentile, mode):
+  m = _map_fn(fn, explainer, t, key, reduce, normalize, percentile)
   if mode == _hvp.FORWARD:
     return jax.jvp(m, (x,), (v,))[1]
   return reverse_jvp(m, x, v)[1]
 
 
-def explanation_sensitivity(fn: Callable, x: jax.Array, target: Target, v: jax.Array, *,
-                            explain_fn: ExplainFn | None = None, reduce: str = "abs_sum",
-                            normalize: str = "sum_to_one", percentile: float = 95.0,
-                            mode: str = "auto") -> jax.Array:
+def explanation_sensitivity(fn: Callable, explainer: Explainer, x: jax.Array, target: Target,
+                            *, v: jax.Array, key: PRNGKey | None = None,
+                            reduce: str = "abs_sum", normalize: str = "sum_to_one",
+                            percentile: float = 95.0, mode: str = "auto") -> jax.Array:
   """Directional derivative of the normalised saliency map along ``v``.
 
-  ``d/de saliency_map(explain(x + e v, target)) |_{e=0}`` for every example.
+  ``d/de saliency_map(explainer(fn, x + e v, target)) |_{e=0}`` for every example.
   Its norm, relative to the logit change ``grad s . v``, is how much a step
   along ``v`` moves the explanation per unit of prediction change.
 
   Args:
     fn: model, mapping a batch ``[B, *F]`` to logits ``[B, C]``.
+    explainer: a differentiable explainer ``explainer(fn, x, target, *, key)``,
+      e.g. `rattr_jax.attribution.gradient` (the gradient of the target logit).
     x: inputs ``[B, *F]``.
     target: an int or an int array ``[B]``.
-    v: directions ``[B, *F]``.
-    explain_fn: ``explain(x, target) -> [B, *F]``; ``None`` for the gradient
-      of the target logit.
+    v: directions ``[B, *F]`` (keyword-only).
+    key: passed to the explainer (the same key on both sides of the
+      derivative; needed by stochastic explainers only).
     reduce: channel reduction of `rattr_jax.maps.saliency_map`.
     normalize: normalisation of `rattr_jax.maps.saliency_map` (default
       ``"sum_to_one"``, Dombrowski et al.).
@@ -84,17 +89,16 @@ def explanation_sensitivity(fn: Callable, x: jax.Array, target: Target, v: jax.A
   References:
     Ghorbani, Abid, Zou, AAAI 2019; Dombrowski et al., NeurIPS 2019.
   """
-  x, t = _target.prepare(fn, x, target)
+  x, t = core.prepare(fn, x, target)
   v = _hvp.check_direction(v, x)
-  V.check_choice(reduce, _saliency.REDUCTIONS, name="reduce")
-  V.check_choice(normalize, _saliency.NORMALIZATIONS, name="normalize")
+  key = core.check_optional_key(key)
+  V.check_choice(reduce, core.REDUCTIONS, name="reduce")
+  V.check_choice(normalize, core.NORMALIZATIONS, name="normalize")
   if not 0.0 <= float(percentile) <= 100.0:
     raise ValueError(f"`percentile` must lie in [0, 100]; got {percentile}.")
-  if explain_fn is not None:
-    V.check_explain_output(explain_fn, x, t)
+  core.check_explainer(explainer, fn, x, t, key, allow_precomputed=False,
+                       what="explanation_sensitivity")
   pct = jnp.asarray(percentile, x.dtype)
-  if explain_fn is None:
-    mode = _hvp.resolve_mode(mode, fn, x)
-  else:
-    mode = _hvp.resolve_mode(mode, explain_fn, x, t, name="explain_fn")
-  return _explanation_sensitivity(fn, x, t, v, explain_fn, reduce, normalize, pct, mode)
+  mode = _hvp.resolve_mode(mode, jax.tree_util.Partial(_explained, explainer, fn, key), x, t,
+                           name="explainer")
+  return _explanation_sensitivity(fn, explainer, x, t, v, key, reduce, normalize, pct, mode)

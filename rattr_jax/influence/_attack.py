@@ -10,14 +10,12 @@ from flax import struct
 
 from rattr_jax import _validation as V
 from rattr_jax._typing import PRNGKey, Target
-from rattr_jax.attacks import _engine
-from rattr_jax.attacks._base import AttackConfig, AttackResult
-from rattr_jax.attacks._constraints import (check_epsilon, check_input_range,
-                                             check_positive_scalar, predicted_label, project)
+from rattr_jax.attacks import AttackConfig, AttackResult, attack_loop, check_positive_scalar
+from rattr_jax.core import check_epsilon, check_input_range, chunk_examples, predicted_label
 from rattr_jax.influence._influence import InfluenceState, influence_from_features
 
 
-def influence_attack_config(epsilon: float = 8.0 / 255.0, **kwargs) -> AttackConfig:
+def influence_attack_config(*, epsilon: float = 8.0 / 255.0, **kwargs) -> AttackConfig:
   """Ghorbani et al.'s setting: ONE signed step of size ``epsilon`` (8/255),
   scored on the top ``k = 5`` training points. Override with ``kwargs``
   (e.g. ``num_steps=20, step_size=1/255`` for an iterative attack)."""
@@ -55,8 +53,8 @@ def _overlap(a, b, k):
   return jnp.sum(ma * mb, axis=1) / k
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size",))
-def _influence_attack(state, x, t, config, batch_size):
+@functools.partial(jax.jit, static_argnames=("chunk_size",))
+def _influence_attack(state, x, t, config, chunk_size):
   logits_fn = state.logits
   k = config.k
 
@@ -82,23 +80,23 @@ def _influence_attack(state, x, t, config, batch_size):
       return d, g
 
     def update(z, g, st, p):
-      return project(z + alpha * jnp.sign(g), xc, eps, config.input_range), st
+      return config.threat_model.project(z + alpha * jnp.sign(g), xc), st
 
-    out = _engine.run_loop(fn=logits_fn, x=xc, label=label, num_steps=config.num_steps,
+    out = attack_loop(fn=logits_fn, x=xc, label=label, num_steps=config.num_steps,
                            evaluate=evaluate, final_value=lambda z, p: value(z)[1],
                            update=update, opt_state=())
     s1 = influence_from_features(state, state.features_fn(out["x_adv"]), tc)
     out.update(label=label, surrogate_agreement=jnp.ones_like(label, bool))
     return out, s0, s1, _overlap(s0, s1, k)
 
-  out, s0, s1, ov = _engine.chunked(core, (x, t), batch_size)
+  out, s0, s1, ov = chunk_examples(core, (x, t), chunk_size)
   res = AttackResult(num_steps=jnp.asarray(config.num_steps, jnp.int32), **out)
   return InfluenceAttackResult(res, ov, s0, s1)
 
 
-def influence_attack(state: InfluenceState, x, target: Target,
-                     config: AttackConfig | None = None, *, key: PRNGKey,
-                     batch_size: int | None = None) -> InfluenceAttackResult:
+def influence_attack(state: InfluenceState, x, target: Target, *, key: PRNGKey,
+                     config: AttackConfig | None = None,
+                     chunk_size: int | None = None) -> InfluenceAttackResult:
   """Perturb ``x`` so that other training points become the most influential.
 
   Maximises ``D(x_adv) = sum_{i in T} I(z_i, (x_adv, target))`` where ``T``
@@ -120,7 +118,7 @@ def influence_attack(state: InfluenceState, x, target: Target,
     config: an `AttackConfig`; default `influence_attack_config()` (one step
       of ``8/255``, ``k = 5``, as in the paper).
     key: PRNG key (required for API uniformity; the attack is deterministic).
-    batch_size: test inputs attacked at once.
+    chunk_size: test inputs attacked at once (memory bound).
 
   Returns:
     `InfluenceAttackResult` with the top-``k`` overlap before/after.
@@ -146,5 +144,5 @@ def influence_attack(state: InfluenceState, x, target: Target,
     raise ValueError(f"`k` ({config.k}) must not exceed the number of training points "
                      f"({state.num_train}).")
   check_input_range(config.input_range, x)
-  batch_size = V.check_optional_positive_int(batch_size, name="batch_size")
-  return _influence_attack(state, x, t, config, batch_size)
+  chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")
+  return _influence_attack(state, x, t, config, chunk_size)

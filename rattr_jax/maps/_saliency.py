@@ -9,51 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from rattr_jax import _validation as V
-
-REDUCTIONS = ("abs_sum", "sum", "max_abs", "none")
-NORMALIZATIONS = ("none", "sum_to_one", "sum_to_hw", "max", "winsorize")
-_TINY = 1e-12
-
-
-def reduce_channels(attribution: jax.Array, reduce: str) -> jax.Array:
-  """Reduces the channel axis of an NHWC attribution ``[B, H, W, C] -> [B, H, W]``.
-
-  Inputs of any other rank are reduced element-wise (``abs`` for ``abs_sum``
-  and ``max_abs``, identity for ``sum``), keeping their shape.
-  """
-  a = attribution
-  if reduce == "none":
-    return a
-  if a.ndim == 4:
-    if reduce == "abs_sum":
-      return jnp.sum(jnp.abs(a), axis=-1)
-    if reduce == "sum":
-      return jnp.sum(a, axis=-1)
-    return jnp.max(jnp.abs(a), axis=-1)
-  return a if reduce == "sum" else jnp.abs(a)
-
-
-def normalize_map(m: jax.Array, normalize: str, percentile: float = 95.0) -> jax.Array:
-  """Normalises each example of ``m [B, ...]`` over its non-batch axes."""
-  if normalize == "none":
-    return m
-  axes = tuple(range(1, m.ndim))
-  if normalize == "sum_to_one":
-    return m / (jnp.sum(m, axis=axes, keepdims=True) + _TINY)
-  if normalize == "sum_to_hw":
-    n = 1
-    for d in m.shape[1:3] if m.ndim >= 3 else m.shape[1:]:
-      n *= d
-    return n * m / (jnp.sum(m, axis=axes, keepdims=True) + _TINY)
-  if normalize == "max":
-    return m / (jnp.max(jnp.abs(m), axis=axes, keepdims=True) + _TINY)
-  # winsorize at a per-example percentile, then rescale to [0, 1] (DANCE).
-  flat = m.reshape(m.shape[0], -1)
-  hi = jnp.percentile(flat, percentile, axis=1).reshape((-1,) + (1,) * (m.ndim - 1))
-  m = jnp.minimum(m, hi)
-  lo = jnp.min(m, axis=axes, keepdims=True)
-  return (m - lo) / (hi - lo + _TINY)
-
+from rattr_jax.core import NORMALIZATIONS, REDUCTIONS, normalize_map, reduce_channels  # noqa: F401
 
 @functools.partial(jax.jit, static_argnames=("reduce", "normalize"))
 def _saliency_map(attribution, reduce, normalize, percentile):

@@ -4,11 +4,13 @@
 * Per-example PRNG keys: ``key`` is one key (split into ``B`` keys inside the
   compiled program) or a batch of ``B`` keys. Sample ``s`` of example ``b``
   uses ``fold_in(keys[b], s)``, so its noise does not depend on the batch
-  size, on the other examples or on ``batch_size`` (the chunking): evaluating
-  one example with ``key=keys[b:b+1]`` gives the same value as the batch.
-* `map_chunks`: evaluates ``num_samples`` perturbations ``batch_size`` at a time
-  inside one `lax.map`, each chunk as one call of the model / explain function
-  on ``batch_size * B`` inputs. Memory is bounded by ``batch_size``, never by
+  size, on the other examples or on ``chunk_size`` (the chunking): evaluating
+  one example with ``key=keys[b:b+1]`` gives the same value as the batch
+  (for a deterministic explainer; a stochastic one gets one key per call,
+  `rattr_jax.core.call_key`).
+* `map_chunks`: evaluates ``num_samples`` perturbations ``chunk_size`` at a time
+  inside one `lax.map`, each chunk as one call of the model / explainer
+  on ``chunk_size * B`` inputs. Memory is bounded by ``chunk_size``, never by
   ``num_samples``.
 * Reductions over samples with a prediction-flip policy.
 * The registry of map-similarity metrics used by `random_perturbation_similarity`
@@ -25,7 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from rattr_jax import _validation as V
-from rattr_jax.maps import _saliency
+from rattr_jax import core
+from rattr_jax.core import chunk_indices as map_chunks  # noqa: F401
+from rattr_jax.core import example_keys  # noqa: F401
+from rattr_jax.core import map_shape_of  # noqa: F401
 from rattr_jax.metrics import _similarity
 
 NORMS = ("l2", "l1", "linf")
@@ -48,52 +53,36 @@ SIMILARITIES: dict[str, tuple[Callable, bool, bool]] = {
 
 
 # ------------------------------------------------------------- validation ----
-def check_explain(explain_fn: Any, x: jax.Array, t: jax.Array, *,
-                  name: str = "explain_fn") -> None:
-  """``explain_fn`` must be callable and return an array shaped like ``x``."""
-  if not callable(explain_fn):
-    raise ValueError(f"`{name}` must be a function explain(x, target) -> attribution; "
-                     f"got {type(explain_fn).__name__}.")
-  V.check_explain_output(explain_fn, x, t, name=name)
+def prepare_model_explainer(fn: Any, explainer: Any, x: Any, target: Any, key: Any = None, *,
+                            perturbs: bool, what: str) -> tuple[jax.Array, jax.Array, Any]:
+  """Validates ``fn``, ``x``, ``target``, ``key`` (one or ``B`` keys, or ``None``) and the explainer.
 
-
-def prepare(x: Any, target: Any, fn: Callable | None = None) -> tuple[jax.Array, jax.Array]:
-  """Validates ``x``, ``fn`` (if given) and ``target``."""
-  x = V.check_batch(x)
-  num_classes = None if fn is None else V.num_classes_of(fn, x)
-  t = V.check_target(target, x.shape[0], num_classes)
-  return x, t
+  ``perturbs``: the metric explains perturbed inputs (a precomputed explainer
+  is rejected). Returns ``(x, t, key)`` with ``key`` typed (or ``None``).
+  """
+  if not callable(fn):
+    raise ValueError(f"`fn` (the model, [B, *F] -> logits [B, C]) is required; got "
+                     f"{type(fn).__name__}.")
+  x, t = core.prepare(fn, x, target)
+  if key is not None:
+    key = core.check_key_or_keys(key, x.shape[0])
+  core.check_explainer(explainer, fn, x, t, core.call_key(key, 0), allow_precomputed=not perturbs,
+                       what=what)
+  return x, t, key
 
 
 def check_metric_key(key: Any, batch: int, *, name: str = "key") -> jax.Array:
   """Accepts one PRNG key or ``B`` keys (typed ``[B]`` or raw ``[B, 2]``)."""
-  key = V.check_key(key, name=name)
-  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    key = jax.random.wrap_key_data(key)
-  if key.shape not in ((), (batch,)):
-    raise ValueError(f"`{name}` must be one PRNG key or a batch of B = {batch} keys; got "
-                     f"key shape {tuple(key.shape)}.")
-  return key
+  return core.check_key_or_keys(key, batch, name=name)
 
 
-def check_flip(on_flip: str, fn: Callable | None) -> str:
-  V.check_choice(on_flip, ON_FLIP, name="on_flip")
-  if on_flip != "ignore" and fn is None:
-    raise ValueError(f"`on_flip={on_flip!r}` needs the model `fn` to detect prediction "
-                     "changes; pass fn=... or on_flip='ignore'.")
-  return on_flip
+def check_flip(on_flip: str) -> str:
+  return V.check_choice(on_flip, ON_FLIP, name="on_flip")
 
 
-def check_clip(clip: Any) -> tuple[float, float] | None:
-  if clip is None:
-    return None
-  try:
-    lo, hi = (float(c) for c in clip)
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"`clip` must be None or a pair (low, high); got {clip!r}.") from e
-  if not lo < hi:
-    raise ValueError(f"`clip` must satisfy low < high; got {clip!r}.")
-  return lo, hi
+def check_range(input_range: Any) -> tuple[float, float] | None:
+  """The valid input box ``(lo, hi)`` perturbed inputs are clipped to, or ``None``."""
+  return core.check_input_range(input_range)
 
 
 def check_removal_baseline(baseline: Any, x: jax.Array) -> Any:
@@ -123,7 +112,7 @@ def resolve_baseline(baseline: Any, x: jax.Array) -> jax.Array:
 
 def check_similarity(similarity: str, k: Any, x: jax.Array, reduce: str) -> int | None:
   V.check_choice(similarity, SIMILARITIES, name="similarity")
-  V.check_choice(reduce, _saliency.REDUCTIONS, name="reduce")
+  V.check_choice(reduce, core.REDUCTIONS, name="reduce")
   _, _, needs_k = SIMILARITIES[similarity]
   map_shape = map_shape_of(x.shape, reduce)
   if similarity in ("ssim", "center_shift"):
@@ -143,14 +132,8 @@ def check_similarity(similarity: str, k: Any, x: jax.Array, reduce: str) -> int 
   return None
 
 
-def map_shape_of(shape: tuple[int, ...], reduce: str) -> tuple[int, ...]:
-  if reduce != "none" and len(shape) == 4:
-    return tuple(shape[:3])
-  return tuple(shape)
-
-
 def to_map(attr: jax.Array, reduce: str) -> jax.Array:
-  return _saliency.reduce_channels(attr, reduce)
+  return core.reduce_channels(attr, reduce)
 
 
 def similarity_of(similarity: str, a: jax.Array, b: jax.Array, k: int | None) -> jax.Array:
@@ -159,13 +142,6 @@ def similarity_of(similarity: str, a: jax.Array, b: jax.Array, k: int | None) ->
 
 
 # ------------------------------------------------------------ inside jit ----
-def example_keys(key: jax.Array, batch: int) -> jax.Array:
-  """``[B]`` typed keys from one key (split) or ``B`` keys (as given)."""
-  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    key = jax.random.wrap_key_data(key)
-  return jax.random.split(key, batch) if key.ndim == 0 else key
-
-
 def sample_noise(keys: jax.Array, idx: jax.Array, feat: tuple[int, ...], dtype,
                  epsilon: jax.Array, noise: str, ball: str = "linf") -> jax.Array:
   """Noise ``[S, B, *F]`` for sample indices ``idx [S]`` and example keys ``keys [B]``.
@@ -193,29 +169,16 @@ def sample_noise(keys: jax.Array, idx: jax.Array, feat: tuple[int, ...], dtype,
   return epsilon * unit.reshape(idx.shape + keys.shape + tuple(feat))
 
 
-def map_chunks(f: Callable[[jax.Array], Any], n: int, batch_size: int | None) -> Any:
-  """``f(idx [c]) -> pytree [c, ...]`` over ``idx = 0..n-1`` in chunks of ``batch_size``.
-
-  Returns the pytree with leading axis ``n``. One chunk is evaluated directly;
-  several run inside one `lax.map` (the last chunk is padded with extra
-  indices whose results are dropped).
-  """
-  bs = n if batch_size is None else min(batch_size, n)
-  num_chunks = -(-n // bs)
-  idx = jnp.arange(num_chunks * bs, dtype=jnp.int32).reshape(num_chunks, bs)
-  if num_chunks == 1:
-    out = f(idx[0])
-  else:
-    out = jax.lax.map(f, idx)
-    out = jax.tree_util.tree_map(lambda a: a.reshape((num_chunks * bs,) + a.shape[2:]), out)
-  return jax.tree_util.tree_map(lambda a: a[:n], out)
-
-
-def explain_many(explain_fn: Callable, xs: jax.Array, t: jax.Array) -> jax.Array:
-  """Explains ``xs [S, B, *F]`` in one call on ``S * B`` inputs."""
+def explain_many(explainer: Callable, fn: Callable, xs: jax.Array, t: jax.Array,
+                 key: jax.Array | None) -> jax.Array:
+  """Explains ``xs [S, B, *F]`` in one explainer call on ``S * B`` inputs."""
   s, b = xs.shape[:2]
   flat = xs.reshape((s * b,) + xs.shape[2:])
-  return explain_fn(flat, jnp.tile(t, s)).reshape(xs.shape)
+  return explainer(fn, flat, jnp.tile(t, s), key=key).reshape(xs.shape)
+
+
+def clip_to(xs: jax.Array, input_range) -> jax.Array:
+  return xs if input_range is None else jnp.clip(xs, input_range[0], input_range[1])
 
 
 def predict_many(fn: Callable, xs: jax.Array) -> jax.Array:

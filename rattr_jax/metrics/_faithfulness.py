@@ -1,9 +1,12 @@
 """Faithfulness of attributions: SENN's faithfulness estimate and insertion/deletion curves.
 
-Every function takes the model ``fn`` and an explanation, given either as an
-explain function ``explain(x, target)`` or as a precomputed attribution array
-shaped like ``x`` (e.g. SENN's relevances mapped to features, or the map of
-an attacked input).
+Every function takes the model ``fn`` and an explainer
+``explainer(fn, x, target, *, key)`` (`rattr_jax.explainers`); saved
+attributions shaped like ``x`` (e.g. SENN's relevances mapped to features, or
+the map of an attacked input) are scored through
+``rattr_jax.explainers.precomputed(maps)``. These metrics draw no random
+numbers: ``key`` defaults to ``None`` and is only forwarded to the explainer
+(a stochastic explainer needs it).
 
 Removed features are replaced by a *baseline*: ``"zero"`` (default),
 ``"mean"``, ``"median"`` or ``"min"`` (per-example statistics over all
@@ -14,22 +17,25 @@ or ``[B, *F]`` (e.g. the training median per feature, as SENN's tabular code).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 from jaxtyping import Array, Float
 
 from rattr_jax import _validation as V
+from rattr_jax import core
 from rattr_jax._jit import jit_with_callables
-from rattr_jax._typing import Target
-from rattr_jax.maps import _saliency
+from rattr_jax._typing import PRNGKey, Target
+from rattr_jax.core import Explainer
 from rattr_jax.metrics import _common as C
 from rattr_jax.metrics._similarity import _pearson_flat
 
 
-class CurveResult(NamedTuple):
+@struct.dataclass
+class CurveResult:
   """Insertion or deletion curve and its summaries.
 
   Attributes:
@@ -48,24 +54,6 @@ class CurveResult(NamedTuple):
   fractions: jax.Array
 
 
-def _check_attribution(explain_fn: Any, x: jax.Array, t: jax.Array,
-                       name: str = "explain_fn") -> None:
-  if callable(explain_fn):
-    C.check_explain(explain_fn, x, t, name=name)
-    return
-  if not hasattr(explain_fn, "shape"):
-    raise ValueError(f"`{name}` must be an explain function or an attribution array shaped "
-                     f"like x {tuple(x.shape)}; got {type(explain_fn).__name__}.")
-  if tuple(explain_fn.shape) != tuple(x.shape):
-    raise ValueError(f"`{name}` (an attribution array) must have the shape of x "
-                     f"{tuple(x.shape)}; got {tuple(explain_fn.shape)}.")
-  V.check_batch(explain_fn, name=name)
-
-
-def _attribution(explain_fn, x, t):
-  return explain_fn(x, t) if callable(explain_fn) else explain_fn.astype(x.dtype)
-
-
 # ---------------------------------------------------- faithfulness estimate ----
 def _groups(feat: tuple[int, ...], patch_size: int | None) -> tuple[np.ndarray, int]:
   """Feature-group id of every element of ``[*F]``, and the number of groups."""
@@ -80,11 +68,11 @@ def _groups(feat: tuple[int, ...], patch_size: int | None) -> tuple[np.ndarray, 
   return np.broadcast_to(gid[:, :, None], feat).copy(), nh * nw
 
 
-@jit_with_callables(callables=("fn", "explain_fn", "baseline"),
-                    static_argnames=("patch_size", "output", "batch_size"))
-def _faithfulness_estimate(fn, explain_fn, x, t, baseline, patch_size, output, batch_size):
+@jit_with_callables(callables=("fn", "explainer", "baseline"),
+                    static_argnames=("patch_size", "output", "chunk_size"))
+def _faithfulness_estimate(fn, explainer, x, t, key, baseline, patch_size, output, chunk_size):
   bsz, feat = x.shape[0], x.shape[1:]
-  attr = _attribution(explain_fn, x, t)
+  attr = explainer(fn, x, t, key=core.call_key(key, 0))
   base = C.resolve_baseline(baseline, x)
   gid_np, num_groups = _groups(feat, patch_size)
   gid = jnp.asarray(gid_np)
@@ -98,14 +86,15 @@ def _faithfulness_estimate(fn, explain_fn, x, t, baseline, patch_size, output, b
     p = C.target_output(C.logits_many(fn, xs), t[None], output)       # [c, B]
     return p0[None] - p
 
-  drops = C.map_chunks(chunk, num_groups, batch_size)                 # [G, B]
+  drops = C.map_chunks(chunk, num_groups, chunk_size)                 # [G, B]
   return _pearson_flat(attr_groups, drops.T)
 
 
-def faithfulness_estimate(fn: Callable, explain_fn: Any, x: Float[Array, "B ..."],
-                          target: Target, *, baseline: Any = "zero",
-                          patch_size: int | None = None, output: str = "probability",
-                          batch_size: int | None = 64) -> Float[Array, "B"]:
+def faithfulness_estimate(fn: Callable, explainer: Explainer, x: Float[Array, "B ..."],
+                          target: Target, *, key: PRNGKey | None = None,
+                          baseline: Any = "zero", patch_size: int | None = None,
+                          output: str = "probability",
+                          chunk_size: int | None = 64) -> Float[Array, "B"]:
   """SENN's faithfulness estimate: attributions vs. the effect of removing each feature.
 
   For every feature (or patch) ``i``: ``drop_i = p(x) - p(x with i set to the
@@ -126,15 +115,16 @@ def faithfulness_estimate(fn: Callable, explain_fn: Any, x: Float[Array, "B ..."
 
   Args:
     fn: model ``[B, *F] -> [B, C]``.
-    explain_fn: ``explain(x, target) -> attribution`` or an attribution array
-      shaped like ``x``.
+    explainer: ``explainer(fn, x, target, *, key)``, or
+      ``rattr_jax.explainers.precomputed(maps)`` for saved attributions.
     x: inputs ``[B, *F]``.
     target: class index, an int or an int array ``[B]``.
+    key: forwarded to the explainer (needed by stochastic ones only).
     baseline: removal value (see the module docstring).
     patch_size: ``None``: every element of ``x`` is a feature. An int ``p``
       (NHWC images only): ``p x p`` patches over all channels.
     output: ``"probability"`` (SENN) or ``"logit"``.
-    batch_size: features removed per call of ``fn`` (each is ``B`` inputs).
+    chunk_size: features removed per call of ``fn`` (each is ``B`` inputs).
       ``None``: all at once, which for images is ``H*W*C*B`` inputs.
 
   Returns:
@@ -144,8 +134,8 @@ def faithfulness_estimate(fn: Callable, explain_fn: Any, x: Float[Array, "B ..."
     Alvarez-Melis, Jaakkola, "Towards Robust Interpretability with
     Self-Explaining Neural Networks", NeurIPS 2018. https://arxiv.org/abs/1806.07538
   """
-  x, t = C.prepare(x, target, fn)
-  _check_attribution(explain_fn, x, t)
+  x, t, key = C.prepare_model_explainer(fn, explainer, x, target, key, perturbs=False,
+                                        what="faithfulness_estimate")
   baseline = C.check_removal_baseline(baseline, x)
   if patch_size is not None:
     patch_size = V.check_positive_int(patch_size, name="patch_size")
@@ -153,17 +143,19 @@ def faithfulness_estimate(fn: Callable, explain_fn: Any, x: Float[Array, "B ..."
       raise ValueError(f"`patch_size` needs NHWC images [B, H, W, C]; got x of shape "
                        f"{tuple(x.shape)}.")
   V.check_choice(output, C.OUTPUTS, name="output")
-  batch_size = V.check_optional_positive_int(batch_size, name="batch_size")
-  return _faithfulness_estimate(fn, explain_fn, x, t, baseline, patch_size, output, batch_size)
+  chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")
+  return _faithfulness_estimate(fn, explainer, x, t, key, baseline, patch_size, output,
+                                chunk_size)
 
 
 # ------------------------------------------------------ insertion / deletion ----
-@jit_with_callables(callables=("fn", "explain_fn", "baseline"),
-                    static_argnames=("mode", "num_steps", "reduce", "output", "batch_size"))
-def _curve(fn, explain_fn, x, x_rank, t, baseline, mode, num_steps, reduce, output, batch_size):
+@jit_with_callables(callables=("fn", "explainer", "baseline"),
+                    static_argnames=("mode", "num_steps", "reduce", "output", "chunk_size"))
+def _curve(fn, explainer, x, x_rank, t, key, baseline, mode, num_steps, reduce, output,
+           chunk_size):
   bsz, feat = x.shape[0], x.shape[1:]
-  attr = _attribution(explain_fn, x_rank, t)
-  scores = _saliency.reduce_channels(attr, reduce)          # [B, *M], M = feature map shape
+  attr = explainer(fn, x_rank, t, key=core.call_key(key, 0))
+  scores = core.reduce_channels(attr, reduce)          # [B, *M], M = feature map shape
   map_shape = scores.shape[1:]
   n = int(np.prod(map_shape))
   flat = scores.reshape(bsz, -1)
@@ -183,44 +175,50 @@ def _curve(fn, explain_fn, x, x_rank, t, baseline, mode, num_steps, reduce, outp
       xs = jnp.where(chosen, base[None], x[None])
     return C.target_output(C.logits_many(fn, xs), t[None], output)  # [c, B]
 
-  curve = C.map_chunks(chunk, num_steps + 1, batch_size).T  # [B, K+1]
+  curve = C.map_chunks(chunk, num_steps + 1, chunk_size).T  # [B, K+1]
   fractions = counts.astype(x.dtype) / n
   auc = jnp.trapezoid(curve, fractions, axis=-1)
   if mode == "insertion":
     aopc = jnp.mean(curve, axis=-1)
   else:
     aopc = jnp.mean(curve[:, :1] - curve, axis=-1)
-  return CurveResult(auc, aopc, curve, fractions)
+  return CurveResult(auc=auc, aopc=aopc, curve=curve, fractions=fractions)
 
 
-def _run_curve(mode, fn, explain_fn, x, x_rank, target, num_steps, baseline, reduce, output,
-               batch_size):
-  x, t = C.prepare(x, target, fn)
+def _run_curve(mode, fn, explainer, x, x_rank, target, key, num_steps, baseline, reduce, output,
+               chunk_size):
   if x_rank is None:
+    x, t, key = C.prepare_model_explainer(fn, explainer, x, target, key, perturbs=False,
+                                          what=mode)
     x_rank = x
   else:
+    if not callable(fn):
+      raise ValueError("`fn` (the model, [B, *F] -> logits [B, C]) is required.")
+    x, t = core.prepare(fn, x, target)
     x_rank = V.check_batch(x_rank, name="x_adv")
     V.check_same_shape(x, x_rank, names=("x", "x_adv"))
-  _check_attribution(explain_fn, x_rank, t)
+    _, _, key = C.prepare_model_explainer(fn, explainer, x_rank, t, key, perturbs=False,
+                                          what="adversarial_insertion")
   num_steps = V.check_positive_int(num_steps, name="num_steps")
   baseline = C.check_removal_baseline(baseline, x)
-  V.check_choice(reduce, _saliency.REDUCTIONS, name="reduce")
+  V.check_choice(reduce, core.REDUCTIONS, name="reduce")
   V.check_choice(output, C.OUTPUTS, name="output")
-  batch_size = V.check_optional_positive_int(batch_size, name="batch_size")
+  chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")
   n = int(np.prod(C.map_shape_of(tuple(x.shape), reduce)[1:]))
   if num_steps > n:
     raise ValueError(f"`num_steps` ({num_steps}) must not exceed the number of features ({n}).")
-  return _curve(fn, explain_fn, x, x_rank, t, baseline, mode, num_steps, reduce, output,
-                batch_size)
+  return _curve(fn, explainer, x, x_rank, t, key, baseline, mode, num_steps, reduce, output,
+                chunk_size)
 
 
 _CURVE_ARGS = """
   Args:
     fn: model ``[B, *F] -> [B, C]``.
-    explain_fn: ``explain(x, target) -> attribution`` or an attribution array
-      shaped like ``x``.
+    explainer: ``explainer(fn, x, target, *, key)``, or
+      ``rattr_jax.explainers.precomputed(maps)`` for saved attributions.
     x: inputs ``[B, *F]``.
     target: class index, an int or an int array ``[B]``.
+    key: forwarded to the explainer (needed by stochastic ones only).
     num_steps: the curve has ``num_steps + 1`` points; step ``i`` has
       ``floor(i n / num_steps)`` of the ``n`` features inserted / deleted.
     baseline: value of the features not (yet) inserted / already deleted (see
@@ -230,7 +228,7 @@ _CURVE_ARGS = """
       ``none`` to rank every element. Other ranks are ranked element-wise
       (``abs`` for ``abs_sum``/``max_abs``). Ties go to the lower index.
     output: ``"probability"`` (softmax of the target) or ``"logit"``.
-    batch_size: curve points evaluated per call of ``fn`` (each is ``B``
+    chunk_size: curve points evaluated per call of ``fn`` (each is ``B``
       inputs); ``None``: all at once.
 
   Returns:
@@ -239,27 +237,30 @@ _CURVE_ARGS = """
 """
 
 
-def insertion(fn: Callable, explain_fn: Any, x: Float[Array, "B ..."], target: Target, *,
-              num_steps: int = 20, baseline: Any = "zero", reduce: str = "abs_sum",
-              output: str = "probability", batch_size: int | None = None) -> CurveResult:
-  return _run_curve("insertion", fn, explain_fn, x, None, target, num_steps, baseline, reduce,
-                    output, batch_size)
+def insertion(fn: Callable, explainer: Explainer, x: Float[Array, "B ..."], target: Target,
+              *, key: PRNGKey | None = None, num_steps: int = 20, baseline: Any = "zero",
+              reduce: str = "abs_sum", output: str = "probability",
+              chunk_size: int | None = None) -> CurveResult:
+  return _run_curve("insertion", fn, explainer, x, None, target, key, num_steps, baseline,
+                    reduce, output, chunk_size)
 
 
-def deletion(fn: Callable, explain_fn: Any, x: Float[Array, "B ..."], target: Target, *,
-             num_steps: int = 20, baseline: Any = "zero", reduce: str = "abs_sum",
-             output: str = "probability", batch_size: int | None = None) -> CurveResult:
-  return _run_curve("deletion", fn, explain_fn, x, None, target, num_steps, baseline, reduce,
-                    output, batch_size)
+def deletion(fn: Callable, explainer: Explainer, x: Float[Array, "B ..."], target: Target,
+             *, key: PRNGKey | None = None, num_steps: int = 20, baseline: Any = "zero",
+             reduce: str = "abs_sum", output: str = "probability",
+             chunk_size: int | None = None) -> CurveResult:
+  return _run_curve("deletion", fn, explainer, x, None, target, key, num_steps, baseline,
+                    reduce, output, chunk_size)
 
 
-def adversarial_insertion(fn: Callable, explain_fn: Any, x: Float[Array, "B ..."],
-                          x_adv: Float[Array, "B ..."], target: Target, *, num_steps: int = 20,
+def adversarial_insertion(fn: Callable, explainer: Explainer, x: Float[Array, "B ..."],
+                          target: Target, *, x_adv: Float[Array, "B ..."],
+                          key: PRNGKey | None = None, num_steps: int = 20,
                           baseline: Any = "zero", reduce: str = "abs_sum",
                           output: str = "probability",
-                          batch_size: int | None = None) -> CurveResult:
-  return _run_curve("insertion", fn, explain_fn, x, x_adv, target, num_steps, baseline, reduce,
-                    output, batch_size)
+                          chunk_size: int | None = None) -> CurveResult:
+  return _run_curve("insertion", fn, explainer, x, x_adv, target, key, num_steps, baseline,
+                    reduce, output, chunk_size)
 
 
 insertion.__doc__ = """Insertion curve: the model output as the top-ranked features are inserted.
@@ -296,10 +297,11 @@ deletion.__doc__ = """Deletion curve (pixel flipping): the model output as top f
 adversarial_insertion.__doc__ = """Adversarial insertion: rank by the attacked map, insert clean pixels.
 
   The features are ranked by the explanation of the attacked input ``x_adv``
-  (``explain_fn(x_adv, target)``, or an attribution array computed on
-  ``x_adv``), but the inserted values come from the clean ``x``. An attack
-  that moved the map to irrelevant pixels gives a low curve. **Higher is
-  better.** ``x_adv`` has the shape of ``x``; other arguments as `insertion`.
+  (``explainer(fn, x_adv, target, key=...)``, or ``precomputed(maps)`` of
+  maps computed on ``x_adv``), but the inserted values come from the clean
+  ``x``. An attack that moved the map to irrelevant pixels gives a low curve.
+  **Higher is better.** ``x_adv`` (keyword-only) has the shape of ``x``;
+  other arguments as `insertion`.
 
   References:
     Joo et al., "Towards More Robust Interpretation via Local Gradient

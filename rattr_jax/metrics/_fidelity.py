@@ -11,7 +11,7 @@ from jaxtyping import Array, Float
 from rattr_jax import _validation as V
 from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import Target
-from rattr_jax.attribution import _target
+from rattr_jax import core
 
 
 def _broadcast_map(saliency: jax.Array, x: jax.Array) -> jax.Array:
@@ -29,7 +29,7 @@ def _saliency_fidelity(fn, x, saliency, t):
   e = _broadcast_map(saliency, x)
   axes = tuple(range(1, saliency.ndim))
   e_bar = jnp.mean(saliency, axis=axes).reshape((-1,) + (1,) * (x.ndim - 1))
-  logp = lambda z: _target.target_logits(lambda u: jax.nn.log_softmax(fn(u), -1), z, t)  # noqa: E731
+  logp = lambda z: core.target_logits(lambda u: jax.nn.log_softmax(fn(u), -1), z, t)  # noqa: E731
   return logp(e_bar * x) - logp(e * x)
 
 
@@ -64,7 +64,7 @@ def saliency_fidelity(fn: Callable, x: Float[Array, "B ..."], saliency: Float[Ar
     Lu, Guo, Xing, Noble, "Improving Interpretability of Deep Neural Networks
     with Decoy-Enhanced Saliency Maps", ICML 2021. https://arxiv.org/abs/2002.00526
   """
-  x, t = _target.prepare(fn, x, target)
+  x, t = core.prepare(fn, x, target)
   s = V.check_batch(saliency, name="saliency")
   _broadcast_map(s, x)
   return _saliency_fidelity(fn, x, s.astype(x.dtype), t)

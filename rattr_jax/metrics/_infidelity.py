@@ -10,19 +10,19 @@ from jaxtyping import Array, Float
 
 from rattr_jax import _validation as V
 from rattr_jax._jit import jit_with_callables
+from rattr_jax import core
 from rattr_jax._typing import PRNGKey, Target
+from rattr_jax.core import Explainer
 from rattr_jax.metrics import _common as C
-from rattr_jax.metrics._faithfulness import _attribution, _check_attribution
 
 
-@jit_with_callables(callables=("fn", "explain_fn"),
-                    static_argnames=("num_samples", "noise",
-                                     "output", "batch_size"))
-def _infidelity(fn, explain_fn, x, t, key, epsilon, baseline, num_samples, noise, normalize,
-                multiply_by_inputs, output, batch_size):
+@jit_with_callables(callables=("fn", "explainer"),
+                    static_argnames=("num_samples", "noise", "output", "chunk_size"))
+def _infidelity(fn, explainer, x, t, key, epsilon, baseline, num_samples, noise, normalize,
+                multiply_by_inputs, output, chunk_size):
   bsz, feat = x.shape[0], x.shape[1:]
   keys = C.example_keys(key, bsz)
-  attr = _attribution(explain_fn, x, t)
+  attr = explainer(fn, x, t, key=core.call_key(key, 0))
   f0 = C.target_output(fn(x), t, output)
   scale = x - baseline
   scale = jnp.where(scale == 0, jnp.ones_like(scale), scale)  # Captum's safe_div, default 1
@@ -35,7 +35,7 @@ def _infidelity(fn, explain_fn, x, t, key, epsilon, baseline, num_samples, noise
     a = jnp.sum((pert * attr[None]).reshape(pert.shape[:2] + (-1,)), axis=-1)
     return a, f0[None] - f
 
-  a, d = C.map_chunks(chunk, num_samples, batch_size)                # [S, B] each
+  a, d = C.map_chunks(chunk, num_samples, chunk_size)                # [S, B] each
   saa, sad = jnp.sum(a * a, 0), jnp.sum(a * d, 0)
   beta = sad / jnp.where(saa == 0, jnp.ones_like(saa), saa)
   beta = jnp.where(normalize, beta, jnp.ones_like(beta))  # traced: one program for both
@@ -43,11 +43,11 @@ def _infidelity(fn, explain_fn, x, t, key, epsilon, baseline, num_samples, noise
   return jnp.mean((beta[None] * a - d) ** 2, axis=0)
 
 
-def infidelity(fn: Callable, explain_fn: Any, x: Float[Array, "B ..."], target: Target, *,
-               key: PRNGKey, num_samples: int = 10, epsilon: float = 0.1,
+def infidelity(fn: Callable, explainer: Explainer, x: Float[Array, "B ..."], target: Target,
+               *, key: PRNGKey, num_samples: int = 10, epsilon: float = 0.1,
                noise: str = "gaussian", normalize: bool = False,
                multiply_by_inputs: bool = False, baseline: Any = None,
-               output: str = "logit", batch_size: int | None = None) -> Float[Array, "B"]:
+               output: str = "logit", chunk_size: int | None = None) -> Float[Array, "B"]:
   """Infidelity: how badly ``I . Phi`` predicts the output change ``f(x) - f(x - I)``.
 
   ``INFD(x) = 1/N sum_s (I_s . Phi(x) - (f(x) - f(x - I_s)))^2`` with random
@@ -75,8 +75,8 @@ def infidelity(fn: Callable, explain_fn: Any, x: Float[Array, "B ..."], target: 
 
   Args:
     fn: model ``[B, *F] -> [B, C]``.
-    explain_fn: ``explain(x, target) -> attribution`` or an attribution array
-      shaped like ``x``.
+    explainer: ``explainer(fn, x, target, *, key)`` (explained at ``x`` only),
+      or ``rattr_jax.explainers.precomputed(maps)`` for saved attributions.
     x: inputs ``[B, *F]``.
     target: class index, an int or an int array ``[B]``.
     key: one PRNG key or ``B`` keys (one per example).
@@ -87,7 +87,7 @@ def infidelity(fn: Callable, explain_fn: Any, x: Float[Array, "B ..."], target: 
     multiply_by_inputs: see above.
     baseline: the ``x - baseline`` scale of ``multiply_by_inputs`` (default 0).
     output: ``"logit"`` or ``"probability"``.
-    batch_size: perturbations per call of ``fn``; ``None``: all at once.
+    chunk_size: perturbations per call of ``fn``; ``None``: all at once.
 
   Returns:
     ``[B]`` infidelities.
@@ -96,15 +96,15 @@ def infidelity(fn: Callable, explain_fn: Any, x: Float[Array, "B ..."], target: 
     Yeh, Hsieh, Suggala, Inouye, Ravikumar, "On the (In)fidelity and
     Sensitivity of Explanations", NeurIPS 2019. https://arxiv.org/abs/1901.09392
   """
-  x, t = C.prepare(x, target, fn)
-  _check_attribution(explain_fn, x, t)
-  key = C.check_metric_key(key, x.shape[0])
+  V.check_key(key)
+  x, t, key = C.prepare_model_explainer(fn, explainer, x, target, key, perturbs=False,
+                                        what="infidelity")
   num_samples = V.check_positive_int(num_samples, name="num_samples")
   V.check_positive(epsilon, name="epsilon")
   V.check_choice(noise, C.NOISES, name="noise")
   V.check_choice(output, C.OUTPUTS, name="output")
   b = V.check_baseline(baseline, x)
-  batch_size = V.check_optional_positive_int(batch_size, name="batch_size")
-  return _infidelity(fn, explain_fn, x, t, key, jnp.asarray(epsilon, x.dtype), b, num_samples,
+  chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")
+  return _infidelity(fn, explainer, x, t, key, jnp.asarray(epsilon, x.dtype), b, num_samples,
                      noise, jnp.asarray(bool(normalize)), jnp.asarray(bool(multiply_by_inputs)),
-                     output, batch_size)
+                     output, chunk_size)

@@ -40,7 +40,9 @@ from jaxtyping import Array, Float
 
 from rattr_jax import _validation as V
 from rattr_jax._jit import jit_with_callables
-from rattr_jax._typing import ExplainFn, PRNGKey, Target
+from rattr_jax import core
+from rattr_jax._typing import PRNGKey, Target
+from rattr_jax.core import Explainer
 from rattr_jax.metrics import _common as C
 
 KINDS = ("input", "output", "representation")
@@ -51,24 +53,24 @@ def _relative(a, a_pert, eps_min):
   return (a - a_pert) / jnp.where(a == 0, jnp.asarray(eps_min, a.dtype), a)
 
 
-@jit_with_callables(callables=("explain_fn", "fn", "representation_fn"),
-                    static_argnames=("with_representation", "num_samples", "norm", "noise", "on_flip", "clip",
-                                     "batch_size"))
-def _relative_stability(explain_fn, fn, representation_fn, x, t, key, epsilon, eps_min,
-                        with_representation, num_samples, norm, noise, on_flip, clip, batch_size):
+@jit_with_callables(callables=("fn", "explainer", "representation_fn"),
+                    static_argnames=("with_representation", "num_samples", "norm", "noise",
+                                     "on_flip", "input_range", "chunk_size"))
+def _relative_stability(fn, explainer, representation_fn, x, t, key, epsilon, eps_min,
+                        with_representation, num_samples, norm, noise, on_flip, input_range,
+                        chunk_size):
   """``[K, B]``: RIS, ROS (and RRS with a representation) from the same perturbations."""
   bsz, feat = x.shape[0], x.shape[1:]
   keys = C.example_keys(key, bsz)
-  e0 = explain_fn(x, t)
+  e0 = explainer(fn, x, t, key=core.call_key(key, 0))
   logits0 = fn(x)
   pred0 = jnp.argmax(logits0, axis=-1)
   rep0 = representation_fn(x) if with_representation else None
 
   def chunk(idx):
-    xs = x[None] + C.sample_noise(keys, idx, feat, x.dtype, epsilon, noise)
-    if clip is not None:
-      xs = jnp.clip(xs, clip[0], clip[1])
-    es = C.explain_many(explain_fn, xs, t)
+    xs = C.clip_to(x[None] + C.sample_noise(keys, idx, feat, x.dtype, epsilon, noise),
+                   input_range)
+    es = C.explain_many(explainer, fn, xs, t, core.call_key(key, 1 + idx[0]))
     num = C.flat_norm(_relative(e0[None], es, eps_min), norm, batch_dims=2)
     logits = C.logits_many(fn, xs)
     dens = [C.flat_norm(_relative(x[None], xs, eps_min), norm, batch_dims=2),
@@ -79,18 +81,16 @@ def _relative_stability(explain_fn, fn, representation_fn, x, t, key, epsilon, e
     vals = jnp.stack([num / jnp.maximum(den, eps_min) for den in dens], axis=1)  # [c, K, B]
     return vals, jnp.argmax(logits, axis=-1) == pred0[None]
 
-  vals, valid = C.map_chunks(chunk, num_samples, batch_size)
+  vals, valid = C.map_chunks(chunk, num_samples, chunk_size)
   return jnp.stack([C.reduce_samples(vals[:, i], valid, on_flip, "max")
                     for i in range(vals.shape[1])])
 
 
-def _run(kind, fn, explain_fn, x, target, key, num_samples, epsilon, eps_min, norm, noise,
-         on_flip, clip, batch_size, representation_fn=None):
-  if fn is None or not callable(fn):
-    raise ValueError("`fn` (the model) is required: it detects prediction changes"
-                     + (" and gives the logits." if kind == "output" else "."))
-  x, t = C.prepare(x, target, fn)
-  C.check_explain(explain_fn, x, t)
+def _run(kind, fn, explainer, x, target, key, num_samples, epsilon, eps_min, norm, noise,
+         on_flip, input_range, chunk_size, representation_fn=None):
+  V.check_key(key)
+  x, t, key = C.prepare_model_explainer(fn, explainer, x, target, key, perturbs=True,
+                                        what=f"relative_{kind}_stability")
   if kind == "representation":
     if not callable(representation_fn):
       raise ValueError("`representation_fn` must be a function x [B, *F] -> [B, ...]; got "
@@ -102,19 +102,19 @@ def _run(kind, fn, explain_fn, x, target, key, num_samples, epsilon, eps_min, no
     if not hasattr(out, "shape") or len(out.shape) < 2 or out.shape[0] != x.shape[0]:
       raise ValueError("`representation_fn` must return a batch [B, ...]; got "
                        f"{getattr(out, 'shape', type(out))}.")
-  key = C.check_metric_key(key, x.shape[0])
   num_samples = V.check_positive_int(num_samples, name="num_samples")
   V.check_positive(epsilon, name="epsilon")
   V.check_positive(eps_min, name="eps_min")
   V.check_choice(norm, C.NORMS, name="norm")
   V.check_choice(noise, C.NOISES, name="noise")
   V.check_choice(on_flip, C.ON_FLIP, name="on_flip")
-  clip = C.check_clip(clip)
-  batch_size = V.check_optional_positive_int(batch_size, name="batch_size")
-  out = _relative_stability(explain_fn, fn, representation_fn if kind == "representation" else None,
+  input_range = C.check_range(input_range)
+  chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")
+  out = _relative_stability(fn, explainer,
+                            representation_fn if kind == "representation" else None,
                             x, t, key, jnp.asarray(epsilon, x.dtype),
                             jnp.asarray(eps_min, x.dtype), kind == "representation", num_samples,
-                            norm, noise, on_flip, clip, batch_size)
+                            norm, noise, on_flip, input_range, chunk_size)
   return out[KINDS.index(kind)]
 
 
@@ -122,8 +122,8 @@ _ARGS_DOC = """
   Args:
     fn: the model ``[B, *F] -> [B, C]`` (detects prediction changes; ROS uses
       its logits).
-    explain_fn: ``explain(x, target) -> attribution`` shaped like ``x``, treating
-      examples independently.
+    explainer: ``explainer(fn, x, target, *, key) -> attribution`` shaped like
+      ``x``, treating examples independently (`rattr_jax.explainers`).
     x: inputs ``[B, *F]``.
     target: class index, an int or an int array ``[B]``.
     key: one PRNG key or ``B`` keys (one per example).
@@ -135,8 +135,8 @@ _ARGS_DOC = """
     noise: ``"uniform"`` or ``"gaussian"``.
     on_flip: ``"exclude"`` (default, the paper), ``"nan"`` (Quantus) or
       ``"ignore"``.
-    clip: optional ``(low, high)`` data range for ``x'``.
-    batch_size: perturbations per call of ``explain_fn``; ``None``: all.
+    input_range: optional valid box ``(lo, hi)`` for ``x'``.
+    chunk_size: perturbations per explainer call; ``None``: all.
 
   Returns:
     ``[B]`` values; NaN where the flip policy leaves no perturbation.
@@ -148,34 +148,36 @@ _ARGS_DOC = """
 """
 
 
-def relative_input_stability(fn: Callable, explain_fn: ExplainFn, x: Float[Array, "B ..."],
+def relative_input_stability(fn: Callable, explainer: Explainer, x: Float[Array, "B ..."],
                              target: Target, *, key: PRNGKey, num_samples: int = 50,
                              epsilon: float = 0.02, eps_min: float = 1e-6, norm: str = "l2",
-                             noise: str = "uniform", on_flip: str = "exclude", clip=None,
-                             batch_size: int | None = None) -> Float[Array, "B"]:
-  return _run("input", fn, explain_fn, x, target, key, num_samples, epsilon, eps_min, norm,
-              noise, on_flip, clip, batch_size)
+                             noise: str = "uniform", on_flip: str = "exclude",
+                             input_range=None,
+                             chunk_size: int | None = None) -> Float[Array, "B"]:
+  return _run("input", fn, explainer, x, target, key, num_samples, epsilon, eps_min, norm,
+              noise, on_flip, input_range, chunk_size)
 
 
-def relative_output_stability(fn: Callable, explain_fn: ExplainFn, x: Float[Array, "B ..."],
+def relative_output_stability(fn: Callable, explainer: Explainer, x: Float[Array, "B ..."],
                               target: Target, *, key: PRNGKey, num_samples: int = 50,
                               epsilon: float = 0.02, eps_min: float = 1e-6, norm: str = "l2",
-                              noise: str = "uniform", on_flip: str = "exclude", clip=None,
-                              batch_size: int | None = None) -> Float[Array, "B"]:
-  return _run("output", fn, explain_fn, x, target, key, num_samples, epsilon, eps_min, norm,
-              noise, on_flip, clip, batch_size)
+                              noise: str = "uniform", on_flip: str = "exclude",
+                              input_range=None,
+                              chunk_size: int | None = None) -> Float[Array, "B"]:
+  return _run("output", fn, explainer, x, target, key, num_samples, epsilon, eps_min, norm,
+              noise, on_flip, input_range, chunk_size)
 
 
-def relative_representation_stability(fn: Callable, explain_fn: ExplainFn,
+def relative_representation_stability(fn: Callable, explainer: Explainer,
                                       x: Float[Array, "B ..."], target: Target, *,
                                       representation_fn: Callable, key: PRNGKey,
                                       num_samples: int = 50, epsilon: float = 0.02,
                                       eps_min: float = 1e-6, norm: str = "l2",
                                       noise: str = "uniform", on_flip: str = "exclude",
-                                      clip=None,
-                                      batch_size: int | None = None) -> Float[Array, "B"]:
-  return _run("representation", fn, explain_fn, x, target, key, num_samples, epsilon, eps_min,
-              norm, noise, on_flip, clip, batch_size, representation_fn=representation_fn)
+                                      input_range=None,
+                                      chunk_size: int | None = None) -> Float[Array, "B"]:
+  return _run("representation", fn, explainer, x, target, key, num_samples, epsilon, eps_min,
+              norm, noise, on_flip, input_range, chunk_size, representation_fn=representation_fn)
 
 
 relative_input_stability.__doc__ = """Relative input stability (RIS).

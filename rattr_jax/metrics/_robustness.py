@@ -38,60 +38,61 @@ from jaxtyping import Array, Float
 
 from rattr_jax import _validation as V
 from rattr_jax._jit import jit_with_callables
-from rattr_jax._typing import ExplainFn, PRNGKey, Target
+from rattr_jax import core
+from rattr_jax._typing import PRNGKey, Target
+from rattr_jax.core import Explainer
 from rattr_jax.metrics import _common as C
 
 
-@jit_with_callables(callables=("explain_fn", "fn"),
-                    static_argnames=("num_samples", "norm", "noise", "on_flip", "clip",
-                                     "batch_size"))
-def _sensitivity(explain_fn, fn, x, t, key, epsilon, num_samples, norm, noise, on_flip, clip,
-                 batch_size):
+@jit_with_callables(callables=("explainer", "fn"),
+                    static_argnames=("num_samples", "norm", "noise", "on_flip", "input_range",
+                                     "chunk_size"))
+def _sensitivity(fn, explainer, x, t, key, epsilon, num_samples, norm, noise, on_flip,
+                 input_range, chunk_size):
   """``[2, B]``: max- and average-sensitivity (one program serves both metrics)."""
   bsz, feat = x.shape[0], x.shape[1:]
   keys = C.example_keys(key, bsz)
-  phi = explain_fn(x, t)
+  phi = explainer(fn, x, t, key=core.call_key(key, 0))
   den = C.flat_norm(phi, norm)
   den = jnp.where(den == 0, jnp.ones_like(den), den)
   pred = None if on_flip == "ignore" else jnp.argmax(fn(x), axis=-1)
 
   def chunk(idx):
-    xs = x[None] + C.sample_noise(keys, idx, feat, x.dtype, epsilon, noise)
-    if clip is not None:
-      xs = jnp.clip(xs, clip[0], clip[1])
-    phis = C.explain_many(explain_fn, xs, t)
+    xs = C.clip_to(x[None] + C.sample_noise(keys, idx, feat, x.dtype, epsilon, noise),
+                   input_range)
+    phis = C.explain_many(explainer, fn, xs, t, core.call_key(key, 1 + idx[0]))
     val = C.flat_norm(phis - phi[None], norm, batch_dims=2) / den[None]
     valid = (jnp.ones(val.shape, bool) if pred is None
              else C.predict_many(fn, xs) == pred[None])
     return val, valid
 
-  vals, valid = C.map_chunks(chunk, num_samples, batch_size)
+  vals, valid = C.map_chunks(chunk, num_samples, chunk_size)
   return jnp.stack([C.reduce_samples(vals, valid, on_flip, "max"),
                     C.reduce_samples(vals, valid, on_flip, "mean")])
 
 
-def _run(explain_fn, x, target, key, num_samples, epsilon, norm, noise, fn, on_flip, clip,
-         batch_size, how):
-  x, t = C.prepare(x, target, fn)
-  C.check_explain(explain_fn, x, t)
-  key = C.check_metric_key(key, x.shape[0])
+def _run(fn, explainer, x, target, key, num_samples, epsilon, norm, noise, on_flip,
+         input_range, chunk_size, how):
+  V.check_key(key)
+  x, t, key = C.prepare_model_explainer(fn, explainer, x, target, key, perturbs=True,
+                                        what=f"{how}_sensitivity")
   num_samples = V.check_positive_int(num_samples, name="num_samples")
   V.check_positive(epsilon, name="epsilon")
   V.check_choice(norm, C.NORMS, name="norm")
   V.check_choice(noise, C.NOISES, name="noise")
-  C.check_flip(on_flip, fn)
-  clip = C.check_clip(clip)
-  batch_size = V.check_optional_positive_int(batch_size, name="batch_size")
-  both = _sensitivity(explain_fn, fn, x, t, key, jnp.asarray(epsilon, x.dtype), num_samples,
-                      norm, noise, on_flip, clip, batch_size)
+  C.check_flip(on_flip)
+  input_range = C.check_range(input_range)
+  chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")
+  both = _sensitivity(fn, explainer, x, t, key, jnp.asarray(epsilon, x.dtype), num_samples,
+                      norm, noise, on_flip, input_range, chunk_size)
   return both[0] if how == "max" else both[1]
 
 
-def max_sensitivity(explain_fn: ExplainFn, x: Float[Array, "B ..."], target: Target, *,
-                    key: PRNGKey, num_samples: int = 50, epsilon: float = 0.02,
-                    norm: str = "l2", noise: str = "uniform", fn: Callable | None = None,
-                    on_flip: str = "ignore", clip=None,
-                    batch_size: int | None = None) -> Float[Array, "B"]:
+def max_sensitivity(fn: Callable, explainer: Explainer, x: Float[Array, "B ..."],
+                    target: Target, *, key: PRNGKey, num_samples: int = 50,
+                    epsilon: float = 0.02, norm: str = "l2", noise: str = "uniform",
+                    on_flip: str = "ignore", input_range=None,
+                    chunk_size: int | None = None) -> Float[Array, "B"]:
   """Max-sensitivity: the largest relative change of the explanation under noise.
 
   ``SENS_max(x) = max_{s=1..N} ||Phi(x) - Phi(x + d_s)|| / ||Phi(x)||`` with
@@ -101,29 +102,32 @@ def max_sensitivity(explain_fn: ExplainFn, x: Float[Array, "B ..."], target: Tar
   **Lower is better** (0 = the explanation does not move).
 
   All ``N`` perturbations are explained inside one compiled program,
-  ``batch_size`` samples (``batch_size * B`` inputs) per call of
-  ``explain_fn``.
+  ``chunk_size`` samples (``chunk_size * B`` inputs) per call of the
+  explainer.
 
   Args:
-    explain_fn: ``explain(x, target) -> attribution`` shaped like ``x``; it must
-      treat examples independently (it is called on ``batch_size * B`` inputs).
+    fn: the model ``[B, *F] -> [B, C]`` (explained, and detects prediction
+      changes for ``on_flip``).
+    explainer: ``explainer(fn, x, target, *, key) -> attribution`` shaped like
+      ``x`` (`rattr_jax.explainers`); it must treat examples independently (it
+      is called on ``chunk_size * B`` inputs) and gets the key
+      ``rattr_jax.core.call_key(key, i)`` at call ``i``.
     x: inputs ``[B, *F]``.
     target: class index, an int or an int array ``[B]``.
     key: one PRNG key, or ``B`` keys (one per example). Sample ``s`` of example
       ``b`` uses ``fold_in(keys[b], s)``, so results do not depend on the batch
-      or on ``batch_size``.
+      or on ``chunk_size``.
     num_samples: number of perturbations ``N``.
     epsilon: perturbation radius (uniform) or standard deviation (gaussian).
     norm: ``"l2"`` (Frobenius of the flattened map), ``"l1"`` or ``"linf"``.
     noise: ``"uniform"`` or ``"gaussian"``.
-    fn: the model ``[B, *F] -> [B, C]``, needed only when ``on_flip`` is not
-      ``"ignore"``.
     on_flip: what to do with perturbations that change ``argmax fn``:
       ``"ignore"`` (count them, as Captum), ``"exclude"`` (leave them out; NaN
       if none is left) or ``"nan"`` (NaN if any changes, as Quantus with
       ``return_nan_when_prediction_changes=True``).
-    clip: optional ``(low, high)`` data range the perturbed input is clipped to.
-    batch_size: perturbations explained per call (bounds memory); ``None``: all.
+    input_range: optional valid box ``(lo, hi)`` the perturbed input is
+      clipped to.
+    chunk_size: perturbations explained per call (bounds memory); ``None``: all.
 
   Returns:
     ``[B]`` sensitivities.
@@ -132,15 +136,15 @@ def max_sensitivity(explain_fn: ExplainFn, x: Float[Array, "B ..."], target: Tar
     Yeh, Hsieh, Suggala, Inouye, Ravikumar, "On the (In)fidelity and
     Sensitivity of Explanations", NeurIPS 2019. https://arxiv.org/abs/1901.09392
   """
-  return _run(explain_fn, x, target, key, num_samples, epsilon, norm, noise, fn, on_flip, clip,
-              batch_size, "max")
+  return _run(fn, explainer, x, target, key, num_samples, epsilon, norm, noise, on_flip,
+              input_range, chunk_size, "max")
 
 
-def avg_sensitivity(explain_fn: ExplainFn, x: Float[Array, "B ..."], target: Target, *,
-                    key: PRNGKey, num_samples: int = 50, epsilon: float = 0.02,
-                    norm: str = "l2", noise: str = "uniform", fn: Callable | None = None,
-                    on_flip: str = "ignore", clip=None,
-                    batch_size: int | None = None) -> Float[Array, "B"]:
+def avg_sensitivity(fn: Callable, explainer: Explainer, x: Float[Array, "B ..."],
+                    target: Target, *, key: PRNGKey, num_samples: int = 50,
+                    epsilon: float = 0.02, norm: str = "l2", noise: str = "uniform",
+                    on_flip: str = "ignore", input_range=None,
+                    chunk_size: int | None = None) -> Float[Array, "B"]:
   """Average sensitivity: the mean relative change of the explanation under noise.
 
   ``SENS_avg(x) = 1/N sum_s ||Phi(x) - Phi(x + d_s)|| / ||Phi(x)||``, with the
@@ -155,5 +159,5 @@ def avg_sensitivity(explain_fn: ExplainFn, x: Float[Array, "B ..."], target: Tar
     Yeh et al., NeurIPS 2019; Bhatt, Weller, Moura, "Evaluating and Aggregating
     Feature-based Model Explanations", IJCAI 2020.
   """
-  return _run(explain_fn, x, target, key, num_samples, epsilon, norm, noise, fn, on_flip, clip,
-              batch_size, "mean")
+  return _run(fn, explainer, x, target, key, num_samples, epsilon, norm, noise, on_flip,
+              input_range, chunk_size, "mean")

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from rattr_jax import _validation as V
+from rattr_jax.core import map_center_of_mass
 
 _TINY = 1e-12
 
@@ -153,15 +154,7 @@ def kendall_tau(a: Float[Array, "B ..."], b: Float[Array, "B ..."]) -> Float[Arr
 
 
 # --------------------------------------------------------- centre of mass ----
-@jax.jit
-def _center_of_mass(m):
-  h, w = m.shape[1], m.shape[2]
-  rows = jnp.arange(h, dtype=m.dtype)
-  cols = jnp.arange(w, dtype=m.dtype)
-  total = jnp.sum(m, axis=(1, 2)) + _TINY
-  r = jnp.einsum("bhw,h->b", m, rows) / total
-  c = jnp.einsum("bhw,w->b", m, cols) / total
-  return jnp.stack([r, c], axis=-1)
+_center_of_mass = jax.jit(map_center_of_mass)
 
 
 def center_of_mass(saliency: Float[Array, "B H W"]) -> Float[Array, "B 2"]:

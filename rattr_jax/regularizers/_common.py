@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rattr_jax import _validation as V
-from rattr_jax.attribution import _target
+from rattr_jax import core
 
 REDUCTIONS = ("mean", "none")
 RANDOM_PERTURBATIONS = ("uniform", "gaussian")
@@ -18,7 +18,7 @@ RANDOM_PERTURBATIONS = ("uniform", "gaussian")
 
 def prepare(fn: Callable, x: Any, target: Any) -> tuple[jax.Array, jax.Array]:
   """Validates ``x`` and ``target`` for ``fn`` (works on tracers too)."""
-  return _target.prepare(fn, x, target)
+  return core.prepare(fn, x, target)
 
 
 def check_epsilon(epsilon: Any, x: jax.Array, *, name: str = "epsilon") -> jax.Array:

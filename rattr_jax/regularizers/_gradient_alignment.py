@@ -12,7 +12,7 @@ from jaxtyping import Array, Float
 from rattr_jax import _validation as V
 from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import Target
-from rattr_jax.attribution import _target
+from rattr_jax import core
 from rattr_jax.regularizers import _common
 
 PERTURBATIONS = ("uniform", "gaussian", "grad_sign")
@@ -43,7 +43,7 @@ def alignment_terms(fn: Callable, x: jax.Array, t: jax.Array, *, key: jax.Array,
                     epsilon: jax.Array, perturbation: str = "uniform",
                     stop_gradient_source: bool = True) -> AlignmentTerms:
   """Unvalidated core of `gradient_alignment` (call inside a traced loss)."""
-  g_src = _target.target_gradient(fn, x, t)
+  g_src = core.target_gradient(fn, x, t)
   if perturbation == "grad_sign":
     delta = epsilon * jnp.sign(jax.lax.stop_gradient(g_src))
   else:
@@ -51,7 +51,7 @@ def alignment_terms(fn: Callable, x: jax.Array, t: jax.Array, *, key: jax.Array,
   x_pert = jax.lax.stop_gradient(x + delta)
   if stop_gradient_source:
     g_src = jax.lax.stop_gradient(g_src)
-  g_pert = _target.target_gradient(fn, x_pert, t)
+  g_pert = core.target_gradient(fn, x_pert, t)
   diff = (g_src - g_pert).reshape(x.shape[0], -1)
   l2 = jnp.sum(diff * diff, axis=1)
   cosd = 0.5 * (1.0 - _cosine(g_src, g_pert))

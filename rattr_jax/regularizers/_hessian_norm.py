@@ -12,7 +12,7 @@ from rattr_jax import _jit
 from rattr_jax import _validation as V
 from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import Target
-from rattr_jax.attribution import _target
+from rattr_jax import core
 from rattr_jax.regularizers import _common
 
 _MODE_CACHE: dict = {}
@@ -28,7 +28,7 @@ def target_hvp(fn: Callable, x: jax.Array, t: jax.Array, v: jax.Array,
   the gradient of ``<g(x), v>``, as in the reference PyTorch code; works with
   the custom-VJP fast convolution. Both are exact and equal.
   """
-  grad_fn = lambda z: _target.target_gradient(fn, z, t)  # noqa: E731
+  grad_fn = lambda z: core.target_gradient(fn, z, t)  # noqa: E731
   if mode == "auto":
     mode = resolve_mode(fn, x, t)
   if mode == "forward_over_reverse":
@@ -50,7 +50,7 @@ def resolve_mode(fn: Callable, x: jax.Array, t: jax.Array) -> str:
   except (KeyError, TypeError):
     pass
   def probe(z, v):
-    return jax.jvp(lambda w: _target.target_gradient(fn, w, t), (z,), (v,))[1]
+    return jax.jvp(lambda w: core.target_gradient(fn, w, t), (z,), (v,))[1]
   try:
     spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
     jax.jit(probe).lower(spec, spec)

@@ -11,7 +11,7 @@ from jaxtyping import Array, Float
 from rattr_jax import _validation as V
 from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import Target
-from rattr_jax.attribution import _target
+from rattr_jax import core
 from rattr_jax.regularizers import _common
 
 OF = ("loss", "logit")
@@ -23,7 +23,7 @@ def input_gradient_norm_values(fn: Callable, x: jax.Array, t: jax.Array, *,
   if of == "loss":
     g = jax.grad(lambda z: jnp.sum(_common.cross_entropy(fn(z), t)))(x)
   else:
-    g = _target.target_gradient(fn, x, t)
+    g = core.target_gradient(fn, x, t)
   return _common.per_example_sum(g * g)
 
 

@@ -121,6 +121,7 @@ def senn_faithfulness(model, x: Float[Array, "B ..."], *, target: Any = None,
     if drop:
       drops, att = drops[:, :-1], att[:, :-1]
     return _corr(att, drops)
+  from rattr_jax.core import precomputed
   from rattr_jax.metrics import faithfulness_estimate
   from rattr_jax.models import as_fn
   theta = model.relevances(x)
@@ -131,5 +132,5 @@ def senn_faithfulness(model, x: Float[Array, "B ..."], *, target: Any = None,
   fn = as_fn(model)
   if output == "logit":
     fn = jax.tree_util.Partial(_margin_fn, model.aggregator, fn)
-  return faithfulness_estimate(fn, att.reshape(x.shape), x, t, baseline=baseline,
-                               output=output, batch_size=batch_size)
+  return faithfulness_estimate(fn, precomputed(att.reshape(x.shape)), x, t, baseline=baseline,
+                               output=output, chunk_size=batch_size)

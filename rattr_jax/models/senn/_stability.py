@@ -99,5 +99,5 @@ def senn_stability(model, x: Float[Array, "B ..."], *, key: jax.Array, epsilon: 
     h_fn = jax.tree_util.Partial(_flat_input)
   return senn_local_lipschitz_estimate(
       theta_fn, h_fn, x, key=key, epsilon=epsilon, method=method, num_steps=num_steps,
-      num_restarts=num_restarts, num_samples=num_samples, ball=ball, clip=clip,
-      batch_size=batch_size)
+      num_restarts=num_restarts, num_samples=num_samples, ball=ball, input_range=clip,
+      chunk_size=batch_size)

@@ -38,3 +38,8 @@ def target_gradient(fn: Callable, x: jax.Array, target: jax.Array) -> jax.Array:
   model evaluated in inference mode, e.g. BatchNorm with fixed statistics).
   """
   return jax.grad(lambda z: jnp.sum(target_logits(fn, z, target)))(x)
+
+
+def predicted_label(fn: Callable, x: jax.Array) -> jax.Array:
+  """``argmax fn(x)`` per example, ``[B]`` int32."""
+  return jnp.argmax(fn(x), axis=-1).astype(jnp.int32)
