@@ -368,14 +368,14 @@ def test_explanation_sensitivity_matches_finite_differences(x64, cnn_setup):
       attr = (jax.grad(lambda w: jnp.sum(fn(w)[jnp.arange(3), t]))(z) if explain is None
               else explain(fn, z, t, key=None))
       return saliency_map(attr)
-    got = C.explanation_sensitivity(fn, gradient if explain is None else explain, x, t, v=v)
+    got = C.explanation_sensitivity(fn, gradient if explain is None else explain, x, t, v)
     want = finite_difference_jvp(jax.jit(m), x, v, eps=1e-5)
     assert got.shape == (3, 8, 8)
     np.testing.assert_allclose(got, want, atol=1e-7 * float(np.abs(want).max()) + 1e-9)
     # The normalised map sums to one, so its derivative sums to zero.
     np.testing.assert_allclose(np.asarray(got).sum(axis=(1, 2)), 0.0, atol=1e-10)
   # Un-normalised, signed map: the sensitivity of the gradient is exactly H v.
-  raw = C.explanation_sensitivity(lax_, gradient, x, t, v=v, reduce="none", normalize="none")
+  raw = C.explanation_sensitivity(lax_, gradient, x, t, v, reduce="none", normalize="none")
   np.testing.assert_allclose(raw, C.hvp(lax_, x, t, v), atol=1e-12)
 
 
@@ -407,7 +407,7 @@ def test_relu_network_returns_zeros_not_nan(nets):
   xm = jnp.asarray(rng.standard_normal((3, 6)), jnp.float32)
   pc = C.principal_curvature(mlp, xm, t, num_iters=5, key=key)
   assert np.all(np.asarray(pc.curvature) == 0) and np.all(np.asarray(pc.defined))
-  assert np.all(np.asarray(C.explanation_sensitivity(mlp, gradient, xm, t, v=xm)) == 0)
+  assert np.all(np.asarray(C.explanation_sensitivity(mlp, gradient, xm, t, xm)) == 0)
   for est in (C.hutchinson_trace(mlp, xm, t, key=key, num_samples=4),
               C.hessian_frobenius_norm(mlp, xm, t, key=key, num_samples=4)):
     assert np.all(np.asarray(est.estimate) == 0) and np.all(np.asarray(est.stderr) == 0)
@@ -436,7 +436,7 @@ def test_bad_input_raises_value_error():
   with pytest.raises(ValueError, match="`v`"):
     C.hvp(fn, x, 0, jnp.ones((2, 5)))
   with pytest.raises(ValueError, match="`v`"):
-    C.explanation_sensitivity(fn, gradient, x, 0, v=jnp.ones((3, 6)))
+    C.explanation_sensitivity(fn, gradient, x, 0, jnp.ones((3, 6)))
   for n in (0, -1):
     with pytest.raises(ValueError, match="`num_samples`"):
       C.hutchinson_trace(fn, x, 0, key=key, num_samples=n)

@@ -50,7 +50,7 @@ rng = np.random.default_rng(0)
 x = rng.uniform(0.05, 0.95, size=(6, 8, 8, 1)).astype(np.float32)
 t = np.asarray(jax.numpy.argmax(fn(x), -1))
 key = jax.random.key(3)
-grad = Partial(attribution.gradient, fn)          # explain_fn(x, t): weights are pytree leaves
+grad = attribution.gradient                        # the explainer; fn carries the weights
 acfg = attacks.AttackConfig(num_steps=4, k=8, epsilon=0.05, step_size=0.01)
 mcfg = attacks.ManipulationConfig(num_steps=4, learning_rate=1e-2, epsilon=0.05)
 feats = models.feature_fn(model, models.layer_names(model, x[:1])[0])
@@ -74,12 +74,12 @@ CASES = {
                       {"mask": np.eye(8, dtype=np.float32), "config": acfg, "key": key}),
   "frame_attack": (attacks.frame_attack, (fn, attribution.gradient, x, t),
                    {"config": mcfg, "key": key}),
-  "max_sensitivity": (metrics.max_sensitivity, (grad, x, t), {"key": key, "num_samples": 4}),
-  "avg_sensitivity": (metrics.avg_sensitivity, (grad, x, t), {"key": key, "num_samples": 4}),
-  "local_lipschitz_estimate": (metrics.local_lipschitz_estimate, (grad, x, t),
+  "max_sensitivity": (metrics.max_sensitivity, (fn, grad, x, t), {"key": key, "num_samples": 4}),
+  "avg_sensitivity": (metrics.avg_sensitivity, (fn, grad, x, t), {"key": key, "num_samples": 4}),
+  "local_lipschitz_estimate": (metrics.local_lipschitz_estimate, (fn, grad, x, t),
                                {"key": key, "num_samples": 4, "num_steps": 2,
                                 "num_restarts": 1}),
-  "random_perturbation_similarity": (metrics.random_perturbation_similarity, (grad, x, t),
+  "random_perturbation_similarity": (metrics.random_perturbation_similarity, (fn, grad, x, t),
                                      {"key": key, "num_samples": 3}),
   "relative_input_stability": (metrics.relative_input_stability, (fn, grad, x, t),
                                {"key": key, "num_samples": 4}),
@@ -87,7 +87,7 @@ CASES = {
   "deletion": (metrics.deletion, (fn, grad, x, t), {"num_steps": 5}),
   "faithfulness_estimate": (metrics.faithfulness_estimate, (fn, grad, x, t), {"patch_size": 4}),
   "infidelity": (metrics.infidelity, (fn, grad, x, t), {"key": key, "num_samples": 4}),
-  "explanation_sensitivity": (curvature.explanation_sensitivity, (fn, x, t, v), {}),
+  "explanation_sensitivity": (curvature.explanation_sensitivity, (fn, grad, x, t, v), {}),
 }
 
 out = {}

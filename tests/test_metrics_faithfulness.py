@@ -138,7 +138,7 @@ def test_pixel_curves_insert_whole_pixels():
 
 def test_adversarial_insertion_ranks_by_attacked_map_inserts_clean_pixels():
   x_adv = X12 + 0.5 * jax.random.normal(jax.random.key(7), X12.shape)
-  r = metrics.adversarial_insertion(MLP, GRAD, X12, T4, x_adv=x_adv, num_steps=4)
+  r = metrics.adversarial_insertion(MLP, GRAD, X12, T4, x_adv, num_steps=4)
   ref = metrics.insertion(MLP, precomputed(G_MLP(x_adv, T4)), X12, T4, num_steps=4)
   np.testing.assert_allclose(r.curve, ref.curve, rtol=1e-6)
   np.testing.assert_allclose(r.auc, ref.auc, rtol=1e-6)
@@ -239,7 +239,7 @@ BAD = [
     (lambda: metrics.deletion(LIN, IXG, X12, 0, num_steps=4, baseline=np.ones((4, 3))),
      "baseline"),
     (lambda: metrics.deletion(LIN, IXG, X12, 0, num_steps=4, reduce="mean"), "reduce"),
-    (lambda: metrics.adversarial_insertion(LIN, IXG, X12, 0, x_adv=X12[:2], num_steps=4),
+    (lambda: metrics.adversarial_insertion(LIN, IXG, X12, 0, X12[:2], num_steps=4),
      "x_adv"),
     (lambda: metrics.infidelity(LIN, IXG, X12, 0, key=KEY, num_samples=0), "num_samples"),
     (lambda: metrics.infidelity(LIN, IXG, X12, 0, key=KEY, epsilon=-0.1), "epsilon"),

@@ -54,7 +54,7 @@ def _explanation_sensitivity(fn, explainer, x, t, v, key, reduce, normalize, per
 
 
 def explanation_sensitivity(fn: Callable, explainer: Explainer, x: jax.Array, target: Target,
-                            *, v: jax.Array, key: PRNGKey | None = None,
+                            v: jax.Array, *, key: PRNGKey | None = None,
                             reduce: str = "abs_sum", normalize: str = "sum_to_one",
                             percentile: float = 95.0, mode: str = "auto") -> jax.Array:
   """Directional derivative of the normalised saliency map along ``v``.
@@ -69,7 +69,7 @@ def explanation_sensitivity(fn: Callable, explainer: Explainer, x: jax.Array, ta
       e.g. `rattr_jax.attribution.gradient` (the gradient of the target logit).
     x: inputs ``[B, *F]``.
     target: an int or an int array ``[B]``.
-    v: directions ``[B, *F]`` (keyword-only).
+    v: directions ``[B, *F]`` (data, like ``x``: positional).
     key: passed to the explainer (the same key on both sides of the
       derivative; needed by stochastic explainers only).
     reduce: channel reduction of `rattr_jax.maps.saliency_map`.

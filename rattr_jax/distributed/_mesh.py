@@ -73,7 +73,7 @@ def per_example(f: Callable, mesh: Mesh | None = None, *,
   Args:
     f: any rattr_jax per-example function, e.g. ``gradient(fn, x, target)``,
       ``smoothgrad(fn, x, target, *, key, ...)``, an attack
-      ``attack(fn, explain, x, target, config, *, key, ...)`` or a metric;
+      ``attack(fn, explainer, x, target, *, key, config, ...)`` or a metric;
       its outputs have a leading batch axis.
     mesh: a mesh with a ``"data"`` axis (`data_mesh`); ``None`` runs on the
       default device (the single-device reference).

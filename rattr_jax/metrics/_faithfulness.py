@@ -254,7 +254,7 @@ def deletion(fn: Callable, explainer: Explainer, x: Float[Array, "B ..."], targe
 
 
 def adversarial_insertion(fn: Callable, explainer: Explainer, x: Float[Array, "B ..."],
-                          target: Target, *, x_adv: Float[Array, "B ..."],
+                          target: Target, x_adv: Float[Array, "B ..."], *,
                           key: PRNGKey | None = None, num_steps: int = 20,
                           baseline: Any = "zero", reduce: str = "abs_sum",
                           output: str = "probability",
@@ -300,8 +300,8 @@ adversarial_insertion.__doc__ = """Adversarial insertion: rank by the attacked m
   (``explainer(fn, x_adv, target, key=...)``, or ``precomputed(maps)`` of
   maps computed on ``x_adv``), but the inserted values come from the clean
   ``x``. An attack that moved the map to irrelevant pixels gives a low curve.
-  **Higher is better.** ``x_adv`` (keyword-only) has the shape of ``x``;
-  other arguments as `insertion`.
+  **Higher is better.** ``x_adv`` (data, positional after ``target``) has the
+  shape of ``x``; other arguments as `insertion`.
 
   References:
     Joo et al., "Towards More Robust Interpretation via Local Gradient
