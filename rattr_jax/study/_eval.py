@@ -22,6 +22,7 @@ import numpy as np
 from rattr_jax import attacks as A
 from rattr_jax import attribution
 from rattr_jax import curvature
+from rattr_jax import explainers
 from rattr_jax import maps
 from rattr_jax import metrics as M
 from rattr_jax import regularizers
@@ -127,23 +128,29 @@ def attack(fn, surrogate, ex, x, t, *, name: str, epsilon: float, num_steps: int
     sel = "measure"
   if name == "frame":
     cfg = A.frame_config(epsilon=epsilon, num_steps=num_steps, select_on=sel)
-    res = A.frame_attack(fn, ex, xj, tj, cfg, key=key, surrogate=surrogate)
+    res = A.frame_attack(fn, ex, xj, tj, key=key, config=cfg, surrogate=surrogate)
     return np.asarray(res.x_adv)
   cfg = A.AttackConfig(epsilon=epsilon, step_size=step, num_steps=num_steps, k=k,
                        select_on=sel)
   if name == "random_sign":
-    res = A.random_sign_attack(fn, ex, xj, tj, cfg, key=key, surrogate=surrogate)
+    res = A.random_sign_attack(fn, ex, xj, tj, key=key, config=cfg, surrogate=surrogate)
   elif name == "topk":
-    res = A.topk_attack(fn, ex, xj, tj, cfg, key=key, surrogate=surrogate)
+    res = A.topk_attack(fn, ex, xj, tj, key=key, config=cfg, surrogate=surrogate)
   elif name == "mass_center":
-    res = A.mass_center_attack(fn, ex, xj, tj, cfg, key=key, surrogate=surrogate)
+    res = A.mass_center_attack(fn, ex, xj, tj, key=key, config=cfg, surrogate=surrogate)
   else:
-    res = A.targeted_attack(fn, ex, xj, tj, jnp.asarray(_mask(x.shape[1:3])), cfg, key=key,
-                            surrogate=surrogate)
+    res = A.targeted_attack(fn, ex, xj, tj, key=key, mask=jnp.asarray(_mask(x.shape[1:3])),
+                            config=cfg, surrogate=surrogate)
   return np.asarray(res.x_adv)
 
 
 # ----------------------------------------------------------------------- metrics
+def _with_fixed_key(ex, fixed_key, f, z, tt, *, key=None):
+  """``ex`` with one fixed key (common random numbers), whatever key the metric passes."""
+  del key
+  return ex(f, z, tt, key=fixed_key)
+
+
 def robustness(fn, ex, x, t, *, names, epsilon: float, num_samples: int, lipschitz_steps: int,
                key) -> dict[str, np.ndarray]:
   """Max-sensitivity (L-inf uniform noise of radius ``epsilon``) and the local
@@ -155,15 +162,15 @@ def robustness(fn, ex, x, t, *, names, epsilon: float, num_samples: int, lipschi
   # perturbed x' (common random numbers), so the metric sees the explanation's change,
   # not fresh sampling noise.
   k_ex = jax.random.fold_in(key, 3)
-  bound = lambda z, tt: ex(fn, z, tt, key=k_ex)
+  bound = jax.tree_util.Partial(_with_fixed_key, ex, k_ex)
   if "max_sensitivity" in names:
     out["max_sensitivity"] = np.asarray(M.max_sensitivity(
-        bound, xj, tj, key=jax.random.fold_in(key, 1), num_samples=num_samples,
-        epsilon=epsilon, norm="l2", noise="uniform", clip=(0.0, 1.0)), np.float64)
+        fn, bound, xj, tj, key=jax.random.fold_in(key, 1), num_samples=num_samples,
+        epsilon=epsilon, norm="l2", noise="uniform", input_range=(0.0, 1.0)), np.float64)
   if "local_lipschitz" in names:
     d = float(np.prod(x.shape[1:]))
     out["local_lipschitz"] = np.asarray(M.local_lipschitz_estimate(
-        bound, xj, tj, key=jax.random.fold_in(key, 2), epsilon=epsilon * np.sqrt(d),
+        fn, bound, xj, tj, key=jax.random.fold_in(key, 2), epsilon=epsilon * np.sqrt(d),
         method="gradient_ascent", num_steps=lipschitz_steps, num_restarts=1), np.float64)
   return out
 
@@ -185,7 +192,7 @@ def faithfulness(fn, attr, x, t, *, names, curve_steps: int, num_samples: int,
                  key) -> dict[str, np.ndarray]:
   """Insertion and deletion (normalised per model) and infidelity, of saved attributions."""
   out = {}
-  xj, tj, aj = jnp.asarray(x), jnp.asarray(t), jnp.asarray(attr)
+  xj, tj, aj = jnp.asarray(x), jnp.asarray(t), explainers.precomputed(jnp.asarray(attr))
   if "insertion" in names:
     out["insertion"] = _normalized_curve(M.insertion(fn, aj, xj, tj, num_steps=curve_steps))
   if "deletion" in names:
