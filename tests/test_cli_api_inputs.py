@@ -80,3 +80,27 @@ def test_models_senn_is_an_attribute():
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr
   assert "SENN" in r.stdout
+
+
+@pytest.mark.parametrize("name", ["spearman", "pearson", "kendall_tau"])
+def test_constant_map_correlation_is_nan_everywhere(name):
+  """One convention for a constant map: NaN (undefined, as scipy), flagged by isnan."""
+  import scipy.stats
+  from rattr_jax import metrics
+  f = getattr(metrics, name)
+  ref = {"spearman": scipy.stats.spearmanr, "pearson": scipy.stats.pearsonr,
+         "kendall_tau": scipy.stats.kendalltau}[name]
+  rng = np.random.default_rng(0)
+  m = rng.random((3, 12, 12)).astype(np.float32)
+  const = np.full((12, 12), 0.1, np.float32)  # its float32 mean is not exactly 0.1
+  a = np.stack([const, m[1], const])
+  b = np.stack([m[0], const, const])
+  out = np.asarray(f(a, b))
+  assert np.all(np.isnan(out)), out
+  near = const.copy()
+  near[3, 4] = 0.2  # one pixel differs: defined, and equal to scipy
+  got = np.asarray(f(near[None], m[2][None]))[0]
+  want = ref(near.ravel().astype(np.float64), m[2].ravel().astype(np.float64))[0]
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  mixed = np.asarray(f(np.stack([m[0], const]), np.stack([m[1], m[2]])))
+  assert np.isfinite(mixed[0]) and np.isnan(mixed[1])

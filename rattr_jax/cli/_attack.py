@@ -138,6 +138,12 @@ def _attack_fns(args, fn, explain, sur, mask, key):
   }
 
 
+def _nanmean(v) -> float:
+  import numpy as np
+  v = np.asarray(v, float)
+  return float(v[~np.isnan(v)].mean()) if (~np.isnan(v)).any() else float("nan")
+
+
 def _plot(path, x, m0, results, num_images, *, title, mask, frame, k):
   import matplotlib
   matplotlib.use("Agg")
@@ -154,8 +160,9 @@ def _plot(path, x, m0, results, num_images, *, title, mask, frame, k):
     cells = [(x[i], "original", None, None), (m0[i], "map", None, None)]
     for n in names:
       r = results[n]
+      rho = r["per_image"]["spearman"][i]  # NaN (shown "–") for a constant map
       note = (f"top-{k} {r['per_image']['topk_intersection'][i]:.2f}  "
-              f"ρ {r['per_image']['spearman'][i]:.2f}\n"
+              f"ρ {'–' if np.isnan(rho) else f'{rho:.2f}'}\n"
               f"shift {r['per_image']['center_shift_px'][i]:.1f} px")
       outline = mask if n == "targeted" else frame if n == "frame" else None
       cells += [(r["x_adv"][i], f"{n}\nattacked image", None, None),
@@ -257,7 +264,9 @@ def run(args) -> int:
     }
     row = {
         "topk_intersection": float(per["topk_intersection"].mean()),
-        "spearman": float(np.nanmean(per["spearman"])),
+        # Spearman is NaN for a constant map (undefined): averaged over the defined ones.
+        "spearman": _nanmean(per["spearman"]),
+        "spearman_undefined": int(np.isnan(per["spearman"]).sum()),
         "center_shift_px": float(per["center_shift_px"].mean()),
         "mask_mass": float(np.sum(m1 * mask, axis=(1, 2)).mean()),
         "frame_mass": float(np.sum(m1 * frame, axis=(1, 2)).mean()),

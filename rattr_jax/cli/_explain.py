@@ -147,7 +147,10 @@ def run(args) -> int:
     s = sal[name]
     entry = {"ms_per_image": timing[name]}
     if name != shown[0]:
-      entry["spearman_vs_" + shown[0]] = float(np.nanmean(np.asarray(metrics.spearman(s, ref))))
+      rho = np.asarray(metrics.spearman(s, ref), float)  # NaN where a map is constant
+      entry["spearman_vs_" + shown[0]] = (float(rho[~np.isnan(rho)].mean())
+                                          if (~np.isnan(rho)).any() else None)
+      entry["spearman_undefined"] = int(np.isnan(rho).sum())
       entry["top10pct_intersection_vs_" + shown[0]] = float(
           np.mean(metrics.topk_intersection(s, ref, k=k)))
     flat = s.reshape(len(s), -1)

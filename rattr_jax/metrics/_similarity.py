@@ -82,11 +82,14 @@ def average_ranks(v: jax.Array) -> jax.Array:
 
 
 def _pearson_flat(u, v):
+  # A constant map gives exactly NaN (its float mean need not equal its value, so the
+  # centred map is not always exactly 0): see `spearman`'s convention.
+  constant = jnp.all(u == u[..., :1], axis=-1) | jnp.all(v == v[..., :1], axis=-1)
   u = u - jnp.mean(u, axis=-1, keepdims=True)
   v = v - jnp.mean(v, axis=-1, keepdims=True)
   num = jnp.sum(u * v, axis=-1)
   den = jnp.sqrt(jnp.sum(u * u, axis=-1) * jnp.sum(v * v, axis=-1))
-  return num / den
+  return jnp.where(constant, jnp.nan, num / den)
 
 
 @jax.jit
@@ -101,13 +104,18 @@ def spearman(a: Float[Array, "B ..."], b: Float[Array, "B ..."]) -> Float[Array,
 
   Pearson correlation of average ranks (ties share their mean rank), equal to
   ``scipy.stats.spearmanr``. **Higher is more similar** (1 = same ordering).
-  A constant map gives NaN, as in scipy.
+
+  Constant maps: a correlation with a constant map is undefined, and the
+  value is NaN (as in scipy), the same for `spearman`, `pearson` and
+  `kendall_tau`; ``jnp.isnan`` of the result flags those examples, and
+  summaries should count them apart (the ``rattr`` tables show "–" and
+  average over the defined ones).
 
   Args:
     a, b: maps ``[B, ...]`` of equal shape.
 
   Returns:
-    ``[B]`` values in [-1, 1].
+    ``[B]`` values in [-1, 1]; NaN where a map is constant.
   """
   a, b = _pair(a, b)
   return _spearman(a, b)
@@ -147,7 +155,8 @@ def kendall_tau(a: Float[Array, "B ..."], b: Float[Array, "B ..."]) -> Float[Arr
     a, b: maps ``[B, ...]`` of equal shape.
 
   Returns:
-    ``[B]`` values in [-1, 1]; NaN if a map is constant.
+    ``[B]`` values in [-1, 1]; NaN where a map is constant (the convention of
+    `spearman`).
   """
   a, b = _pair(a, b)
   return _kendall_tau(a, b)
@@ -186,7 +195,12 @@ def center_shift(a: Float[Array, "B H W"], b: Float[Array, "B H W"]) -> Float[Ar
 
 # ---------------------------------------------------------- value-based ----
 def pearson(a: Float[Array, "B ..."], b: Float[Array, "B ..."]) -> Float[Array, "B"]:
-  """Pearson correlation of the flattened maps. **Higher is more similar.**"""
+  """Pearson correlation of the flattened maps. **Higher is more similar.**
+
+  Returns:
+    ``[B]`` values in [-1, 1]; NaN where a map is constant (the convention of
+    `spearman`).
+  """
   a, b = _pair(a, b)
   return jax.jit(lambda u, v: _pearson_flat(_flat(u), _flat(v)))(a, b)
 
