@@ -125,6 +125,15 @@ direct = np.concatenate([np.asarray(attribution.smoothgrad(
 viamesh = np.asarray(dist.per_example(attribution.smoothgrad, mesh)(fn, x, t, key=key,
                                                                      num_samples=4))
 out["contract_max_abs"] = float(np.max(np.abs(direct - viamesh)))
+# Chunked per device (lax.map over each device's rows): the same values.
+chunked = np.asarray(dist.per_example(attribution.smoothgrad, mesh, chunk_size=1)(
+    fn, x, t, key=key, num_samples=4))
+out["chunk_max_abs"] = float(np.max(np.abs(chunked - viamesh)))
+adv_c = dist.per_example(attacks.topk_attack, mesh, chunk_size=1)(fn, attribution.gradient,
+                                                                  x, t, config=acfg, key=key)
+adv_v = dist.per_example(attacks.topk_attack, mesh)(fn, attribution.gradient, x, t,
+                                                    config=acfg, key=key)
+out["chunk_attack_max_abs"] = float(np.max(np.abs(np.asarray(adv_c.x_adv) - np.asarray(adv_v.x_adv))))
 # `index` moves the keys with the dataset position, not the row.
 shifted = np.asarray(dist.per_example(attribution.smoothgrad, mesh)(
     fn, x[2:], t[2:], key=key, index=np.arange(2, 6), num_samples=4))
@@ -161,9 +170,11 @@ def test_four_devices_equal_one_device_per_example(four_device_results, name):
 
 
 @pytest.mark.slow
-def test_per_example_contract_and_index(four_device_results):
+def test_per_example_contract_index_and_chunks(four_device_results):
   assert four_device_results["contract_max_abs"] <= 1e-6
   assert four_device_results["index_max_abs"] <= 1e-6
+  assert four_device_results["chunk_max_abs"] <= 1e-6
+  assert four_device_results["chunk_attack_max_abs"] <= 1e-6
 
 
 # ----------------------------------------------------------- one device ----
@@ -185,6 +196,12 @@ def test_per_example_keys_do_not_depend_on_batch():
   same_x = np.repeat(x[:1], 2, 0)
   two = np.asarray(run(fn, same_x, t[:2] * 0, key=key, num_samples=3))
   assert np.abs(two[0] - two[1]).max() > 1e-4
+  # Chunks of 2 per device (3 chunks, the last one short): the same values.
+  chunked = np.asarray(dist.per_example(attribution.smoothgrad, None, chunk_size=2)(
+      fn, x, t, key=key, num_samples=3))
+  np.testing.assert_allclose(chunked, full, rtol=1e-6, atol=1e-7)
+  with pytest.raises(ValueError, match="chunk_size"):
+    dist.per_example(attribution.gradient, chunk_size=0)
   # Without a key the function gets none (gradient takes no key).
   g = np.asarray(dist.per_example(attribution.gradient)(fn, x, t))
   np.testing.assert_allclose(g, np.asarray(attribution.gradient(fn, x, t)), rtol=1e-6, atol=1e-7)

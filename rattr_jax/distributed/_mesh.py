@@ -67,7 +67,8 @@ def _squeeze(o):
 
 
 def per_example(f: Callable, mesh: Mesh | None = None, *,
-                batch_argnums: Sequence[int] | None = None) -> Callable:
+                batch_argnums: Sequence[int] | None = None,
+                chunk_size: int | None = None) -> Callable:
   """``f`` run per example, data-parallel over ``mesh``.
 
   Args:
@@ -81,6 +82,9 @@ def per_example(f: Callable, mesh: Mesh | None = None, *,
       positional array whose leading size equals that of the first
       positional array (``x``); pass it when a non-batched array argument
       (e.g. an ``[H, W]`` mask) could have that size.
+    chunk_size: examples computed at once per device (`jax.lax.map` over
+      each device's rows, bounding memory); ``None`` = all of them. It does
+      not change the results.
 
   Returns:
     ``run(*args, key=None, index=None, **kwargs)`` returning ``f``'s outputs
@@ -100,30 +104,40 @@ def per_example(f: Callable, mesh: Mesh | None = None, *,
     raise ValueError(f"`mesh` needs a {DATA_AXIS!r} axis; got {mesh.axis_names}.")
   batched_sh = None if mesh is None else NamedSharding(mesh, P(DATA_AXIS))
   rep_sh = None if mesh is None else NamedSharding(mesh, P())
-  cache: dict = {}
+  if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+    raise ValueError(f"`chunk_size` must be a positive int or None; got {chunk_size!r}.")
 
-  def build(nb, treedef_key):
-    def inner(bat, idx, key, rep, static):
-      rest = _jit.combine(rep, static)
-      pos, kw, bpos = rest
+  def inner(bat, idx, key, rep, static):
+    pos, kw, bpos = _jit.combine(rep, static)
 
-      def one(b_i, i):
-        args = list(pos)
-        for j, v in zip(bpos, b_i):
-          args[j] = jax.tree_util.tree_map(lambda a: a[None], v)
-        kwargs = dict(kw)
-        if key is not None:
-          kwargs["key"] = jax.random.fold_in(key, i)
-        return jax.tree_util.tree_map(_squeeze, f(*args, **kwargs))
+    def one(b_i, i):
+      args = list(pos)
+      for j, v in zip(bpos, b_i):
+        args[j] = jax.tree_util.tree_map(lambda a: a[None], v)
+      kwargs = dict(kw)
+      if key is not None:
+        kwargs["key"] = jax.random.fold_in(key, i)
+      return jax.tree_util.tree_map(_squeeze, f(*args, **kwargs))
 
+    if chunk_size is None:
       return jax.vmap(one)(bat, idx)
+    # [B] -> [devices, B / devices]: each device maps over its own rows in
+    # chunks (no data moves between devices), then back to [B].
+    def split(a):
+      a = a.reshape((n_dev, a.shape[0] // n_dev) + a.shape[1:])
+      return a if mesh is None else jax.lax.with_sharding_constraint(
+          a, NamedSharding(mesh, P(DATA_AXIS)))
 
-    in_sh = None
-    out_sh = None
-    if mesh is not None:
-      in_sh = (batched_sh, batched_sh, rep_sh, rep_sh)
-      out_sh = batched_sh
-    return jax.jit(inner, static_argnums=(4,), in_shardings=in_sh, out_shardings=out_sh)
+    b2, i2 = jax.tree_util.tree_map(split, (bat, idx))
+    out = jax.vmap(lambda b, i: jax.lax.map(lambda bi: one(*bi), (b, i),
+                                            batch_size=chunk_size))(b2, i2)
+    return jax.tree_util.tree_map(lambda o: o.reshape((-1,) + o.shape[2:]), out)
+
+  if mesh is not None:
+    jitted = jax.jit(inner, static_argnums=(4,), in_shardings=(batched_sh, batched_sh, rep_sh, rep_sh),
+                     out_shardings=batched_sh)
+  else:
+    jitted = jax.jit(inner, static_argnums=(4,))
 
   @functools.wraps(f)
   def run(*args, key=None, index=None, **kwargs):
@@ -167,15 +181,12 @@ def per_example(f: Callable, mesh: Mesh | None = None, *,
              else jax.device_put(np.asarray(a), rep_sh) for a in rep]
       if key is not None and not (isinstance(key, jax.Array) and not key.is_fully_addressable):
         key = _put_key(key, rep_sh)
-    ck = (len(bat), static)
-    if ck not in cache:
-      cache[ck] = build(len(bat), None)
-    out = cache[ck](bat_p, idx_p, key, rep, static)
+    out = jitted(bat_p, idx_p, key, rep, static)
     if pad:
       out = jax.jit(lambda o: jax.tree_util.tree_map(lambda a: a[:b], o))(out)
     return out
 
-  run.clear_cache = cache.clear
+  run.clear_cache = jitted.clear_cache
   return run
 
 
