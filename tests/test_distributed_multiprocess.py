@@ -47,7 +47,6 @@ from rattr_jax import distributed as dist
 dist.initialize()
 import jax, numpy as np
 from rattr_jax import attacks, attribution, metrics, models, training
-from jax.tree_util import Partial
 
 out_dir, result_path = sys.argv[1], sys.argv[2]
 assert jax.process_count() == 2 and jax.device_count() == 4
@@ -65,7 +64,7 @@ key = jax.random.key(3)
 acfg = attacks.AttackConfig(num_steps=4, k=8, epsilon=0.05, step_size=0.01)
 adv = dist.per_example(attacks.topk_attack, mesh)(fn, attribution.gradient, xs, ts, config=acfg,
                                                   key=key, index=idx)
-sens = dist.per_example(metrics.max_sensitivity, mesh)(Partial(attribution.gradient, fn), xs, ts,
+sens = dist.per_example(metrics.max_sensitivity, mesh)(fn, attribution.gradient, xs, ts,
                                                         key=key, index=idx, num_samples=4)
 adv_x, sens = dist.gather_examples((adv.x_adv, sens), n)
 if dist.is_main_process():
@@ -147,8 +146,7 @@ def test_training_killed_resumes_and_equals_single_process(two_process_run):
 
 
 def test_attack_and_metric_equal_single_process(two_process_run):
-  from jax.tree_util import Partial
-
+  
   from rattr_jax import attacks, attribution, distributed as dist, metrics, models
   _, _, _, result = two_process_run
   assert result["process_count"] == 2
@@ -161,7 +159,7 @@ def test_attack_and_metric_equal_single_process(two_process_run):
   key = jax.random.key(3)
   acfg = attacks.AttackConfig(num_steps=4, k=8, epsilon=0.05, step_size=0.01)
   adv = dist.per_example(attacks.topk_attack)(fn, attribution.gradient, x, t, config=acfg, key=key)
-  sens = dist.per_example(metrics.max_sensitivity)(Partial(attribution.gradient, fn), x, t,
+  sens = dist.per_example(metrics.max_sensitivity)(fn, attribution.gradient, x, t,
                                                    key=key, num_samples=4)
   np.testing.assert_allclose(np.asarray(result["adv_x"]), np.asarray(adv.x_adv), rtol=0, atol=1e-6)
   np.testing.assert_allclose(np.asarray(result["sens"]), np.asarray(sens), rtol=1e-5, atol=1e-6)
