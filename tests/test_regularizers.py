@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rattr_jax import models
+from rattr_jax import core, explainers, models
+from rattr_jax.attribution import gradient
 from rattr_jax import regularizers as R
 from rattr_jax.models import feature_fn, layer_names
 from rattr_jax.testing import linear_model
@@ -148,7 +149,8 @@ def test_gradient_alignment_matches_reference(x64):
   p = _init_mlp(jax.random.key(0), dtype=jnp.float64)
   x, y = _data(jnp.float64)
   key = jax.random.key(3)
-  got = R.gradient_alignment(lambda z: _mlp(p, z), x, y, key=key, epsilon=0.3, lambda_l2=0.7,
+  got = R.gradient_alignment(lambda z: _mlp(p, z), gradient, x, y, key=key, epsilon=0.3,
+                             lambda_l2=0.7,
                              lambda_cos=1.3, reduction="none")
   np.testing.assert_allclose(got, _ga_reference(p, x, y, key, 0.3, 0.7, 1.3), rtol=1e-10)
 
@@ -158,7 +160,8 @@ def test_gradient_alignment_zero_at_zero_epsilon():
   x, y = _data()
 
   def loss(q):
-    return R.gradient_alignment(lambda z: _mlp(q, z), x, y, key=jax.random.key(0), epsilon=0.0)
+    return R.gradient_alignment(lambda z: _mlp(q, z), gradient, x, y, key=jax.random.key(0),
+                                epsilon=0.0)
 
   assert abs(float(loss(p))) < 1e-6
   g = jax.grad(loss)(p)
@@ -171,7 +174,7 @@ def test_gradient_alignment_param_grads_fd(x64, perturbation):
   p = _init_mlp(jax.random.key(0), dtype=jnp.float64)
   x, y = _data(jnp.float64)
   _check_param_grad_fd(lambda q: R.gradient_alignment(
-      lambda z: _mlp(q, z), x, y, key=jax.random.key(5), epsilon=0.2,
+      lambda z: _mlp(q, z), gradient, x, y, key=jax.random.key(5), epsilon=0.2,
       perturbation=perturbation, stop_gradient_source=False), p)
 
 
@@ -192,7 +195,8 @@ def test_gradient_alignment_stop_gradient_param_grads_fd(x64):
     cos = jnp.sum(src * g, 1) / (jnp.linalg.norm(src, axis=1) * jnp.linalg.norm(g, axis=1))
     return jnp.mean(0.01 * jnp.sum((src - g) ** 2, 1) + (1 - cos) / 2)
 
-  g_lib = jax.grad(lambda q: R.gradient_alignment(lambda z: _mlp(q, z), x, y, key=key,
+  g_lib = jax.grad(lambda q: R.gradient_alignment(lambda z: _mlp(q, z), gradient, x, y,
+                                                  key=key,
                                                   epsilon=0.2))(p0)
   np.testing.assert_allclose(_flat(g_lib), _flat(jax.grad(partial_loss)(p0)), rtol=1e-9)
   _check_param_grad_fd(partial_loss, p0)
@@ -202,11 +206,35 @@ def test_gradient_alignment_stop_gradient_source(x64):
   """With stop_gradient_source the parameter gradient ignores g(x)'s dependence on params."""
   p = _init_mlp(jax.random.key(0), dtype=jnp.float64)
   x, y = _data(jnp.float64)
-  f = lambda q, sg: R.gradient_alignment(lambda z: _mlp(q, z), x, y, key=jax.random.key(5),  # noqa
+  f = lambda q, sg: R.gradient_alignment(lambda z: _mlp(q, z), gradient, x, y,  # noqa: E731
+                                         key=jax.random.key(5),
                                          epsilon=0.2, stop_gradient_source=sg)
   np.testing.assert_allclose(f(p, True), f(p, False), rtol=1e-12)
   g1, g2 = _flat(jax.grad(f)(p, True)), _flat(jax.grad(f)(p, False))
   assert float(jnp.linalg.norm(g1 - g2)) > 1e-6
+
+
+@pytest.mark.parametrize("name", ["integrated_gradients", "smoothgrad"])
+def test_alignment_of_other_explainers_param_grads_fd(x64, name):
+  """Any differentiable explainer can be aligned: IG / SmoothGrad regularizers have parameter
+  gradients (a double backward through the explainer) that match finite differences."""
+  p = _init_mlp(jax.random.key(0), dtype=jnp.float64)
+  x, y = _data(jnp.float64)
+  ex = explainers.get(name, **({"num_steps": 4, "chunk_size": 2} if name != "smoothgrad"
+                              else {"num_samples": 3, "stddev": 0.1}))
+  loss = lambda q: R.gradient_alignment(lambda z: _mlp(q, z), ex, x, y,  # noqa: E731
+                                        key=jax.random.key(5), epsilon=0.2,
+                                        stop_gradient_source=False)
+  assert float(loss(p)) > 0
+  _check_param_grad_fd(loss, p)
+  # The value is the alignment of that explainer's maps (common random numbers at x, x + d).
+  k_ex = core.call_key(jax.random.key(5), 0)
+  d = 0.2 * jax.random.uniform(jax.random.key(5), x.shape, x.dtype, -1.0, 1.0)
+  a = ex(lambda z: _mlp(p, z), x, y, key=k_ex)
+  b = ex(lambda z: _mlp(p, z), x + d, y, key=k_ex)
+  cos = jnp.sum(a * b, 1) / (jnp.linalg.norm(a, axis=1) * jnp.linalg.norm(b, axis=1))
+  want = jnp.mean(0.01 * jnp.sum((a - b) ** 2, 1) + (1 - cos) / 2)
+  np.testing.assert_allclose(loss(p), want, rtol=1e-10)
 
 
 def test_gradient_alignment_bad_args():
@@ -214,13 +242,15 @@ def test_gradient_alignment_bad_args():
   x, y = _data()
   fn = lambda z: _mlp(p, z)  # noqa: E731
   with pytest.raises(ValueError, match="lambda_l2"):
-    R.gradient_alignment(fn, x, y, key=jax.random.key(0), lambda_l2=-1.0)
+    R.gradient_alignment(fn, gradient, x, y, key=jax.random.key(0), lambda_l2=-1.0)
   with pytest.raises(ValueError, match="perturbation"):
-    R.gradient_alignment(fn, x, y, key=jax.random.key(0), perturbation="nope")
+    R.gradient_alignment(fn, gradient, x, y, key=jax.random.key(0), perturbation="nope")
   with pytest.raises(ValueError, match="key"):
-    R.gradient_alignment(fn, x, y, key=None)
+    R.gradient_alignment(fn, gradient, x, y, key=None)
   with pytest.raises(ValueError, match="epsilon"):
-    R.gradient_alignment(fn, x, y, key=jax.random.key(0), epsilon=-0.1)
+    R.gradient_alignment(fn, gradient, x, y, key=jax.random.key(0), epsilon=-0.1)
+  with pytest.raises(ValueError, match="explainer"):
+    R.gradient_alignment(fn, lambda f, z, t, *, key: z[:, :2], x, y, key=jax.random.key(0))
 
 
 # --------------------------------------------------------------------------- Hessian norm
@@ -470,9 +500,9 @@ def test_regularizers_jit_eager_and_one_trace():
   from rattr_jax.regularizers import _gradient_alignment as ga
   ga._gradient_alignment.clear_cache()
   for eps in (0.1, 0.2, 0.3):
-    vals.append(R.gradient_alignment(fn, x, y, key=jax.random.key(0), epsilon=eps))
+    vals.append(R.gradient_alignment(fn, gradient, x, y, key=jax.random.key(0), epsilon=eps))
   assert ga._gradient_alignment._cache_size() == 1  # epsilon stays traced: no recompiles
   with jax.disable_jit():
-    eager = R.gradient_alignment(fn, x, y, key=jax.random.key(0), epsilon=0.3)
+    eager = R.gradient_alignment(fn, gradient, x, y, key=jax.random.key(0), epsilon=0.3)
   np.testing.assert_allclose(eager, vals[-1], rtol=1e-5)
   chex.assert_trees_all_equal_shapes(vals[0], jnp.zeros(()))

@@ -74,18 +74,20 @@ class ThreatModel:
       return z
     return jnp.clip(z, self.input_range[0], self.input_range[1])
 
+  def sample_delta(self, key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
+    """A uniform random offset in the ball, ``[B, *F]`` (one per example; no box)."""
+    eps = jnp.asarray(self.epsilon, dtype)
+    if self.norm == "linf":
+      return eps * jax.random.uniform(key, shape, dtype, -1.0, 1.0)
+    k1, k2 = jax.random.split(key)
+    n = math.prod(shape[1:])
+    g = jax.random.normal(k1, (shape[0], n), dtype)
+    r = jax.random.uniform(k2, (shape[0], 1), dtype) ** (1.0 / n)
+    return (eps * r * g / jnp.linalg.norm(g, axis=1, keepdims=True)).reshape(shape)
+
   def sample(self, key: jax.Array, x: jax.Array) -> jax.Array:
     """A uniform random point of the ball around ``x`` (per example), clipped to the box."""
-    eps = jnp.asarray(self.epsilon, x.dtype)
-    if self.norm == "linf":
-      d = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0) * eps
-    else:
-      k1, k2 = jax.random.split(key)
-      n = math.prod(x.shape[1:])
-      g = jax.random.normal(k1, (x.shape[0], n), x.dtype)
-      r = jax.random.uniform(k2, (x.shape[0], 1), x.dtype) ** (1.0 / n)
-      d = (eps * r * g / jnp.linalg.norm(g, axis=1, keepdims=True)).reshape(x.shape)
-    return self.clip(x + d)
+    return self.clip(x + self.sample_delta(key, x.shape, x.dtype))
 
   def check(self, x: Any = None, *, allow_inf: bool = False) -> "ThreatModel":
     """Validates the fields (and that a concrete ``x`` lies in the box); returns ``self``.

@@ -18,16 +18,15 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from rattr_jax import _validation as V
+from rattr_jax import core
 from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import Target
 from rattr_jax.regularizers import _common
 
 
 def _project(x_adv, x, epsilon, clip):
-  x_adv = jnp.clip(x_adv, x - epsilon, x + epsilon)
-  if clip is not None:
-    x_adv = jnp.clip(x_adv, clip[0], clip[1])
-  return x_adv
+  """The L-infinity `rattr_jax.core.ThreatModel` projection (ball of ``epsilon``, box ``clip``)."""
+  return core.ThreatModel(epsilon=epsilon, norm="linf", input_range=clip).project(x_adv, x)
 
 
 def _ce_grad(fn, z, t):

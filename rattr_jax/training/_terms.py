@@ -126,13 +126,17 @@ def cross_entropy_term(weight: float = 1.0) -> LossTerm:
 
 
 def gradient_alignment_term(*, epsilon, lambda_l2, lambda_cos, perturbation="uniform",
-                            stop_gradient_source=True) -> LossTerm:
-  """``lambda_l2 * l2 + lambda_cos * cosd`` (weight 1); logs ``ga_l2`` and ``ga_cos``."""
+                            stop_gradient_source=True, explainer=None) -> LossTerm:
+  """``lambda_l2 * l2 + lambda_cos * cosd`` (weight 1); logs ``ga_l2`` and ``ga_cos``.
+
+  ``explainer``: the explanation aligned (any differentiable explainer,
+  `rattr_jax.explainers`); ``None`` is the gradient of the true-class logit.
+  """
   def fn(ctx, batch, key):
     terms = _ga.alignment_terms(ctx.fn, batch.x, batch.y, key=key,
                                 epsilon=jnp.asarray(epsilon, batch.x.dtype),
                                 perturbation=perturbation,
-                                stop_gradient_source=stop_gradient_source)
+                                stop_gradient_source=stop_gradient_source, explainer=explainer)
     l2, cosd = jnp.mean(terms.l2), jnp.mean(terms.cosd)
     return lambda_l2 * l2 + lambda_cos * cosd, {"ga_l2": l2, "ga_cos": cosd}
   return LossTerm("ga", fn, 1.0)
