@@ -100,7 +100,7 @@ def child(args) -> dict:
   import numpy as np
   import optax
 
-  from rattr_jax import models, regularizers, training
+  from rattr_jax import attribution, models, regularizers, training
   from rattr_jax.training import _loop
 
   try:
@@ -157,7 +157,8 @@ def child(args) -> dict:
       # Same function check: the torch GA loss equals rattr_jax's on the same weights and delta.
       key = jax.random.key(0)
       delta = cga.epsilon * jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
-      jv = float(regularizers.gradient_alignment(models.as_fn(ref_model), x, y, key=key,
+      jv = float(regularizers.gradient_alignment(models.as_fn(ref_model), attribution.gradient,
+                                                 x, y, key=key,
                                                  epsilon=cga.epsilon, lambda_l2=cga.lambda_l2,
                                                  lambda_cos=cga.lambda_cos))
       from _torch_models import to_torch_input
