@@ -109,7 +109,7 @@ def worker(args) -> None:
 
 
 def run_config(name, procs, devs, args, tmp):
-  from rattr_jax.distributed import _launch
+  from rattr_jax import distributed as _launch
   path = os.path.join(tmp, name.replace(" ", "") + ".json")
   cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--worker-out", path,
          "--attack-batch", str(args.attack_batch), "--attack-steps", str(args.attack_steps),

@@ -269,7 +269,7 @@ time.sleep(120)
 
 
 def _run_launch(mode, tmp_path):
-  from rattr_jax.distributed import _launch
+  from rattr_jax import distributed as _launch
   t0 = time.monotonic()
   rc = _launch.launch([sys.executable, "-c", _CHILD, mode, str(tmp_path)], num_processes=3,
                       devices_per_process=2)
@@ -287,7 +287,7 @@ def test_launch_exit_status_and_failure_stops_the_others(tmp_path):
 
 
 def test_launch_forwards_sigterm(tmp_path):
-  code = ("import sys; from rattr_jax.distributed import _launch; "
+  code = ("import sys; from rattr_jax import distributed as _launch; "
           f"sys.exit(_launch.launch([sys.executable, '-c', {_CHILD!r}, 'wait', {str(tmp_path)!r}], "
           "num_processes=3, devices_per_process=2))")
   p = subprocess.Popen([sys.executable, "-c", code], env=subprocess_env(1), cwd=ROOT)

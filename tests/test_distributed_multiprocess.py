@@ -99,7 +99,7 @@ def two_process_run(tmp_path_factory):
   out = str(d / "run")
   script = d / "job.py"
   script.write_text(_SCRIPT)
-  from rattr_jax.distributed import _launch as L
+  from rattr_jax import distributed as L
   rc = L.launch([sys.executable, str(script), out, str(d / "result.json")], num_processes=2,
                 devices_per_process=2, env=subprocess_env(1))
   assert rc == 128 + signal.SIGKILL  # the killed process's status; the launcher stopped the other
@@ -184,7 +184,7 @@ while True:  # process 0: keeps running collectives with a dead peer
 
 
 def test_killed_process_stops_the_other_within_heartbeat_timeout(tmp_path):
-  from rattr_jax.distributed import _launch as L
+  from rattr_jax import distributed as L
   coordinator = f"localhost:{L.free_port()}"
   procs = [subprocess.Popen([sys.executable, "-c", _FAULT], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,

@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
   from rattr_jax.cli import build_parser
-  from rattr_jax.distributed import _launch
+  from rattr_jax import distributed as _launch
   cmd = list(args.rattr_command)
   if cmd and cmd[0] == "--":
     cmd = cmd[1:]

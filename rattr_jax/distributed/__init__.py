@@ -10,6 +10,9 @@
   its rows and contributes them to one global array.
 * `replicate(tree, mesh)`, `gather(x)`, `gather_examples(x, n)`,
   `is_main_process()`, `sync()`.
+* `launch(command, num_processes=N)`: N local processes of one job (what
+  ``rattr launch`` runs; `rattr_command(args)` is ``rattr <args>`` as such a
+  process).
 
 Example (run the same script in every process, e.g. ``rattr launch -n 2 -- ...``)::
 
@@ -23,6 +26,10 @@ Example (run the same script in every process, e.g. ``rattr launch -n 2 -- ...``
   maps = dist.gather_examples(maps, len(x_all))       # numpy, on every process
 """
 
+from rattr_jax.distributed._launch import free_port
+from rattr_jax.distributed._launch import launch
+from rattr_jax.distributed._launch import process_env
+from rattr_jax.distributed._launch import rattr_command
 from rattr_jax.distributed._mesh import data_mesh
 from rattr_jax.distributed._mesh import DATA_AXIS
 from rattr_jax.distributed._mesh import per_example
@@ -41,5 +48,5 @@ from rattr_jax.distributed._multihost import sync
 __all__ = [
     "add_cli_args", "data_mesh", "DATA_AXIS", "per_example", "gather", "gather_examples",
     "initialize", "initialize_from_args", "is_main_process", "local_batch_size", "process_slice",
-    "replicate", "shard_batch", "sync",
+    "replicate", "shard_batch", "sync", "free_port", "launch", "process_env", "rattr_command",
 ]
