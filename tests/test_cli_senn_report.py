@@ -30,6 +30,7 @@ def test_senn_report_tabular(tmp_path, capsys):
   assert "…" not in o and "nan" not in o.lower()
   assert "median [25%, 75%]" in o and "dead concepts" in o
   assert "post-hoc stability: 3/3 methods (100%)" in o  # progress line per method
+  assert "lambda=1: stability and faithfulness on 8 test points" in o
   s = json.loads((out / "senn_report.json").read_text())
   assert s["blackbox"]["epochs"] == 2
   for r in s["runs"]:

@@ -122,7 +122,12 @@ def run(args) -> int:
                            f"L_theta {rec['robustness']:.3g}  test acc "
                            f"{_common.fmt(val)}")
 
-    res = R.sweep(data, cfg, lambdas, settings, key=key, progress=progress, keep_models=True)
+    def evaluated(name, secs):
+      prog.con.print(f"{name}: stability and faithfulness on {settings.num_eval} test points "
+                     f"in {secs:.1f} s", highlight=False)
+
+    res = R.sweep(data, cfg, lambdas, settings, key=key, progress=progress, keep_models=True,
+                  on_evaluated=evaluated)
   runs = res["runs"]
   for r in runs:
     if r["dead_concepts"]:

@@ -108,15 +108,26 @@ def evaluate_senn(model, data, settings: EvalSettings, *, key) -> dict[str, Any]
   return out
 
 
-def posthoc_explainers(fn, settings: EvalSettings, *, key) -> dict[str, Callable]:
-  """Explain functions ``explain(x, target)`` of the post-hoc baselines."""
-  from rattr_jax import attribution as A
+def _with_fixed_key(ex, fixed_key, f, z, tt, *, key=None):
+  """``ex`` with one fixed key (common random numbers), whatever key the metric passes."""
+  del key
+  return ex(f, z, tt, key=fixed_key)
+
+
+def posthoc_explainers(settings: EvalSettings, *, key) -> dict[str, Callable]:
+  """Explainers ``explainer(fn, x, target, *, key)`` of the post-hoc baselines.
+
+  SmoothGrad uses the one noise ``key`` at ``x`` and at every perturbed
+  ``x'`` (common random numbers), so the stability estimate measures the
+  explanation's change, not fresh sampling noise.
+  """
+  from rattr_jax import explainers
+  sg = explainers.get("smoothgrad", num_samples=settings.sg_samples)
   return {
-      "gradient": functools.partial(A.gradient, fn),
-      "integrated_gradients": functools.partial(A.integrated_gradients, fn,
-                                                num_steps=settings.ig_steps),
-      "smoothgrad": functools.partial(A.smoothgrad, fn, key=key,
-                                      num_samples=settings.sg_samples),
+      "gradient": explainers.get("gradient"),
+      "integrated_gradients": explainers.get("integrated_gradients",
+                                             num_steps=settings.ig_steps),
+      "smoothgrad": jax.tree_util.Partial(_with_fixed_key, sg, key),
   }
 
 
@@ -138,12 +149,12 @@ def evaluate_posthoc(fn, data, settings: EvalSettings, *, key,
   t = jnp.argmax(fn(x), -1).astype(jnp.int32)
   eps = settings.epsilon(data.input_shape)
   kx, ke = jax.random.split(key)
-  table = posthoc_explainers(fn, settings, key=kx)
+  table = posthoc_explainers(settings, key=kx)
   out = {}
   for i, name in enumerate(methods):
     t0 = time.perf_counter()
-    run = functools.partial(local_lipschitz_estimate, table[name], x, t, epsilon=eps,
-                            clip=(0.0, 1.0), batch_size=settings.batch_size)
+    run = functools.partial(local_lipschitz_estimate, fn, table[name], x, t, epsilon=eps,
+                            input_range=(0.0, 1.0), chunk_size=settings.batch_size)
     v = _max_estimate(run, settings, jax.random.fold_in(ke, i))
     out[name] = dict(_summary(v), seconds=time.perf_counter() - t0)
     if progress is not None:
@@ -166,8 +177,12 @@ def train_blackbox(data, *, epochs: int, seed: int = 0):
 
 def sweep(data, base: SENNConfig, lambdas: Sequence[float], settings: EvalSettings, *,
           key, progress: Callable[[str, int, dict], None] | None = None,
-          keep_models: bool = False) -> dict[str, Any]:
+          keep_models: bool = False,
+          on_evaluated: Callable[[str, float], None] | None = None) -> dict[str, Any]:
   """Trains and evaluates one SENN per ``lambda`` (same seed and data for all).
+
+  ``progress(run, epoch, record)`` is called after each training epoch and
+  ``on_evaluated(run, seconds)`` after each model's evaluation.
 
   Returns:
     ``{"runs": [{"lambda", "train_seconds", "history", **evaluate_senn}],
@@ -182,7 +197,10 @@ def sweep(data, base: SENNConfig, lambdas: Sequence[float], settings: EvalSettin
     model, hist = fit_senn(model, data.x_train, data.y_train, cfg, x_val=data.x_test,
                            y_val=data.y_test, progress=cb)
     train_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
     res = evaluate_senn(model, data, settings, key=jax.random.fold_in(key, i))
+    if on_evaluated is not None:
+      on_evaluated(f"lambda={lam:g}", time.perf_counter() - t1)
     runs.append(dict(**{"lambda": float(lam), "train_seconds": train_s,
                         "history": hist.as_dict()}, **res))
     if keep_models:
