@@ -22,6 +22,9 @@ def register(sub) -> None:
                  help="redo STAGE and every later one: train, explain, attack, score, "
                  "aggregate, report")
   p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+  p.add_argument("--cache-dir", default=None,
+                 help="JAX persistent compilation cache, so a re-run does not compile again "
+                 "(default: $RATTR_JAX_CACHE_DIR or ~/.cache/rattr_jax/jax; 'none' disables)")
   p.add_argument("--print-config", action="store_true",
                  help="print the preset's TOML and exit (a starting point for your own)")
   p.set_defaults(func=run)
@@ -46,9 +49,18 @@ def run(args) -> int:
     R.check_out_dir(out)
   except ValueError as e:
     raise ValueError(str(e).replace("`--out`", "--out")) from None
+  cache = args.cache_dir or os.environ.get("RATTR_JAX_CACHE_DIR") or os.path.join(
+      os.path.expanduser("~"), ".cache", "rattr_jax", "jax")
+  if cache != "none":
+    try:
+      os.makedirs(cache, exist_ok=True)
+    except OSError as e:
+      raise ValueError(f"--cache-dir {cache!r} cannot be created ({e.strerror or e}).") from None
   import rattr_jax
   if hasattr(rattr_jax, "configure_cpu"):
     rattr_jax.configure_cpu()
+  if cache != "none":
+    R.enable_compilation_cache(cache)
   from rich.console import Console
   from rattr_jax.study import run_study
   from rattr_jax.study._report import headline, claims_table

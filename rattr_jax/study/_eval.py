@@ -22,6 +22,7 @@ import numpy as np
 from rattr_jax import attacks as A
 from rattr_jax import attribution
 from rattr_jax import curvature
+from rattr_jax import distributed as dist
 from rattr_jax import explainers
 from rattr_jax import maps
 from rattr_jax import metrics as M
@@ -49,53 +50,68 @@ def unit_key(*parts) -> jax.Array:
   return key
 
 
-# ----------------------------------------------------------------- explainers
-def _gradient(f, x, t, *, key=None):
-  del key
-  return attribution.gradient(f, x, t)
-
-
-def _input_x_gradient(f, x, t, *, key=None):
-  del key
-  return attribution.input_x_gradient(f, x, t)
-
-
-def _ig(f, x, t, *, key=None, num_steps=16, method="riemann_trapezoid"):
-  del key
-  return attribution.integrated_gradients(f, x, t, num_steps=num_steps, method=method)
-
-
-def _smoothgrad(f, x, t, *, key, num_samples=16, stddev=0.15):
-  return attribution.smoothgrad(f, x, t, key=key, num_samples=num_samples, stddev=stddev)
-
-
-_BUILDERS = {"gradient": _gradient, "input_x_gradient": _input_x_gradient,
-             "integrated_gradients": _ig, "smoothgrad": _smoothgrad}
+# ------------------------------------------------------------------- execution
+def mesh():
+  """The study's device mesh: every device of every process (``None`` on one device)."""
+  return _mesh_cached()
 
 
 @functools.lru_cache(maxsize=None)
+def _mesh_cached():
+  return dist.data_mesh() if jax.device_count() > 1 else None
+
+
+@functools.lru_cache(maxsize=None)
+def _runner(f, batch_argnums):
+  return dist.per_example(f, mesh(), batch_argnums=batch_argnums)
+
+
+def per_example(f, *args, batch_argnums, key=None, **kwargs):
+  """``f`` on each example, data-parallel over the mesh, in chunks of `CHUNK` examples.
+
+  Example ``i`` gets ``fold_in(key, i)`` (``i`` its index in the evaluation set), so
+  every value is the same whatever the chunking, the device count or the process
+  count. Returns host numpy arrays (gathered on every process).
+  """
+  run = _runner(f, batch_argnums)
+  n = np.shape(args[batch_argnums[-1]])[0]
+  outs = []
+  for i, j in _chunks(n):
+    a = [jax.tree_util.tree_map(lambda v: v[i:j], x) if k in batch_argnums else x
+         for k, x in enumerate(args)]
+    out = run(*a, key=key, index=np.arange(i, j, dtype=np.int32), **kwargs)
+    outs.append(jax.tree_util.tree_map(np.asarray, dist.gather(out)))
+  return jax.tree_util.tree_map(lambda *p: np.concatenate(p), *outs)
+
+
+# ----------------------------------------------------------------- explainers
+@functools.lru_cache(maxsize=None)
 def explainer(name: str, params: tuple = ()):
-  """The study's explainer ``explainer(fn, x, target, *, key)`` for a spec (cached, so one
-  object per spec and one compiled program per shape)."""
-  base = _BUILDERS[name]
-  return functools.partial(base, **dict(params)) if params else base
+  """The study's explainer for a spec: `rattr_jax.explainers.get` (hashable, cached)."""
+  return explainers.get(name, **dict(params))
 
 
 def to_map(attr) -> jax.Array:
   return maps.saliency_map(attr, reduce="abs_sum", normalize="sum_to_one")
 
 
-def _chunks(n: int, size: int = CHUNK):
+def _chunks(n: int, size: int | None = None):
+  size = size or CHUNK
   return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def _attr(f, fn, x, t, *, key):
+  return f(fn, x, t, key=key)
+
+
+def attributions(fn, ex, x, t, *, key) -> np.ndarray:
+  """Attributions of ``x`` shaped like ``x`` (per-example keys by index)."""
+  return per_example(ex, fn, x, t, batch_argnums=(1, 2), key=key)
+
+
 def explain(fn, ex, x, t, *, key) -> np.ndarray:
-  """Saliency maps ``[N, H, W]`` of ``x`` (chunked; per-example keys by index)."""
-  out = []
-  for i, j in _chunks(len(x)):
-    out.append(np.asarray(to_map(ex(fn, jnp.asarray(x[i:j]), jnp.asarray(t[i:j]),
-                                    key=jax.random.fold_in(key, i)))))
-  return np.concatenate(out)
+  """Saliency maps ``[N, H, W]`` of ``x``."""
+  return np.asarray(to_map(attributions(fn, ex, x, t, key=key)))
 
 
 # -------------------------------------------------------------------- similarity
@@ -121,57 +137,51 @@ def _mask(shape) -> np.ndarray:
 def attack(fn, surrogate, ex, x, t, *, name: str, epsilon: float, num_steps: int,
            step_size: float | None, k: int, select_on: str, key) -> np.ndarray:
   """Runs one attack on ``x`` and returns ``x_adv`` (label kept by construction)."""
-  xj, tj = jnp.asarray(x), jnp.asarray(t)
   step = step_size if step_size is not None else 2.5 * epsilon / num_steps
-  sel = "model" if select_on == "measure" else select_on
-  if select_on == "measure" and "measure" in getattr(A, "SELECT_ON", ()):
-    sel = "measure"
+  sel = select_on
   if name == "frame":
-    cfg = A.frame_config(epsilon=epsilon, num_steps=num_steps, select_on=sel)
-    res = A.frame_attack(fn, ex, xj, tj, key=key, config=cfg, surrogate=surrogate)
+    cfg = A.frame_config(epsilon=epsilon, num_steps=num_steps,
+                         select_on="model" if sel == "measure" else sel)
+    res = per_example(A.frame_attack, fn, ex, x, t, batch_argnums=(2, 3), key=key, config=cfg,
+                      surrogate=surrogate)
     return np.asarray(res.x_adv)
   cfg = A.AttackConfig(epsilon=epsilon, step_size=step, num_steps=num_steps, k=k,
-                       select_on=sel)
+                       select_on=sel if sel in A.SELECT_ON else "model")
+  kw = {}
   if name == "random_sign":
-    res = A.random_sign_attack(fn, ex, xj, tj, key=key, config=cfg, surrogate=surrogate)
+    f = A.random_sign_attack
   elif name == "topk":
-    res = A.topk_attack(fn, ex, xj, tj, key=key, config=cfg, surrogate=surrogate)
+    f = A.topk_attack
   elif name == "mass_center":
-    res = A.mass_center_attack(fn, ex, xj, tj, key=key, config=cfg, surrogate=surrogate)
+    f = A.mass_center_attack
   else:
-    res = A.targeted_attack(fn, ex, xj, tj, key=key, mask=jnp.asarray(_mask(x.shape[1:3])),
-                            config=cfg, surrogate=surrogate)
+    f = A.targeted_attack
+    kw["mask"] = _mask(x.shape[1:3])
+  res = per_example(f, fn, ex, x, t, batch_argnums=(2, 3), key=key, config=cfg,
+                    surrogate=surrogate, **kw)
   return np.asarray(res.x_adv)
 
 
 # ----------------------------------------------------------------------- metrics
-def _with_fixed_key(ex, fixed_key, f, z, tt, *, key=None):
-  """``ex`` with one fixed key (common random numbers), whatever key the metric passes."""
-  del key
-  return ex(f, z, tt, key=fixed_key)
-
-
 def robustness(fn, ex, x, t, *, names, epsilon: float, num_samples: int, lipschitz_steps: int,
                key) -> dict[str, np.ndarray]:
-  """Max-sensitivity (L-inf uniform noise of radius ``epsilon``) and the local
+  """Max-sensitivity (uniform noise in the L-inf box of radius ``epsilon``; relative L2
+  change of the explanation) and the local
   Lipschitz estimate (projected gradient ascent in the L2 ball of radius
-  ``epsilon * sqrt(d)``, the L2 radius of the same L-inf box's corners)."""
+  ``epsilon * sqrt(d)``, the L2 radius of the same box's corners)."""
   out = {}
-  xj, tj = jnp.asarray(x), jnp.asarray(t)
-  # A stochastic explainer (SmoothGrad) uses the same noise key at x and at every
-  # perturbed x' (common random numbers), so the metric sees the explanation's change,
-  # not fresh sampling noise.
-  k_ex = jax.random.fold_in(key, 3)
-  bound = jax.tree_util.Partial(_with_fixed_key, ex, k_ex)
   if "max_sensitivity" in names:
-    out["max_sensitivity"] = np.asarray(M.max_sensitivity(
-        fn, bound, xj, tj, key=jax.random.fold_in(key, 1), num_samples=num_samples,
-        epsilon=epsilon, norm="l2", noise="uniform", input_range=(0.0, 1.0)), np.float64)
+    out["max_sensitivity"] = per_example(
+        M.max_sensitivity, fn, ex, x, t, batch_argnums=(2, 3), key=jax.random.fold_in(key, 1),
+        num_samples=num_samples, epsilon=epsilon, norm="l2", noise="uniform",
+        input_range=(0.0, 1.0)).astype(np.float64)
   if "local_lipschitz" in names:
     d = float(np.prod(x.shape[1:]))
-    out["local_lipschitz"] = np.asarray(M.local_lipschitz_estimate(
-        fn, bound, xj, tj, key=jax.random.fold_in(key, 2), epsilon=epsilon * np.sqrt(d),
-        method="gradient_ascent", num_steps=lipschitz_steps, num_restarts=1), np.float64)
+    out["local_lipschitz"] = per_example(
+        M.local_lipschitz_estimate, fn, ex, x, t, batch_argnums=(2, 3),
+        key=jax.random.fold_in(key, 2), epsilon=float(epsilon * np.sqrt(d)),
+        method="gradient_ascent", num_steps=lipschitz_steps,
+        num_restarts=1).astype(np.float64)
   return out
 
 
@@ -192,15 +202,17 @@ def faithfulness(fn, attr, x, t, *, names, curve_steps: int, num_samples: int,
                  key) -> dict[str, np.ndarray]:
   """Insertion and deletion (normalised per model) and infidelity, of saved attributions."""
   out = {}
-  xj, tj, aj = jnp.asarray(x), jnp.asarray(t), explainers.precomputed(jnp.asarray(attr))
+  pre = explainers.precomputed(np.asarray(attr, np.float32))
   if "insertion" in names:
-    out["insertion"] = _normalized_curve(M.insertion(fn, aj, xj, tj, num_steps=curve_steps))
+    out["insertion"] = _normalized_curve(per_example(
+        M.insertion, fn, pre, x, t, batch_argnums=(1, 2, 3), num_steps=curve_steps))
   if "deletion" in names:
-    out["deletion"] = _normalized_curve(M.deletion(fn, aj, xj, tj, num_steps=curve_steps))
+    out["deletion"] = _normalized_curve(per_example(
+        M.deletion, fn, pre, x, t, batch_argnums=(1, 2, 3), num_steps=curve_steps))
   if "infidelity" in names:
-    out["infidelity"] = np.asarray(M.infidelity(fn, aj, xj, tj, key=key,
-                                                num_samples=num_samples, normalize=True),
-                                   np.float64)
+    out["infidelity"] = per_example(
+        M.infidelity, fn, pre, x, t, batch_argnums=(1, 2, 3), key=key,
+        num_samples=num_samples, normalize=True).astype(np.float64)
   return out
 
 
