@@ -10,6 +10,7 @@ keyword-only. See `rattr_jax.attacks._ghorbani` for details.
 from rattr_jax.attacks._base import AttackConfig
 from rattr_jax.attacks._base import AttackResult
 from rattr_jax.attacks._base import ManipulationConfig
+from rattr_jax.attacks._base import SELECT_ON
 from rattr_jax.attacks._constraints import check_positive_scalar
 from rattr_jax.attacks._engine import run_loop as attack_loop
 from rattr_jax.attacks._dombrowski import beta_schedule
@@ -27,6 +28,7 @@ __all__ = [
     "AttackConfig",
     "AttackResult",
     "ManipulationConfig",
+    "SELECT_ON",
     "attack_loop",
     "check_positive_scalar",
     "beta_schedule",

@@ -107,7 +107,7 @@ def _manip_core(fn, explain, surrogate, family, config, key, args):
     return -jnp.sum(loss), -loss
 
   grad_fn = jax.grad(neg_total, has_aux=True)
-  score_on_model = config.select_on == "model" and (surrogate is not None or
+  score_on_model = config.select_on in ("model", "measure") and (surrogate is not None or
                                                     family is not None)
 
   def evaluate(z, p):

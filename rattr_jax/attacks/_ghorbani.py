@@ -47,7 +47,7 @@ from rattr_jax.attacks import _engine
 from rattr_jax.attacks._base import AttackConfig, AttackResult, SELECT_ON
 from rattr_jax.attacks._constraints import (check_epsilon, check_input_range,
                                              check_positive_scalar, predicted_label)
-from rattr_jax.attacks._objectives import map_objective, objective_aux, to_map
+from rattr_jax.attacks._objectives import attacked_measure, map_objective, objective_aux, to_map
 from rattr_jax.core import NORMALIZATIONS, REDUCTIONS
 
 
@@ -133,16 +133,21 @@ def _signed_core(fn, explain, surrogate, objective, config, key, args):
     return jnp.sum(d), d
 
   grad_fn = jax.grad(sur_value, has_aux=True)
-  score_on_model = config.select_on == "model" and surrogate is not None
+  by_measure = config.select_on == "measure"
+  score_on_model = (config.select_on == "model" and surrogate is not None) or by_measure
+
+  def score(m):
+    return attacked_measure(objective, m, aux, config.k) if by_measure else map_objective(
+        objective, m, aux)
 
   def evaluate(z, p):
     g, d = grad_fn(z, p)
     if score_on_model:
-      d = map_objective(objective, map_of(fn, z, p), aux)
+      d = score(map_of(fn, z, p))
     return d, g
 
   def final_value(z, p):
-    return map_objective(objective, map_of(fn if score_on_model else sur, z, p), aux)
+    return score(map_of(fn if score_on_model else sur, z, p))
 
   threat = config.threat_model
 
@@ -179,9 +184,11 @@ def _random_sign_core(fn, explain, surrogate, objective, config, key, args):
                             config.normalize)
   m0 = ref(x)
   aux = objective_aux(objective, m0, config.k, mask)
-  d0 = map_objective(objective, m0, aux)
+  measure = (functools.partial(attacked_measure, k=config.k) if config.select_on == "measure"
+             else map_objective)
+  d0 = measure(objective, m0, aux)
   z = config.threat_model.project(x + eps * signs, x)
-  d1 = map_objective(objective, map_of(fn, z, 0), aux)
+  d1 = measure(objective, map_of(fn, z, 0), aux)
   ok = predicted_label(fn, z) == label
   x_adv = jnp.where(ok.reshape((-1,) + (1,) * (x.ndim - 1)), z, x)
   return dict(x_adv=x_adv, success=ok & (d1 > d0), objective=jnp.where(ok, d1, d0),

@@ -62,6 +62,20 @@ def map_objective(objective: str, m: jax.Array, aux: jax.Array) -> jax.Array:
   return targeted_objective(m, aux)
 
 
+def attacked_measure(objective: str, m: jax.Array, aux: jax.Array, k: int) -> jax.Array:
+  """The measure an attack targets, oriented so the attacker maximises it (``[B]``).
+
+  For ``topk``: minus the top-``k`` intersection of ``m`` with the original map
+  (``aux`` is the original top-``k`` mask; ties in ``m`` broken by `lax.top_k`,
+  as in `rattr_jax.metrics.topk_intersection`). For ``mass_center`` and
+  ``targeted`` the objective is the measure. Ghorbani et al.'s code keeps the
+  iterate with the best value of this measure (``select_on="measure"``).
+  """
+  if objective == "topk":
+    return -jnp.sum(_flat(topk_mask(m, k) * aux), axis=1) / k
+  return map_objective(objective, m, aux)
+
+
 def manipulation_loss(m: jax.Array, target_map: jax.Array, probs: jax.Array,
                       probs0: jax.Array, gamma) -> jax.Array:
   """``mean_pixels (h - h_t)^2 + gamma * ||p - p_0||^2``, per example ``[B]``.

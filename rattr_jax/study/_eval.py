@@ -140,13 +140,12 @@ def attack(fn, surrogate, ex, x, t, *, name: str, epsilon: float, num_steps: int
   step = step_size if step_size is not None else 2.5 * epsilon / num_steps
   sel = select_on
   if name == "frame":
-    cfg = A.frame_config(epsilon=epsilon, num_steps=num_steps,
-                         select_on="model" if sel == "measure" else sel)
+    cfg = A.frame_config(epsilon=epsilon, num_steps=num_steps, select_on=sel)
     res = per_example(A.frame_attack, fn, ex, x, t, batch_argnums=(2, 3), key=key, config=cfg,
                       surrogate=surrogate)
     return np.asarray(res.x_adv)
   cfg = A.AttackConfig(epsilon=epsilon, step_size=step, num_steps=num_steps, k=k,
-                       select_on=sel if sel in A.SELECT_ON else "model")
+                       select_on=sel)
   kw = {}
   if name == "random_sign":
     f = A.random_sign_attack

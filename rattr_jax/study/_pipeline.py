@@ -270,11 +270,7 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
           ex = E.explainer(es.name, es.params)
           fn = fns[r.name][0]
           key = E.unit_key("explain", r.seed, es.name)
-          attr = []
-          for i, j in E._chunks(len(x_eval)):
-            attr.append(np.asarray(ex(fn, x_eval[i:j], y_eval[i:j],
-                                      key=jax.random.fold_in(key, i))))
-          attr = np.concatenate(attr)
+          attr = E.attributions(fn, ex, x_eval, y_eval, key=key)
           m = np.asarray(E.to_map(attr))
           R.save_unit(p, {"model": r.name, "explainer": es.name}, {"attribution": attr,
                                                                    "map": m})
