@@ -34,7 +34,6 @@ from rattr_jax._typing import PRNGKey, Target
 from rattr_jax.attribution import _decoy_solver as S
 from rattr_jax import core
 from rattr_jax.attribution import _integrated, _smoothgrad
-from rattr_jax.maps import _saliency
 
 BASES = ("gradient", "smoothgrad", "integrated_gradients")
 AGGREGATIONS = ("range", "mean")
@@ -129,7 +128,7 @@ def explain_decoys(fn, spec, res: S.DecoyResult, t, key, percentile, use_mean,
   used = res.feasible
   # Both aggregations are cheap; selecting with a traced flag avoids a recompile.
   attr = jnp.where(use_mean, aggregate(maps, used, "mean"), aggregate(maps, used, "range"))
-  sal = _saliency.normalize_map(_saliency.reduce_channels(attr, "max_abs"), "winsorize",
+  sal = core.normalize_map(core.reduce_channels(attr, "max_abs"), "winsorize",
                                 percentile)
   count = lambda m: jnp.sum(m, axis=1).astype(jnp.int32)  # noqa: E731
   return DecoySaliency(attribution=attr, saliency=sal,
@@ -306,7 +305,6 @@ def default_layer(model: Any) -> str:
 def cli_explainer(model: Any, *, base: str = "gradient", layer: str | None = None,
                   epsilon: float = 1.0, num_steps: int = 100) -> Callable:
   """The ``decoy`` entry of ``rattr explain``: a DANCE explainer over ``base`` at `default_layer`."""
-  from rattr_jax import explainers
-  layer = default_layer(model) if layer is None else layer
-  return explainers.get("decoy", layer=layer, model=model, base=base, epsilon=epsilon,
-                        num_steps=num_steps)
+  layer = resolve_layer(default_layer(model) if layer is None else layer, model)
+  return core.BoundExplainer("decoy", decoy_attribution,
+                             dict(layer=layer, base=base, epsilon=epsilon, num_steps=num_steps))

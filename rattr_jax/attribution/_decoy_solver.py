@@ -339,9 +339,9 @@ def resolve_features(layer: Any, model: Any, x: jax.Array) -> Callable:
     if model is None:
       raise ValueError(f"`layer` is the name {layer!r}; pass the Flax model as `model=` "
                        "to resolve it, or pass a function features(x) -> [B, ...].")
-    from rattr_jax.models import _features
-    _features.check_layers(model, layer, x)
-    features = _features.feature_fn(model, layer)
+    from rattr_jax.models import feature_fn
+    features = feature_fn(model, layer)
+    jax.eval_shape(features, jax.ShapeDtypeStruct(x.shape, x.dtype))  # unknown names raise
   else:
     features = layer
   check_features(features, x)

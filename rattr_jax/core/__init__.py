@@ -49,6 +49,7 @@ from rattr_jax.core._maps import map_center_of_mass
 from rattr_jax.core._maps import map_shape_of
 from rattr_jax.core._maps import NORMALIZATIONS
 from rattr_jax.core._maps import normalize_map
+from rattr_jax.core._maps import pearson_rows
 from rattr_jax.core._maps import reduce_channels
 from rattr_jax.core._maps import REDUCTIONS
 from rattr_jax.core._maps import to_map
@@ -69,7 +70,7 @@ __all__ = [
     "chunk_indices", "BoundExplainer", "check_explainer", "Explainer", "is_precomputed",
     "Precomputed", "precomputed", "as_typed_key", "call_key", "check_key_or_keys",
     "check_optional_key", "example_keys", "map_center_of_mass", "map_shape_of",
-    "NORMALIZATIONS", "normalize_map", "reduce_channels", "REDUCTIONS", "to_map",
+    "NORMALIZATIONS", "normalize_map", "pearson_rows", "reduce_channels", "REDUCTIONS", "to_map",
     "predicted_label", "prepare", "target_gradient", "target_logits", "check_epsilon",
     "check_input_range", "NORMS", "ThreatModel",
 ]

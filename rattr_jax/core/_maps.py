@@ -71,3 +71,17 @@ def map_center_of_mass(m: jax.Array) -> jax.Array:
   r = jnp.einsum("bhw,h->b", m, rows) / total
   c = jnp.einsum("bhw,w->b", m, cols) / total
   return jnp.stack([r, c], axis=-1)
+
+
+def pearson_rows(u: jax.Array, v: jax.Array) -> jax.Array:
+  """Pearson correlation along the last axis (unvalidated, traceable).
+
+  A constant row gives exactly NaN (its float mean need not equal its value,
+  so the centred row is not always exactly 0), as scipy.
+  """
+  constant = jnp.all(u == u[..., :1], axis=-1) | jnp.all(v == v[..., :1], axis=-1)
+  u = u - jnp.mean(u, axis=-1, keepdims=True)
+  v = v - jnp.mean(v, axis=-1, keepdims=True)
+  num = jnp.sum(u * v, axis=-1)
+  den = jnp.sqrt(jnp.sum(u * u, axis=-1) * jnp.sum(v * v, axis=-1))
+  return jnp.where(constant, jnp.nan, num / den)

@@ -31,7 +31,7 @@ from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import PRNGKey, Target
 from rattr_jax.core import Explainer
 from rattr_jax.metrics import _common as C
-from rattr_jax.metrics._similarity import _pearson_flat
+from rattr_jax.core import pearson_rows as _pearson_flat
 
 
 @struct.dataclass

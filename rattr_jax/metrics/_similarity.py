@@ -15,6 +15,7 @@ from jaxtyping import Array, Float
 
 from rattr_jax import _validation as V
 from rattr_jax.core import map_center_of_mass
+from rattr_jax.core import pearson_rows
 
 _TINY = 1e-12
 
@@ -81,15 +82,7 @@ def average_ranks(v: jax.Array) -> jax.Array:
   return (lo + hi + 1).astype(v.dtype) / 2
 
 
-def _pearson_flat(u, v):
-  # A constant map gives exactly NaN (its float mean need not equal its value, so the
-  # centred map is not always exactly 0): see `spearman`'s convention.
-  constant = jnp.all(u == u[..., :1], axis=-1) | jnp.all(v == v[..., :1], axis=-1)
-  u = u - jnp.mean(u, axis=-1, keepdims=True)
-  v = v - jnp.mean(v, axis=-1, keepdims=True)
-  num = jnp.sum(u * v, axis=-1)
-  den = jnp.sqrt(jnp.sum(u * u, axis=-1) * jnp.sum(v * v, axis=-1))
-  return jnp.where(constant, jnp.nan, num / den)
+_pearson_flat = pearson_rows
 
 
 @jax.jit

@@ -34,7 +34,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from rattr_jax import _validation as V
-from rattr_jax.metrics._similarity import _pearson_flat
+from rattr_jax.core import pearson_rows as _pearson_flat
 from rattr_jax.models.senn._conceptizers import IdentityConceptizer
 from rattr_jax.models.senn._stability import _has_bias, predicted_class
 
