@@ -37,7 +37,6 @@ ALLOWED_PRIVATE: dict[tuple[str, str], str] = {
     ("rattr_jax.influence._last_layer", "rattr_jax.models._functional"): _VIEW,
     ("rattr_jax.regularizers._activation_sensitivity", "rattr_jax.models._features"): _VIEW,
     ("rattr_jax.regularizers._activation_sensitivity", "rattr_jax.models._functional"): _VIEW,
-    ("rattr_jax.cli._attack", "rattr_jax.viz._figures"): _CLI,
     ("rattr_jax.cli._explain", "rattr_jax.attribution._decoy"): _CLI,
     ("rattr_jax.cli._senn_report", "rattr_jax.models.senn._aggregators"): _CLI,
     ("rattr_jax.cli._senn_report", "rattr_jax.models.senn._figures"): _CLI,

@@ -150,8 +150,7 @@ def _plot(path, x, m0, results, num_images, *, title, mask, frame, k):
   import matplotlib.pyplot as plt
   import numpy as np
 
-  from rattr_jax.viz import show_image
-  from rattr_jax.viz._figures import _colorbar
+  from rattr_jax.viz import add_colorbar, show_image
   names = list(results)
   ncol = 2 + 2 * len(names)
   fig, axes = plt.subplots(num_images, ncol, figsize=(2.0 * ncol, 2.25 * num_images + 0.5),
@@ -173,7 +172,7 @@ def _plot(path, x, m0, results, num_images, *, title, mask, frame, k):
         show_image(ax, img)
       else:
         im = ax.imshow(np.asarray(img), cmap=CMAP, vmin=0.0, vmax=float(np.max(img)) or 1.0)
-        _colorbar(fig, ax, im)
+        add_colorbar(fig, ax, im)
         if outline is not None:  # the attack's target region
           ax.contour(outline, levels=[0.5], colors="cyan", linewidths=0.8)
       ax.set_xticks([])

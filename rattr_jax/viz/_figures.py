@@ -26,10 +26,8 @@ def show_image(ax, img) -> None:
     ax.imshow(np.clip(img, 0.0, 1.0))
 
 
-_show_image = show_image  # old private name
-
-
-def _colorbar(fig, ax, im):
+def add_colorbar(fig, ax, im):
+  """Adds a small colorbar for the image ``im`` drawn on ``ax``; returns it."""
   cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
   cb.ax.tick_params(labelsize=5)
   cb.formatter.set_powerlimits((-2, 3))
@@ -75,7 +73,7 @@ def saliency_grid(columns: Mapping[str, np.ndarray], path: str | os.PathLike, *,
           m = np.abs(m).sum(-1)
         im = ax.imshow(m, cmap=cmap, vmin=0.0, vmax=float(np.max(m)) or 1.0)
         if colorbar:
-          _colorbar(fig, ax, im)
+          add_colorbar(fig, ax, im)
       ax.set_xticks([])
       ax.set_yticks([])
       if i == 0:
