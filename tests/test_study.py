@@ -228,13 +228,16 @@ def test_tiny_study_end_to_end(tmp_path):
   # a second run does nothing
   res = study.run_study(cfg, out_dir=str(out), progress=False)
   assert res.nothing_to_do and res.computed_units == 0
-  # changing one method re-runs only what depends on it
-  changed = TINY.replace('activation = "softplus:3"', 'activation = "softplus:5"')
-  res = study.run_study(study.parse_config(__import__("tomllib").loads(changed)),
-                        out_dir=str(out), progress=False)
-  # per softplus model: train, explain, 2 attacks, 2 score units; x 2 seeds
-  assert res.computed_units == 12
-  assert res.cached_units == 14  # the ce models' 12 units and the 2 diverged trainings
+  # changing one method re-runs only what depends on it (in a subprocess, with the cache)
+  changed = _write(tmp_path, TINY.replace('activation = "softplus:3"',
+                                          'activation = "softplus:3"\nlearning_rate = 3e-3'),
+                   name="changed.toml")
+  run = subprocess.run(cmd[:4] + [changed] + cmd[5:] + [str(out)], capture_output=True,
+                       text=True)
+  assert run.returncode == 0, run.stderr[-2000:]
+  # per softplus model: train, explain, 2 attacks, 2 score units; x 2 seeds. Cached: the
+  # ce models' 12 units and the 2 diverged trainings.
+  assert "(12 units computed, 14 cached)" in " ".join(run.stdout.split()), run.stdout[-500:]
   # a config whose data changes under the same --out is refused, naming the field
   with pytest.raises(ValueError, match="data.num_eval"):
     study.run_study(study.parse_config(__import__("tomllib").loads(
@@ -252,3 +255,63 @@ def test_tiny_study_end_to_end(tmp_path):
   assert not (killed / "scores.csv").exists()
   assert subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode == 0
   assert _rows_without_time(killed / "scores.csv") == reference
+
+
+MESH = """
+name = "mesh"
+[model]
+name = "mlp"
+[data]
+num_eval = 6
+max_train = 128
+[training]
+seeds = [3]
+epochs = 1
+batch_size = 32
+[methods.softplus]
+objective = "ce"
+activation = "softplus:3"
+[explainers.gradient]
+[explainers.smoothgrad]
+num_samples = 3
+[attacks]
+names = ["topk"]
+epsilons = [0.1]
+num_steps = 2
+k = 40
+[metrics]
+robustness = ["max_sensitivity"]
+faithfulness = ["deletion"]
+sanity = []
+num_samples = 2
+curve_steps = 4
+[diagnostics]
+pgd_steps = 2
+hessian_iters = 2
+hutchinson_samples = 2
+num_examples = 3
+"""
+
+
+@pytest.mark.slow
+def test_study_on_two_devices_equals_one_device(tmp_path):
+  """The explain/attack/score stages run data-parallel over a 2-device mesh (6 images:
+  3 per device) and give the same scores per example as one device."""
+  cfg = _write(tmp_path, MESH)
+  outs = {}
+  for n in (1, 2):
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(n), JAX_PLATFORMS="cpu")
+    out = tmp_path / f"dev{n}"
+    r = subprocess.run([sys.executable, "-m", "rattr_jax.cli", "study", cfg, "--out", str(out),
+                        "--no-progress", "--cache-dir", "none"], env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    outs[n] = [r for r in study.read_scores(str(out / "scores.csv"))
+               if r["metric"] != "train_time"]
+    manifest = __import__("json").loads((out / "manifest.json").read_text())
+    assert len(manifest["devices"]) == n
+  assert [(r["explainer"], r["attack"], r["metric"], r["example"]) for r in outs[1]] == [
+      (r["explainer"], r["attack"], r["metric"], r["example"]) for r in outs[2]]
+  a = np.array([r["value"] for r in outs[1]])
+  b = np.array([r["value"] for r in outs[2]])
+  np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, equal_nan=True)

@@ -40,6 +40,7 @@ HIGHER_IS_BETTER = {
 }
 
 CHUNK = 64  # examples evaluated at once (memory bound)
+MIN_CURVE_RANGE = 0.1  # probability change below which a normalised curve is undefined
 
 
 def unit_key(*parts) -> jax.Array:
@@ -186,15 +187,16 @@ def robustness(fn, ex, x, t, *, names, epsilon: float, num_samples: int, lipschi
 
 def _normalized_curve(res) -> np.ndarray:
   """``(AUC - f(no information)) / (f(x) - f(no information))`` per example: the
-  per-model normalisation of insertion/deletion (arXiv 2408.08137). NaN where the
-  model's output does not change between the two ends (|denominator| < 1e-3)."""
+  per-model normalisation of insertion/deletion (arXiv 2408.08137). NaN (left out of
+  every mean and test) where the model's target probability changes by less than
+  `MIN_CURVE_RANGE` between the two ends, where the ratio is meaningless."""
   curve = np.asarray(res.curve, np.float64)
   auc = np.asarray(res.auc, np.float64)
   first, last = curve[:, 0], curve[:, -1]
   lo, hi = np.where(first < last, first, last), np.where(first < last, last, first)
   den = hi - lo
   with np.errstate(invalid="ignore", divide="ignore"):
-    return np.where(den > 1e-3, (auc - lo) / np.where(den > 0, den, 1.0), np.nan)
+    return np.where(den >= MIN_CURVE_RANGE, (auc - lo) / np.where(den > 0, den, 1.0), np.nan)
 
 
 def faithfulness(fn, attr, x, t, *, names, curve_steps: int, num_samples: int,
@@ -244,14 +246,14 @@ def robust_accuracy(fn, x, y, *, epsilon: float, num_steps: int, restarts: int,
 
 
 def geometry(fn, x, t, *, iters: int, samples: int, key) -> dict[str, np.ndarray]:
-  """Mean input-gradient norm, the top input-Hessian eigenvalue (Lanczos) and the
-  Hutchinson estimate of the Hessian's Frobenius norm, of the target logit."""
+  """The input-gradient norm, the input Hessian's spectral norm (its largest |eigenvalue|,
+  Lanczos) and the Hutchinson estimate of its Frobenius norm, of the target logit."""
   xj, tj = jnp.asarray(x), jnp.asarray(t)
   g = attribution.gradient(fn, xj, tj)
   out = {"gradient_norm": np.asarray(jnp.sqrt(jnp.sum(g.reshape(len(x), -1) ** 2, -1)),
                                      np.float64)}
   eigs = curvature.hessian_eigs(fn, xj, tj, k=1, num_iters=iters, key=key)
-  out["hessian_top_eig"] = np.asarray(eigs.magnitude_eigenvalues[:, 0], np.float64)
+  out["hessian_top_eig"] = np.abs(np.asarray(eigs.magnitude_eigenvalues[:, 0], np.float64))
   fro = curvature.hessian_frobenius_norm(fn, xj, tj, key=jax.random.fold_in(key, 1),
                                          num_samples=samples)
   out["hessian_frobenius"] = np.asarray(fro.estimate, np.float64)

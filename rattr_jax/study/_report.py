@@ -163,6 +163,9 @@ def robustness_vs_accuracy(path, config, rows):
         ax.scatter(np.mean(d[key]), y, color=colors.get(lab, "k"), s=40,
                    label=lab if seed == config.seeds[0] else None, edgecolor="k", lw=0.5)
   axes[0].set_xlabel("clean test accuracy")
+  from matplotlib.ticker import MaxNLocator
+  for ax in axes:
+    ax.xaxis.set_major_locator(MaxNLocator(5))
   axes[1].set_xlabel(f"PGD robust accuracy (ε={config.diagnostics.pgd_epsilon:.3g}, "
                      f"{config.diagnostics.pgd_steps} steps, {config.diagnostics.pgd_restarts}"
                      f" restart(s))")
