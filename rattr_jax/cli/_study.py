@@ -31,22 +31,21 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-  from rattr_jax.study import _config as C
-  from rattr_jax.study import _run as R
-  if args.force is not None and args.force not in C.STAGES:
+  from rattr_jax import study as S
+  if args.force is not None and args.force not in S.STAGES:
     raise ValueError(f"--force: unknown stage {args.force!r}; expected one of "
-                     f"{list(C.STAGES)}.")
+                     f"{list(S.STAGES)}.")
   if args.config is None and args.preset is None:
     args.preset = "quick"
   if args.config is not None and args.preset is not None:
     raise ValueError("give either CONFIG.toml or --preset, not both.")
   if args.print_config:
-    print(C.preset_text(args.preset or "quick"))
+    print(S.preset_text(args.preset or "quick"))
     return 0
-  config = C.load_config(args.config, preset=args.preset)
+  config = S.load_config(args.config, preset=args.preset)
   out = args.out if args.out is not None else os.path.join("out", f"study-{config.name}")
   try:
-    R.check_out_dir(out)
+    S.check_out_dir(out)
   except ValueError as e:
     raise ValueError(str(e).replace("`--out`", "--out")) from None
   cache = args.cache_dir or os.environ.get("RATTR_JAX_CACHE_DIR") or os.path.join(
@@ -60,11 +59,9 @@ def run(args) -> int:
   if hasattr(rattr_jax, "configure_cpu"):
     rattr_jax.configure_cpu()
   if cache != "none":
-    R.enable_compilation_cache(cache)
+    S.enable_compilation_cache(cache)
   from rich.console import Console
-  from rattr_jax.study import run_study
-  from rattr_jax.study._report import headline, claims_table
-  from rattr_jax.study._aggregate import summarize_file
+  from rattr_jax.study import claims_table, headline_table, run_study, summarize_file
   console = Console()
   if not console.is_terminal:
     console = Console(width=200)
@@ -79,7 +76,7 @@ def run(args) -> int:
     console.print(f"Study {config.name!r} in {res.out_dir} is complete: nothing to do "
                   f"({res.cached_units} units cached). Use --force STAGE to redo a stage.")
   summary = summarize_file(res.scores_path, config)
-  _table(console, f"{config.name}: headline (mean [95% CI])", *headline(summary, config))
+  _table(console, f"{config.name}: headline (mean [95% CI])", *headline_table(summary, config))
   h, rows = claims_table(summary)
   _table(console, "claims", ["claim", "a vs b", "mean diff [95% CI]", "p (Holm)", "status"],
          [[r[0], r[3], r[6], r[7], r[9].replace("**", "")] for r in rows])

@@ -16,16 +16,22 @@ from rattr_jax.study._config import load_config
 from rattr_jax.study._config import OBJECTIVES
 from rattr_jax.study._config import parse_config
 from rattr_jax.study._config import preset_names
+from rattr_jax.study._config import preset_text
 from rattr_jax.study._config import STAGES
 from rattr_jax.study._config import StudyConfig
 from rattr_jax.study._pipeline import ModelRun
 from rattr_jax.study._pipeline import run_study
 from rattr_jax.study._pipeline import StudyResult
+from rattr_jax.study._report import claims_table
+from rattr_jax.study._report import headline as headline_table
+from rattr_jax.study._run import check_out_dir
+from rattr_jax.study._run import enable_compilation_cache
 from rattr_jax.study._stats import bootstrap_ci
 from rattr_jax.study._stats import holm
 from rattr_jax.study._stats import paired_wilcoxon
 from rattr_jax.study._stats import rank_table
 
 __all__ = ["read_scores", "summarize", "summarize_file", "ATTACKS", "EXPLAINERS", "load_config",
-           "OBJECTIVES", "parse_config", "preset_names", "STAGES", "StudyConfig", "ModelRun",
+           "OBJECTIVES", "parse_config", "preset_names", "preset_text", "claims_table",
+           "headline_table", "check_out_dir", "enable_compilation_cache", "STAGES", "StudyConfig", "ModelRun",
            "run_study", "StudyResult", "bootstrap_ci", "holm", "paired_wilcoxon", "rank_table"]
