@@ -75,13 +75,14 @@ class TorchMnistCNN(nn.Module):
   image_layout = "NCHW"
 
   def __init__(self, num_classes: int, in_channels: int, image_size: int,
-               activation: Activation):
+               activation: Activation, widths=(16, 32, 64)):
     super().__init__()
-    self.conv1 = nn.Conv2d(in_channels, 16, 5, padding=2)
-    self.conv2 = nn.Conv2d(16, 32, 5, padding=2)
+    c1, c2, f1 = widths
+    self.conv1 = nn.Conv2d(in_channels, c1, 5, padding=2)
+    self.conv2 = nn.Conv2d(c1, c2, 5, padding=2)
     s = image_size // 4
-    self.fc1 = nn.Linear(s * s * 32, 64)
-    self.fc2 = nn.Linear(64, num_classes)
+    self.fc1 = nn.Linear(s * s * c2, f1)
+    self.fc2 = nn.Linear(f1, num_classes)
     self.act = TorchActivation(activation)
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,15 +99,16 @@ class TorchCifarLeNet(nn.Module):
   image_layout = "NCHW"
 
   def __init__(self, num_classes: int, in_channels: int, image_size: int,
-               activation: Activation):
+               activation: Activation, widths=(32, 32, 64, 64, 256)):
     super().__init__()
-    self.conv1 = nn.Conv2d(in_channels, 32, 3, padding=1)
-    self.conv2 = nn.Conv2d(32, 32, 3, padding=1)
-    self.conv3 = nn.Conv2d(32, 64, 3, padding=1)
-    self.conv4 = nn.Conv2d(64, 64, 3, padding=1)
+    c1, c2, c3, c4, f1 = widths
+    self.conv1 = nn.Conv2d(in_channels, c1, 3, padding=1)
+    self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
+    self.conv3 = nn.Conv2d(c2, c3, 3, padding=1)
+    self.conv4 = nn.Conv2d(c3, c4, 3, padding=1)
     s = image_size // 4
-    self.fc1 = nn.Linear(s * s * 64, 256)
-    self.fc2 = nn.Linear(256, num_classes)
+    self.fc1 = nn.Linear(s * s * c4, f1)
+    self.fc2 = nn.Linear(f1, num_classes)
     self.act = TorchActivation(activation)
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -177,7 +179,8 @@ def torch_from_flax(model) -> nn.Module:
     c_last = int(getattr(model, convs[-1]).kernel.shape[3])
     s = int(round((model.fc1.in_features / c_last) ** 0.5))
     cls = TorchMnistCNN if isinstance(model, MnistCNN) else TorchCifarLeNet
-    tm = cls(model.fc2.out_features, in_channels, 4 * s, act)
+    widths = [int(getattr(model, c).kernel.shape[3]) for c in convs] + [model.fc1.out_features]
+    tm = cls(model.fc2.out_features, in_channels, 4 * s, act, widths)
     for name in convs:
       _copy_conv(getattr(tm, name), getattr(model, name))
     _copy_linear(tm.fc1, model.fc1, hwc=(s, s, c_last))

@@ -27,7 +27,7 @@ import time
 
 import rattr_jax
 
-rattr_jax.apply_cpu_training_flag()  # before JAX starts: CIFAR LeNet training is conv-bound
+rattr_jax.configure_cpu()  # before JAX starts (inline CPU dispatch)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

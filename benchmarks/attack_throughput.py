@@ -27,6 +27,8 @@ import numpy as np
 
 from _timing import medians, round_robin
 from rattr_jax import attacks, models
+import rattr_jax  # noqa: E402
+rattr_jax.configure_cpu()  # inline CPU dispatch, as `rattr` does
 from rattr_jax.attacks import _objectives as O
 from rattr_jax.attribution import gradient, integrated_gradients
 from rattr_jax.core import target_gradient

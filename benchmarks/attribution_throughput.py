@@ -135,6 +135,8 @@ def run(args) -> dict:
 
   import rattr_jax
   from rattr_jax import attribution as A
+  import rattr_jax  # noqa: E402
+  rattr_jax.configure_cpu()  # inline CPU dispatch, as `rattr` does
   from rattr_jax.models import as_fn, create_model
 
   peer = None

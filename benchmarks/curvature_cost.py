@@ -39,6 +39,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rattr_jax import curvature, models  # noqa: E402
+import rattr_jax  # noqa: E402
+rattr_jax.configure_cpu()  # inline CPU dispatch, as `rattr` does
 from rattr_jax.attribution import _gradient  # noqa: E402
 from rattr_jax.curvature import _hvp, _spectrum  # noqa: E402
 

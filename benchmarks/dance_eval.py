@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rattr_jax import attacks, maps, metrics, models, viz
+import rattr_jax  # noqa: E402
+rattr_jax.configure_cpu()  # inline CPU dispatch, as `rattr` does
 from rattr_jax import attribution as A
 from rattr_jax.testing import trained_mnist_cnn
 

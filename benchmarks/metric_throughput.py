@@ -37,6 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _timing import medians, round_robin  # noqa: E402
 from rattr_jax import attribution, metrics, models  # noqa: E402
+import rattr_jax  # noqa: E402
+rattr_jax.configure_cpu()  # inline CPU dispatch, as `rattr` does
 from rattr_jax._quicktrain import fit  # noqa: E402
 from rattr_jax.data import load_dataset  # noqa: E402
 from rattr_jax.testing import trained_mnist_cnn  # noqa: E402

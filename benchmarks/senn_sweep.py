@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rattr_jax.data import load_dataset
+import rattr_jax  # noqa: E402
+rattr_jax.configure_cpu()  # inline CPU dispatch, as `rattr` does
 from rattr_jax.models.senn import _report as R
 from rattr_jax.models.senn import senn_preset
 

@@ -12,12 +12,24 @@ Peer (with the `bench` extra): a plain PyTorch implementation of the same
 gradient-alignment step (and a CE step) on the same architecture and the same
 weights, in the same run, round-robin with the JAX steps.
 
-XLA flag: ``--xla_cpu_experimental_ynn_fusion_type=`` (empty) is read when
-the XLA:CPU backend is created, so each setting runs in its own subprocess:
-"on" (the flag in XLA_FLAGS) and "off" (without it); the "off" child times CE
-and gradient alignment (and torch again, so ratios stay paired).
+Fused steps: `TrainStep.run` (the `lax.scan` over steps that `train()` uses)
+against `TrainStep.step`, per step, for CE and gradient alignment at batch 32
+and 128 (``--run-batches``). Inside a loop body XLA:CPU once compiled plain
+convolution weight-gradients with a slow generic emitter (9x per step); the
+custom-VJP convolution's weight gradient keeps fused steps as fast as single
+ones, and these rows keep it visible.
 
-Usage: python benchmarks/training_cost.py [--quick]
+Default ``rattr train`` epoch: ``rattr train --epochs 2 --max-train 2048
+--no-progress`` (fast_cpu preset: MNIST CNN, batch 32) in a subprocess, as a
+user runs it; the steady (second) epoch's seconds are recorded. It was 12-13 s
+with the ``--xla_cpu_experimental_ynn_fusion_type=`` flag that ``rattr train``
+used to set, against 1.2 s without.
+
+XLA flag (``--with-flag``): a second child with the YNN flag in XLA_FLAGS
+(read when the backend starts) times CE and gradient alignment again, single
+and fused, so the flag's effect stays on record.
+
+Usage: python benchmarks/training_cost.py [--quick] [--with-flag]
 """
 
 from __future__ import annotations
@@ -101,6 +113,8 @@ def child(args) -> dict:
   import optax
 
   from rattr_jax import attribution, models, regularizers, training
+  import rattr_jax  # noqa: E402
+  rattr_jax.configure_cpu()  # inline CPU dispatch, as `rattr` does
   from rattr_jax.training import _loop
 
   try:
@@ -124,12 +138,43 @@ def child(args) -> dict:
     if args.variants:
       for m in ("ce", "gradient_alignment"):
         if m in methods:
-          variants[m + "[conv=fast]"] = ("fast", "fast", methods[m])
           variants[m + "[conv=lax]"] = ("lax", "lax", methods[m])
       if "pgd" in methods:
         variants["pgd[attack conv=lax]"] = ("auto", "lax", methods["pgd"])
     runners, compile_s = {}, {}
     out["default_conv_impls"] = list(training.default_conv_impls())
+    for m in ("ce", "gradient_alignment"):
+      if m not in methods or args.no_run_rows:
+        continue
+      for rb in (int(v) for v in args.run_batches.split(",")):
+        model = models.create_model(name, input_shape=shape, num_classes=10,
+                                    activation="softplus:3", seed=0)
+        config = training.TrainConfig(model=name, method=methods[m])
+        nsteps = 4
+        xr = jnp.asarray(rng.uniform(0, 1, (rb * nsteps,) + shape).astype(np.float32))
+        yr = jnp.asarray(rng.integers(0, 10, rb * nsteps).astype(np.int32))
+        terms = _loop.resolve_terms(config, model, x_np, y_np)
+        ts = training.make_train_step(model, optax.adam(1e-3), terms)
+        idx = jnp.arange(rb * nsteps).reshape(nsteps, rb)
+        holder = {"state": ts.init(0)}
+
+        def run_fused(ts=ts, holder=holder, xr=xr, yr=yr, idx=idx, nsteps=nsteps):
+          holder["state"], met = ts.run(holder["state"], xr, yr, idx)
+          jax.block_until_ready(met["loss"])
+          return nsteps
+
+        def run_single(ts=ts, holder=holder, xr=xr, yr=yr, rb=rb, nsteps=nsteps):
+          for i in range(nsteps):
+            holder["state"], met = ts.step(holder["state"], xr[i * rb:(i + 1) * rb],
+                                           yr[i * rb:(i + 1) * rb])
+          jax.block_until_ready(met["loss"])
+          return nsteps
+
+        for label, fn in ((f"{m}[run b{rb}]", run_fused), (f"{m}[step b{rb}]", run_single)):
+          t0 = time.perf_counter()
+          fn()
+          compile_s[label] = time.perf_counter() - t0
+          runners[label] = fn
     for label, (conv_impl, attack_impl, cfg) in variants.items():
       model = models.create_model(name, input_shape=shape, num_classes=10,
                                   activation="softplus:3", seed=0)
@@ -172,12 +217,15 @@ def child(args) -> dict:
     for _ in range(args.repeats):
       for k, run in runners.items():
         t0 = time.perf_counter()
-        run()
-        times[k].append(time.perf_counter() - t0)
+        n = run() or 1
+        times[k].append((time.perf_counter() - t0) / n)
     med = {k: statistics.median(v) for k, v in times.items()}
     res = {"seconds_per_step_median": med, "seconds_all": times, "compile_seconds": compile_s,
+           "load_average_end": list(os.getloadavg()),
            "cost_vs_ce": {k: med[k] / med["ce"] for k in med if not k.startswith("torch")
-                          and "ce" in med}}
+                          and "ce" in med and "[" not in k},
+           "fused_over_single": {k.split("[")[0] + f" b{k.split(' b')[1]}": med[k] / med[
+               k.replace("[run", "[step")] for k in med if "[run b" in k}}
     if "torch:ce" in med:
       res["cost_vs_ce"]["torch:gradient_alignment"] = (med["torch:gradient_alignment"] /
                                                        med["torch:ce"])
@@ -197,9 +245,15 @@ def main():
   p.add_argument("--child", default=None, help=argparse.SUPPRESS)
   p.add_argument("--models", default="cnn,lenet")
   p.add_argument("--methods", default=None)
-  p.add_argument("--variants", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--variants", action="store_true",
+                 help="also time CE / GA with plain lax convolutions and PGD with a lax attack loop")
   p.add_argument("--no-torch", action="store_true", help=argparse.SUPPRESS)
-  p.add_argument("--skip-flag-off", action="store_true", help="only the flag-on child")
+  p.add_argument("--with-flag", action="store_true",
+                 help="also time CE and gradient alignment with the YNN XLA flag")
+  p.add_argument("--run-batches", default="32,128",
+                 help="batch sizes of the fused (run) vs single (step) rows")
+  p.add_argument("--no-run-rows", action="store_true", help="skip the fused vs single rows")
+  p.add_argument("--no-epoch", action="store_true", help="skip the `rattr train` epoch row")
   args = p.parse_args()
   repeats = args.repeats or (3 if args.quick else 7)
   if args.child:
@@ -213,10 +267,10 @@ def main():
     if flag_on:
       flags.append(FLAG)
     env["XLA_FLAGS"] = " ".join(flags)
-    env["RATTR_JAX_XLA_CPU_DEFAULTS"] = "1" if flag_on else "0"  # library opt-out, if present
     env.setdefault("JAX_PLATFORMS", "cpu")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "on" if flag_on else "off",
-           "--repeats", str(repeats), "--models", args.models] + extra
+           "--repeats", str(repeats), "--models", args.models,
+           "--run-batches", args.run_batches] + extra
     print("$", " ".join(cmd), f"(XLA_FLAGS={env['XLA_FLAGS']!r})", flush=True)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     sys.stdout.write("".join(l + "\n" for l in proc.stdout.splitlines()
@@ -227,11 +281,14 @@ def main():
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
     return json.loads(line[len("RESULT"):])
 
-  extra_on = ["--variants"] + (["--methods", args.methods] if args.methods else [])
-  on = run_child(True, extra_on)
-  off = None
-  if not args.skip_flag_off:
-    off = run_child(False, ["--methods", "ce,gradient_alignment"])
+  load_start = list(os.getloadavg())
+  epoch = None if args.no_epoch else rattr_train_epoch()
+  print("default `rattr train` epoch:", epoch, flush=True)
+  default = run_child(False, (["--variants"] if args.variants else []) +
+                      (["--methods", args.methods] if args.methods else []))
+  flagged = None
+  if args.with_flag:
+    flagged = run_child(True, ["--methods", "ce,gradient_alignment", "--no-torch"])
 
   import jax
   try:
@@ -240,29 +297,28 @@ def main():
   except ImportError:  # pragma: no cover
     torch_version = None
   flag_effect = {}
-  if off is not None:
-    for name in on["models"]:
-      a, b = on["models"][name]["seconds_per_step_median"], off["models"][name][
+  if flagged is not None:
+    for name in default["models"]:
+      a, b = flagged["models"][name]["seconds_per_step_median"], default["models"][name][
           "seconds_per_step_median"]
-      flag_effect[name] = {f"speedup_{m}": b[m] / a[m] for m in ("ce", "gradient_alignment")
-                           if m in a and m in b}
-      if "torch:gradient_alignment" in b:
-        flag_effect[name]["jax_over_torch_ga_flag_off"] = (b["gradient_alignment"] /
-                                                           b["torch:gradient_alignment"])
+      flag_effect[name] = {f"flag_speedup_{k}": b[k] / a[k] for k in a if k in b}
   result = {
       "benchmark": "training_cost",
       "settings": {"quick": args.quick, "repeats": repeats, "batch": BATCH,
+                   "run_batches": args.run_batches,
                    "activation": "softplus:3", "optimizer": "adam 1e-3",
                    "methods": {k: v.__dict__ for k, v in method_configs().items()},
                    "models": MODELS, "inputs": "uniform [0, 1], random labels",
-                   "xla_flag": FLAG,
+                   "xla_flag_compared": FLAG if args.with_flag else None,
                    "note": "each setting in its own process; round-robin within a process; "
-                           "machine shared with other jobs"},
+                           "machine shared with other jobs (see load averages)"},
       "device": {"jax_devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
                  "torch": torch_version, "torch_threads": 2, "cpu_count": os.cpu_count(),
-                 "platform": platform.platform(), "load_average": list(os.getloadavg())},
-      "flag_on": on,
-      "flag_off": off,
+                 "platform": platform.platform(), "load_average_start": load_start,
+                 "load_average_end": list(os.getloadavg())},
+      "rattr_train_epoch": epoch,
+      "default": default,
+      "flag_on": flagged,
       "flag_effect": flag_effect,
   }
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "training_cost.json")
@@ -270,11 +326,36 @@ def main():
   with open(path, "w") as f:
     json.dump(result, f, indent=2)
   print("wrote", path)
-  for name, r in on["models"].items():
+  for name, r in default["models"].items():
     print(name, "cost vs CE:", {k: round(v, 2) for k, v in r["cost_vs_ce"].items()})
+    print(name, "fused / single step:", {k: round(v, 2) for k, v in r["fused_over_single"].items()})
     if "jax_over_torch" in r:
       print(name, "JAX / torch time:", {k: round(v, 3) for k, v in r["jax_over_torch"].items()})
-  print("flag effect:", flag_effect)
+  if flag_effect:
+    print("flag effect (> 1: the flag helps):", flag_effect)
+
+
+def rattr_train_epoch(max_train: int = 2048, epochs: int = 2) -> dict:
+  """Seconds per epoch of the default ``rattr train`` (fast_cpu preset), run as a user runs it."""
+  import tempfile
+  env = dict(os.environ)
+  env.setdefault("JAX_PLATFORMS", "cpu")
+  with tempfile.TemporaryDirectory() as out:
+    cmd = [sys.executable, "-m", "rattr_jax.cli", "train", "--out", out, "--epochs", str(epochs),
+           "--max-train", str(max_train), "--no-progress"]
+    load = list(os.getloadavg())
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+      sys.stderr.write(proc.stderr[-3000:])
+      raise SystemExit(proc.returncode)
+    with open(os.path.join(out, "log.json")) as f:
+      log = json.load(f)
+  hist = log["epochs"]
+  secs = [float(h["seconds"]) for h in hist]
+  return {"command": " ".join(cmd[1:]), "epoch_seconds": secs, "steady_epoch_seconds": secs[-1],
+          "wall_seconds": wall, "load_average": load, "xla_flags": env.get("XLA_FLAGS", "")}
 
 
 if __name__ == "__main__":

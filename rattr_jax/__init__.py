@@ -10,31 +10,80 @@ __version__ = "0.1.0"
 import os as _os
 
 
-def apply_cpu_training_flag() -> bool:
-  """Sends XLA:CPU convolution weight-gradients to Eigen (measured 1.3-1.8x per training step).
+def configure_cpu(*, inline_dispatch: bool = True) -> dict:
+  """Opt-in XLA:CPU settings that make small per-call programs faster.
 
-  Call it before the first JAX computation; ``rattr train`` calls it for you.
-  It is not applied on import because the same flag made input-gradient
-  attributions slower (CNN batch 16: gradient 6 -> 12 ms, IG 185 -> 294 ms
-  per call in `benchmarks/attribution_throughput.py`). Returns whether the
-  flag is set in ``XLA_FLAGS`` afterwards.
+  Nothing is changed on import; the ``rattr`` command line and the benchmarks
+  call this first. It sets only what was measured to help:
 
-  By default XLA:CPU lowers each convolution weight-gradient as a convolution
-  with a huge window (one took 570 ms on the CIFAR LeNet); the flag
-  ``--xla_cpu_experimental_ynn_fusion_type=`` (empty) avoids that
-  (`benchmarks/training_cost.py`, ``shared/research/cpu_performance.md``).
-  XLA reads ``XLA_FLAGS`` once, when the first backend starts, so the flag is
-  added only if no backend has started yet and the user has not set it
-  (either way). Set ``RATTR_JAX_NO_XLA_FLAGS=1`` to leave ``XLA_FLAGS``
-  alone. It only concerns XLA:CPU; GPU/TPU ignore it.
+  * ``inline_dispatch``: runs each CPU computation in the calling thread
+    (``jax_cpu_enable_async_dispatch=False``) instead of handing it to a
+    worker thread and waiting for it. Measured on 2 cores
+    (``benchmarks/attribution_throughput.py``): MLP gradient at batch 1,
+    115 -> 69 us per call; IG 211 -> 136 us; CNN gradient at batch 16, 4.3 ->
+    2.7 ms; large programs (IG, SmoothGrad, attacks, training epochs on a
+    CNN) unchanged. The price: Python no longer runs ahead of the CPU while a
+    computation is in flight.
+
+  No XLA flag is set: convolution weight-gradients no longer need
+  ``--xla_cpu_experimental_ynn_fusion_type=`` (the custom-VJP convolution of
+  `rattr_jax.models.conv2d` computes them on XLA:CPU's fast path, also
+  inside ``lax.scan``), and that flag made fused training ~10x slower.
+
+  The setting is read when the CPU client starts, so it applies only if no
+  backend has started yet and neither ``JAX_CPU_ENABLE_ASYNC_DISPATCH``
+  (JAX's own variable) nor ``RATTR_JAX_NO_XLA_FLAGS`` is set. GPU/TPU are
+  not concerned.
+
+  Returns:
+    ``{"inline_dispatch": bool}``: whether async CPU dispatch is off afterwards.
   """
-  current = _os.environ.get("XLA_FLAGS", "")
-  if _os.environ.get("RATTR_JAX_NO_XLA_FLAGS") or "xla_cpu_experimental_ynn_fusion_type" in current:
-    return "xla_cpu_experimental_ynn_fusion_type" in current
-  if _backend_started():
-    return False  # too late: the backend already read XLA_FLAGS
-  _os.environ["XLA_FLAGS"] = (current + " --xla_cpu_experimental_ynn_fusion_type=").strip()
-  return True
+  import jax
+  current = not jax.config.read("jax_cpu_enable_async_dispatch")
+  if (inline_dispatch and not current and not _os.environ.get("RATTR_JAX_NO_XLA_FLAGS")
+      and "JAX_CPU_ENABLE_ASYNC_DISPATCH" not in _os.environ and not _backend_started()):
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    current = True
+  return {"inline_dispatch": current}
+
+
+def enable_compilation_cache(path: str, *, min_compile_time_secs: float = 0.5,
+                             min_entry_size_bytes: int = 0) -> str:
+  """Turns on JAX's persistent compilation cache in directory ``path``.
+
+  A re-run of the same programs (same shapes, dtypes, flags and jax version)
+  then loads the compiled executables from disk instead of compiling again.
+  Programs that compiled in under ``min_compile_time_secs`` are not written
+  (loading them would save little); ``min_entry_size_bytes`` (0: any size)
+  is the smallest executable kept. Safe to call at any time; it applies to
+  programs compiled afterwards.
+
+  Args:
+    path: cache directory (created if missing).
+    min_compile_time_secs: ``jax_persistent_cache_min_compile_time_secs``.
+    min_entry_size_bytes: ``jax_persistent_cache_min_entry_size_bytes``.
+
+  Returns:
+    The absolute cache directory.
+  """
+  if not isinstance(path, (str, _os.PathLike)) or not str(path):
+    raise ValueError(f"`path` must be a directory path; got {path!r}.")
+  if not min_compile_time_secs >= 0:
+    raise ValueError(f"`min_compile_time_secs` must be >= 0; got {min_compile_time_secs!r}.")
+  if not (isinstance(min_entry_size_bytes, int) and min_entry_size_bytes >= 0):
+    raise ValueError(f"`min_entry_size_bytes` must be an integer >= 0; got {min_entry_size_bytes!r}.")
+  import jax
+  path = _os.path.abspath(_os.fspath(path))
+  _os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", int(min_entry_size_bytes))
+  try:  # jax caches "is the cache initialised" on first use; reset it for a new directory
+    from jax._src import compilation_cache as _cc
+    _cc.reset_cache()
+  except Exception:  # pragma: no cover - private API moved
+    pass
+  return path
 
 
 def _backend_started() -> bool:
@@ -44,35 +93,6 @@ def _backend_started() -> bool:
   except Exception:  # pragma: no cover - private API moved
     return False
 
-
-def apply_cpu_dispatch_default() -> bool:
-  """Runs XLA:CPU computations inline instead of through async dispatch.
-
-  Applied on import (CPU only: the setting is read when the CPU client is
-  created and does not concern GPU/TPU). With async dispatch, every CPU call
-  hands its program to a worker thread and the caller waits for it to come
-  back; for the small programs that attribution methods run per call, that
-  hand-off was half of the time. Measured on 2 cores
-  (``benchmarks/attribution_throughput.py``): MLP gradient at batch 1,
-  115 -> 69 us per call; IG 211 -> 136 us; CNN gradient at batch 16, 4.3 ->
-  2.7 ms; IG, SmoothGrad and attacks on the CNN unchanged. The price is that
-  Python no longer runs ahead of the CPU while a computation is in flight.
-
-  It is applied only if no backend has started yet and neither
-  ``JAX_CPU_ENABLE_ASYNC_DISPATCH`` (JAX's own variable) nor
-  ``RATTR_JAX_NO_XLA_FLAGS`` is set; set either to keep JAX's default.
-  Returns whether async CPU dispatch is off afterwards.
-  """
-  import jax
-  current = not jax.config.read("jax_cpu_enable_async_dispatch")
-  if (current or _os.environ.get("RATTR_JAX_NO_XLA_FLAGS")
-      or "JAX_CPU_ENABLE_ASYNC_DISPATCH" in _os.environ or _backend_started()):
-    return current
-  jax.config.update("jax_cpu_enable_async_dispatch", False)
-  return True
-
-
-apply_cpu_dispatch_default()
 
 from rattr_jax import attacks
 from rattr_jax import attribution
@@ -86,6 +106,6 @@ from rattr_jax import training
 
 __all__ = [
     "attacks", "attribution", "curvature", "influence", "maps", "metrics", "models",
-    "regularizers", "training", "apply_cpu_training_flag", "apply_cpu_dispatch_default",
+    "regularizers", "training", "configure_cpu", "enable_compilation_cache",
     "__version__",
 ]

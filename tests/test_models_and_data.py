@@ -22,7 +22,8 @@ def test_softplus_beta_formula_and_limit():
 
 
 @pytest.mark.parametrize("cin,k,padding", [(1, 5, "SAME"), (3, 3, "SAME"), (4, 3, "VALID"),
-                                           (2, 3, ((2, 0), (1, 1)))])
+                                           (2, 3, ((2, 0), (1, 1))), (8, 3, "SAME"),
+                                           (9, 5, ((2, 1), (0, 2)))])
 def test_fast_conv_matches_lax_to_second_order(x64, cin, k, padding):
   x = jax.random.normal(jax.random.key(0), (2, 7, 6, cin), jnp.float64)
   w = jax.random.normal(jax.random.key(1), (k, k, cin, 3), jnp.float64)
@@ -45,6 +46,35 @@ def test_fast_conv_matches_lax_to_second_order(x64, cin, k, padding):
     np.testing.assert_allclose(h(impl), h("lax"), rtol=1e-8, atol=1e-9)
 
 
+@pytest.mark.parametrize("cin", [3, 16])  # im2col + GEMM / canonical-convolution weight gradient
+def test_fast_conv_weight_gradient_finite_differences(x64, cin):
+  x = jax.random.normal(jax.random.key(0), (3, 9, 8, cin), jnp.float64)
+  w = jax.random.normal(jax.random.key(1), (3, 3, cin, 5), jnp.float64)
+  v = jax.random.normal(jax.random.key(2), w.shape, jnp.float64)
+  f = lambda w: jnp.sum(jnp.tanh(models.conv2d(x, w, padding=((1, 2), (0, 1)), impl="fast")) ** 2)
+  h = 1e-5
+  fd = (f(w + h * v) - f(w - h * v)) / (2 * h)
+  np.testing.assert_allclose(jnp.vdot(jax.grad(f)(w), v), fd, rtol=1e-6)  # O(h^2) = 1e-8 rel.
+
+
+@pytest.mark.parametrize("cin", [3, 16])
+def test_fast_conv_gradients_inside_scan_match_lax_float32(cin):
+  # Inside `lax.scan` XLA:CPU compiles autodiff's own weight-gradient differently
+  # (`_conv._weight_grad`); the custom one must give the same numbers there.
+  x = jax.random.normal(jax.random.key(0), (4, 10, 10, cin))
+  w = jax.random.normal(jax.random.key(1), (3, 3, cin, 8)) * 0.3
+
+  def run(impl):
+    def body(w, xs):
+      loss = lambda w, x: jnp.sum(jax.nn.softplus(models.conv2d(x, w, impl=impl)) ** 2)
+      gx, gw = jax.grad(loss, argnums=(1, 0))(w, xs)
+      return w - 1e-3 * gw, (gw, gx)
+    return jax.jit(lambda w: jax.lax.scan(body, w, jnp.stack([x, 0.5 * x])))(w)
+
+  for a, b in zip(jax.tree.leaves(run("fast")), jax.tree.leaves(run("lax"))):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(b))))
+
+
 def test_zoo_shapes_and_surrogate():
   x = jax.random.uniform(jax.random.key(2), (3, 28, 28, 1))
   for name in ("mlp", "cnn"):
@@ -59,6 +89,25 @@ def test_zoo_shapes_and_surrogate():
   assert models.as_fn(lenet)(jnp.ones((2, 32, 32, 3))).shape == (2, 10)
   with pytest.raises(ValueError, match="`name`"):
     models.create_model("vgg", input_shape=(32, 32, 3), num_classes=10)
+
+
+def test_zoo_widths_are_settings_and_validated():
+  m = models.create_model("cnn", input_shape=(28, 28, 1), num_classes=10, widths=(4, 6, 12))
+  assert m.conv1.kernel.shape == (5, 5, 1, 4) and m.conv2.kernel.shape == (5, 5, 4, 6)
+  assert m.fc1.kernel.shape == (7 * 7 * 6, 12)
+  le = models.create_model("lenet", input_shape=(32, 32, 3), num_classes=10,
+                           widths=(4, 5, 6, 7, 9))
+  assert [le.conv4.kernel.shape[3], le.fc1.kernel.shape[1]] == [7, 9]
+  assert models.as_fn(le)(jnp.ones((2, 32, 32, 3))).shape == (2, 10)
+  mlp = models.create_model("mlp", input_shape=(30,), num_classes=3, widths=(7, 5, 4))
+  assert [l.kernel.shape[1] for l in mlp.hidden] == [7, 5, 4]
+  default = models.create_model("cnn", input_shape=(28, 28, 1), num_classes=10)
+  assert default.conv2.kernel.shape[3] == models.WIDTHS["cnn"][1][1] == 32
+  for name, shape, bad in [("cnn", (28, 28, 1), (4, 6)), ("cnn", (28, 28, 1), (4, 0, 8)),
+                           ("lenet", (32, 32, 3), (4, 5, 6, 7, 2.5)), ("mlp", (30,), ()),
+                           ("resnet18", (8, 8, 3), (2, 2, 2)), ("cnn", (28, 28, 1), 16)]:
+    with pytest.raises(ValueError, match="`widths`"):
+      models.create_model(name, input_shape=shape, num_classes=10, widths=bad)
 
 
 @pytest.mark.slow
@@ -157,44 +206,50 @@ def test_offline_tfds_fails_fast(tmp_path, monkeypatch):
     D.load_dataset("imagenet")
 
 
-@pytest.mark.parametrize("opt_out", [False, True])
-def test_cpu_training_flag_is_opt_in_and_applied_before_the_backend(opt_out):
-  import os
-  import subprocess
-  import sys
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "RATTR_JAX_NO_XLA_FLAGS")}
-  if opt_out:
-    env["RATTR_JAX_NO_XLA_FLAGS"] = "1"
-  code = ("import os, rattr_jax, jax.numpy as jnp\n"
-          "assert 'ynn' not in os.environ.get('XLA_FLAGS', '')  # not on import\n"
-          "on = rattr_jax.apply_cpu_training_flag()\n"
-          "jnp.ones(2).block_until_ready()\n"
-          "late = rattr_jax.apply_cpu_training_flag()  # backend started: no change\n"
-          "print(on, late, os.environ.get('XLA_FLAGS', ''))")
-  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       check=True).stdout.strip()
-  on, late, flags = out.split(" ", 2) if " " in out.split(" ", 1)[1] else (*out.split(" "), "")
-  assert on == str(not opt_out) and late == str(not opt_out), out
-  assert ("--xla_cpu_experimental_ynn_fusion_type=" in flags) != opt_out, out
-
-
-@pytest.mark.parametrize("setting", ["default", "jax_env", "opt_out", "backend_first"])
-def test_cpu_dispatch_default_is_inline_unless_the_user_decided(setting):
+@pytest.mark.parametrize("setting", ["import_only", "configure", "jax_env", "opt_out",
+                                     "backend_first"])
+def test_import_changes_no_jax_setting_and_configure_cpu_is_explicit(setting):
   import os
   import subprocess
   import sys
   env = {k: v for k, v in os.environ.items()
-         if k not in ("JAX_CPU_ENABLE_ASYNC_DISPATCH", "RATTR_JAX_NO_XLA_FLAGS")}
+         if k not in ("JAX_CPU_ENABLE_ASYNC_DISPATCH", "RATTR_JAX_NO_XLA_FLAGS", "XLA_FLAGS")}
   if setting == "jax_env":
     env["JAX_CPU_ENABLE_ASYNC_DISPATCH"] = "1"
   if setting == "opt_out":
     env["RATTR_JAX_NO_XLA_FLAGS"] = "1"
-  code = ("import jax\n"
+  code = ("import os, jax\n"
           + ("jax.numpy.ones(2).block_until_ready()\n" if setting == "backend_first" else "")
           + "import rattr_jax\n"
-          "x = jax.numpy.arange(4.0) * 2\n"  # computations still run correctly
+          + ("" if setting == "import_only" else "print(rattr_jax.configure_cpu())\n")
+          + "x = jax.numpy.arange(4.0) * 2\n"  # computations still run correctly
           "assert float(x.sum()) == 12.0\n"
-          "print(jax.config.read('jax_cpu_enable_async_dispatch'))")
+          "print(jax.config.read('jax_cpu_enable_async_dispatch'), repr(os.environ.get('XLA_FLAGS')))")
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       check=True).stdout.strip()
-  assert out == str(setting != "default"), out
+                       check=True).stdout.strip().splitlines()
+  inline = setting == "configure"
+  assert out[-1] == f"{not inline} None", out  # never an XLA flag
+  if setting != "import_only":
+    assert out[0] == str({"inline_dispatch": inline}), out
+
+
+def test_enable_compilation_cache_writes_and_reuses_entries(tmp_path):
+  import os
+  import subprocess
+  import sys
+  code = ("import sys, rattr_jax, jax, jax.numpy as jnp\n"
+          "print(rattr_jax.enable_compilation_cache(sys.argv[1], min_compile_time_secs=0))\n"
+          "f = jax.jit(lambda x: jnp.sin(x) @ x.T + 1.0)\n"
+          "print(float(f(jnp.ones((8, 8))).sum()))\n")
+  env = dict(os.environ)
+  runs, listings = [], []
+  for _ in range(2):
+    runs.append(subprocess.run([sys.executable, "-c", code, str(tmp_path / "cache")], env=env,
+                               capture_output=True, text=True, check=True).stdout.split())
+    listings.append(sorted(os.listdir(tmp_path / "cache")))
+  assert runs[0] == runs[1] and runs[0][0] == str(tmp_path / "cache")
+  assert listings[0], "nothing was written to the cache"
+  assert listings[1] == listings[0]  # the second run compiled nothing new: it read the cache
+  import rattr_jax
+  with pytest.raises(ValueError, match="min_compile_time_secs"):
+    rattr_jax.enable_compilation_cache(str(tmp_path), min_compile_time_secs=-1)

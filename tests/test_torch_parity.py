@@ -217,3 +217,83 @@ def test_noise_tunnel_replayed_noise(mlp, nt_type):
   m1, m2 = g.mean(1), (g * g).mean(1)
   ours = {"smoothgrad": m1, "smoothgrad_sq": m2, "vargrad": m2 - m1 * m1}[nt_type]
   _close(ours, TM.from_torch(tm, theirs), rtol=1e-4 if nt_type != "vargrad" else 1e-3)
+
+
+def _tied_images(batch, side, seed):
+  """Digit-like images: a zero background (whole max-pool windows tie) and a bright blob."""
+  rng = np.random.RandomState(seed)
+  x = np.zeros((batch, side, side, 1), np.float32)
+  c = side // 2
+  x[:, c - 4:c + 3, c - 3:c + 4, 0] = rng.uniform(0.3, 1.0, (batch, 7, 7))
+  return x
+
+
+def test_relu_maxpool_saliency_with_tied_windows_equals_captum():
+  from captum.attr import Saliency
+  model = create_model("cnn", input_shape=(20, 20, 1), num_classes=10, activation="relu",
+                       seed=3, widths=(6, 8, 16))
+  # Non-zero biases, as after training (at zero bias a zero window sits at the ReLU kink).
+  for i, layer in enumerate((model.conv1, model.conv2, model.fc1, model.fc2)):
+    layer.bias.value = 0.1 * jax.random.normal(jax.random.key(i), layer.bias.shape) + 0.05
+  fn, tm = as_fn(model), TM.torch_from_flax(model)
+  x = _tied_images(4, 20, 0)
+  t = np.array([1, 4, 7, 9], np.int32)
+  # The background really produces tied windows in the first pooling layer.
+  h = np.asarray(jax.nn.relu(model.conv1(jnp.asarray(x))))
+  win = h.reshape(4, 10, 2, 10, 2, 6)
+  ties = (win == win.max(axis=(2, 4), keepdims=True)).sum(axis=(2, 4)) > 1
+  assert ties.mean() > 0.3
+  ours = np.asarray(A.gradient(fn, jnp.asarray(x), jnp.asarray(t)))
+  xt = TM.to_torch_input(tm, x)
+  theirs = TM.from_torch(tm, Saliency(tm).attribute(xt, target=torch.from_numpy(
+      t.astype(np.int64)), abs=False))
+  _close(ours, theirs, rtol=1e-5)
+
+  # Splitting the gradient evenly between tied maxima (jnp.max's rule) gives another map.
+  def split_pool(h):
+    b, hh, ww, c = h.shape
+    return h.reshape(b, hh // 2, 2, ww // 2, 2, c).max(axis=(2, 4))
+
+  def fn_split(x):
+    a = model.activation
+    h = split_pool(a(model.conv1(x)))
+    h = split_pool(a(model.conv2(h)))
+    return model.fc2(a(model.fc1(h.reshape(h.shape[0], -1))))
+
+  split = np.asarray(A.gradient(fn_split, jnp.asarray(x), jnp.asarray(t)))
+  assert np.max(np.abs(split - theirs)) / np.max(np.abs(theirs)) > 1e-2
+
+
+@pytest.mark.parametrize("name,shape,widths", [("cnn", (16, 16, 1), (4, 8, 12)),
+                                               ("lenet", (16, 16, 3), (8, 12, 8, 16, 24))])
+def test_parameter_gradients_of_a_training_step_equal_torch(name, shape, widths):
+  """CE parameter gradients (custom weight-gradient convolution) equal torch autograd's,
+  also inside a `lax.scan` (the fused steps `TrainStep.run` uses)."""
+  from flax import nnx
+
+  from rattr_jax import models
+  model = create_model(name, input_shape=shape, num_classes=10, activation="softplus:3", seed=2,
+                       widths=widths)
+  tm = TM.torch_from_flax(model).train()
+  rng = np.random.RandomState(0)
+  x = rng.uniform(0, 1, (5,) + shape).astype(np.float32)
+  y = (np.arange(5) % 10).astype(np.int32)
+  apply, state = models.functional(model)
+  params = nnx.state(model, nnx.Param)
+
+  def loss(p, x):
+    logits = apply(p, x)
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.asarray(y)[:, None], 1))
+
+  g = jax.grad(loss)(params, jnp.asarray(x))
+  gs = jax.jit(lambda p: jax.lax.scan(lambda c, xb: (c, jax.grad(loss)(p, xb)), 0,
+                                      jnp.asarray(x)[None])[1])(params)
+  tm.zero_grad()
+  torch.nn.functional.cross_entropy(tm(TM.to_torch_input(tm, x)),
+                                    torch.from_numpy(y.astype(np.int64))).backward()
+  for conv in [c for c in ("conv1", "conv2", "conv3", "conv4") if hasattr(tm, c)]:
+    ours = np.asarray(g[conv]["kernel"][...])
+    theirs = getattr(tm, conv).weight.grad.numpy().transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    _close(ours, theirs, rtol=1e-4)
+    _close(np.asarray(gs[conv]["kernel"][...])[0], theirs, rtol=1e-4)
+    _close(np.asarray(g[conv]["bias"][...]), getattr(tm, conv).bias.grad.numpy(), rtol=1e-4)

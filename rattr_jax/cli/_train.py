@@ -185,8 +185,6 @@ def _flagged(message: str) -> str:
 def run(args: argparse.Namespace) -> int:
   from rattr_jax import distributed
   distributed.initialize_from_args(args)  # before any JAX computation
-  import rattr_jax
-  rattr_jax.apply_cpu_training_flag()  # before the first computation; see its docstring
   from rattr_jax.cli import _common
   _common.configure_cpu()
   import jax

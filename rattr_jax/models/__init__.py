@@ -19,11 +19,13 @@ from rattr_jax.models._zoo import MLP
 from rattr_jax.models._zoo import MnistCNN
 from rattr_jax.models._zoo import MODELS
 from rattr_jax.models._zoo import ResNet18
+from rattr_jax.models._zoo import WIDTHS
 
 __all__ = [
     "ACTIVATIONS", "Activation", "as_activation", "conv2d", "CONV_IMPLS", "as_fn",
     "functional", "surrogate_fn", "Conv2D", "max_pool2", "BasicBlock", "CifarLeNet",
     "create_model", "MLP", "MnistCNN", "MODELS", "ResNet18", "feature_fn", "layer_names",
+    "WIDTHS",
 ]
 
 

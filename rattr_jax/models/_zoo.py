@@ -19,6 +19,18 @@ from rattr_jax.models._activation import Activation, as_activation
 from rattr_jax.models._layers import Conv2D, avg_pool_global, max_pool2
 
 
+def check_widths(widths, n: int, what: str) -> tuple[int, ...]:
+  """``widths`` as a tuple of ``n`` positive ints, or a one-line ValueError."""
+  try:
+    out = tuple(widths)
+  except TypeError:
+    out = None
+  if (out is None or len(out) != n or not all(
+      isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w > 0 for w in out)):
+    raise ValueError(f"`widths` must be {n} positive integers ({what}); got {widths!r}.")
+  return tuple(int(w) for w in out)
+
+
 class MLP(nnx.Module):
   """Multi-layer perceptron on flattened inputs ``[B, *F] -> [B, C]``."""
 
@@ -37,15 +49,22 @@ class MLP(nnx.Module):
 
 
 class MnistCNN(nnx.Module):
-  """Small MNIST CNN: conv5x5(16)-pool-conv5x5(32)-pool-fc64-fc10, NHWC 28x28x1."""
+  """Small MNIST CNN: conv5x5(16)-pool-conv5x5(32)-pool-fc64-fc10, NHWC 28x28x1.
+
+  ``widths=(conv1, conv2, fc1)`` sets the layer widths (default ``(16, 32, 64)``).
+  """
+
+  DEFAULT_WIDTHS = (16, 32, 64)
 
   def __init__(self, num_classes: int = 10, *, in_channels: int = 1, image_size: int = 28,
-               activation="relu", conv_impl: str = "auto", rngs: nnx.Rngs):
-    self.conv1 = Conv2D(in_channels, 16, 5, conv_impl=conv_impl, rngs=rngs)
-    self.conv2 = Conv2D(16, 32, 5, conv_impl=conv_impl, rngs=rngs)
+               widths: Sequence[int] = DEFAULT_WIDTHS, activation="relu",
+               conv_impl: str = "auto", rngs: nnx.Rngs):
+    c1, c2, f1 = check_widths(widths, 3, "conv1, conv2, fc1")
+    self.conv1 = Conv2D(in_channels, c1, 5, conv_impl=conv_impl, rngs=rngs)
+    self.conv2 = Conv2D(c1, c2, 5, conv_impl=conv_impl, rngs=rngs)
     s = image_size // 4
-    self.fc1 = nnx.Linear(s * s * 32, 64, rngs=rngs)
-    self.fc2 = nnx.Linear(64, num_classes, rngs=rngs)
+    self.fc1 = nnx.Linear(s * s * c2, f1, rngs=rngs)
+    self.fc2 = nnx.Linear(f1, num_classes, rngs=rngs)
     self.activation = as_activation(activation)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -60,18 +79,23 @@ class CifarLeNet(nnx.Module):
   """The CIFAR LeNet of the gradient-alignment paper (Joo et al., 2023).
 
   conv3x3(32)-conv3x3(32)-pool-conv3x3(64)-conv3x3(64)-pool-fc256-fc10, NHWC
-  32x32x3, 'SAME' padding.
+  32x32x3, 'SAME' padding. ``widths=(conv1, conv2, conv3, conv4, fc1)`` sets
+  the layer widths (default ``(32, 32, 64, 64, 256)``).
   """
 
+  DEFAULT_WIDTHS = (32, 32, 64, 64, 256)
+
   def __init__(self, num_classes: int = 10, *, in_channels: int = 3, image_size: int = 32,
-               activation="relu", conv_impl: str = "auto", rngs: nnx.Rngs):
-    self.conv1 = Conv2D(in_channels, 32, 3, conv_impl=conv_impl, rngs=rngs)
-    self.conv2 = Conv2D(32, 32, 3, conv_impl=conv_impl, rngs=rngs)
-    self.conv3 = Conv2D(32, 64, 3, conv_impl=conv_impl, rngs=rngs)
-    self.conv4 = Conv2D(64, 64, 3, conv_impl=conv_impl, rngs=rngs)
+               widths: Sequence[int] = DEFAULT_WIDTHS, activation="relu",
+               conv_impl: str = "auto", rngs: nnx.Rngs):
+    c1, c2, c3, c4, f1 = check_widths(widths, 5, "conv1, conv2, conv3, conv4, fc1")
+    self.conv1 = Conv2D(in_channels, c1, 3, conv_impl=conv_impl, rngs=rngs)
+    self.conv2 = Conv2D(c1, c2, 3, conv_impl=conv_impl, rngs=rngs)
+    self.conv3 = Conv2D(c2, c3, 3, conv_impl=conv_impl, rngs=rngs)
+    self.conv4 = Conv2D(c3, c4, 3, conv_impl=conv_impl, rngs=rngs)
     s = image_size // 4
-    self.fc1 = nnx.Linear(s * s * 64, 256, rngs=rngs)
-    self.fc2 = nnx.Linear(256, num_classes, rngs=rngs)
+    self.fc1 = nnx.Linear(s * s * c4, f1, rngs=rngs)
+    self.fc2 = nnx.Linear(f1, num_classes, rngs=rngs)
     self.activation = as_activation(activation)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -120,13 +144,16 @@ class ResNet18(nnx.Module):
   """
 
   def __init__(self, num_classes: int = 10, *, in_channels: int = 3, width: int = 64,
-               activation="relu", conv_impl: str = "auto", rngs: nnx.Rngs):
-    self.stem = Conv2D(in_channels, width, 3, use_bias=False, conv_impl=conv_impl, rngs=rngs)
-    self.stem_bn = nnx.BatchNorm(width, momentum=0.9, rngs=rngs)
+               widths: Sequence[int] | None = None, activation="relu",
+               conv_impl: str = "auto", rngs: nnx.Rngs):
+    # widths: the four stages' widths (default (width, 2 width, 4 width, 8 width)).
+    stages = check_widths((width, 2 * width, 4 * width, 8 * width) if widths is None else widths,
+                          4, "the four stages")
+    self.stem = Conv2D(in_channels, stages[0], 3, use_bias=False, conv_impl=conv_impl, rngs=rngs)
+    self.stem_bn = nnx.BatchNorm(stages[0], momentum=0.9, rngs=rngs)
     blocks = []
-    cin = width
-    for i, mult in enumerate((1, 2, 4, 8)):
-      cout = width * mult
+    cin = stages[0]
+    for i, cout in enumerate(stages):
       for j in range(2):
         stride = 2 if (i > 0 and j == 0) else 1
         blocks.append(BasicBlock(cin, cout, stride, activation=activation,
@@ -146,8 +173,16 @@ class ResNet18(nnx.Module):
 MODELS = {"mlp": MLP, "cnn": MnistCNN, "lenet": CifarLeNet, "resnet18": ResNet18}
 
 
+#: What ``create_model(..., widths=...)`` sets for each zoo model, and its default.
+WIDTHS = {"mlp": ("hidden layers (any number)", (128, 128)),
+          "cnn": ("conv1, conv2, fc1", MnistCNN.DEFAULT_WIDTHS),
+          "lenet": ("conv1, conv2, conv3, conv4, fc1", CifarLeNet.DEFAULT_WIDTHS),
+          "resnet18": ("the four stages", (64, 128, 256, 512))}
+
+
 def create_model(name: str, *, input_shape: Sequence[int], num_classes: int,
-                 activation="relu", seed: int = 0, **kwargs) -> nnx.Module:
+                 activation="relu", seed: int = 0, widths: Sequence[int] | None = None,
+                 **kwargs) -> nnx.Module:
   """Builds a zoo model by name for inputs of shape ``input_shape`` (no batch).
 
   Args:
@@ -156,6 +191,11 @@ def create_model(name: str, *, input_shape: Sequence[int], num_classes: int,
     num_classes: number of logits.
     activation: ``"relu"``, ``"softplus:BETA"`` or an `Activation`.
     seed: parameter initialisation seed.
+    widths: layer widths (``None``: the paper's). ``mlp``: the hidden sizes
+      (any number); ``cnn``: ``(conv1, conv2, fc1)``, default ``(16, 32, 64)``;
+      ``lenet``: ``(conv1, conv2, conv3, conv4, fc1)``, default
+      ``(32, 32, 64, 64, 256)``; ``resnet18``: the four stages, default
+      ``(64, 128, 256, 512)``. See `WIDTHS`.
     **kwargs: forwarded to the model constructor.
   """
   if name not in MODELS:
@@ -177,6 +217,15 @@ def create_model(name: str, *, input_shape: Sequence[int], num_classes: int,
     activation = as_activation(activation)
   except (ValueError, TypeError) as e:
     raise ValueError(f"Bad `activation` {activation!r}: {e}") from None
+  if widths is not None:
+    if name == "mlp":
+      try:
+        n = len(widths)
+      except TypeError:
+        n = 0
+      kwargs["hidden"] = check_widths(widths, max(n, 1), WIDTHS[name][0])
+    else:
+      kwargs["widths"] = check_widths(widths, len(WIDTHS[name][1]), WIDTHS[name][0])
   rngs = nnx.Rngs(seed)
   input_shape = tuple(int(d) for d in input_shape)
   if name == "mlp":

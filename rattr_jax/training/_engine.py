@@ -26,7 +26,6 @@ passes the same ones).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -126,32 +125,21 @@ def _where_tree(pred, a, b):
   return jax.tree_util.tree_map(lambda u, v: jnp.where(pred, u, v), a, b)
 
 
-#: The XLA:CPU flag that sends convolution weight-gradients to Eigen
-#: (`shared/research/cpu_performance.md`, trap 3).
-YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
-
-
-def ynn_flag_active() -> bool:
-  """True when ``XLA_FLAGS`` disables the YNN fusions (set before the backend started)."""
-  return any(f.startswith(YNN_FLAG.rstrip("=") + "=") and f.split("=", 1)[1] == ""
-             for f in os.environ.get("XLA_FLAGS", "").split())
-
-
 def default_conv_impls() -> tuple[str | None, str | None]:
   """``(training passes, inner-attack loops)`` convolution implementations.
 
-  Measured on the 2-core CPU at batch 128 (``benchmarks/training_cost.py``):
-  with the YNN flag off, XLA lowers each convolution weight-gradient to a slow
-  convolution, and the custom-VJP ``"fast"`` conv (weight gradient as K*K
-  dots) wins; with the flag on, plain ``"lax"`` convolutions are faster in
-  the training passes (forward, double backward, weight gradients), while
-  inner attack loops (input gradients inside `lax.fori_loop`) keep the
-  ``"fast"`` conv. ``None`` keeps the model's own setting. On GPU/TPU the
-  models' ``"auto"`` already means ``"lax"``.
+  ``(None, None)``: every pass keeps the model's own setting, whose
+  ``"auto"`` is the custom-VJP ``"fast"`` convolution on XLA:CPU and plain
+  ``"lax"`` on GPU/TPU, whatever ``XLA_FLAGS`` says. Plain ``lax``
+  convolutions must not be used for training on CPU: `TrainStep.run` fuses
+  the steps in a `lax.scan`, and inside a loop body XLA:CPU compiles their
+  autodiff weight-gradients with a generic emitter (measured 7-30x slower per
+  step than the same step outside a loop, with or without the
+  ``--xla_cpu_experimental_ynn_fusion_type=`` flag); the ``"fast"``
+  convolution's own weight gradient stays on the fast path
+  (`rattr_jax.models.conv2d`).
   """
-  if jax.default_backend() != "cpu" or not ynn_flag_active():
-    return None, None
-  return "lax", "fast"
+  return None, None
 
 
 def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation,
