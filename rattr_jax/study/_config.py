@@ -25,8 +25,10 @@ from typing import Any
 #: Training objectives a method may name (``objective = ...``).
 OBJECTIVES = ("ce", "gradient_alignment", "hessian_norm", "activation_sensitivity",
               "input_gradient_norm", "fgsm", "pgd", "trades", "senn")
-#: Explainers a study may name.
-EXPLAINERS = ("gradient", "input_x_gradient", "integrated_gradients", "smoothgrad", "decoy")
+#: Explainers a study may name. (DANCE decoys need a per-model feature layer and are
+#: not wired into the study yet; `rattr explain --method decoy` and
+#: `rattr_jax.explainers.get("decoy", ...)` compute them.)
+EXPLAINERS = ("gradient", "input_x_gradient", "integrated_gradients", "smoothgrad")
 #: Attacks a study may name.
 ATTACKS = ("random_sign", "topk", "mass_center", "targeted", "frame")
 SIMILARITIES = ("topk_intersection", "spearman", "pearson", "ssim", "cosine", "center_shift")
@@ -286,7 +288,6 @@ _EXPLAINER_PARAMS = {
     "gradient": {}, "input_x_gradient": {},
     "integrated_gradients": {"num_steps": int, "method": str},
     "smoothgrad": {"num_samples": int, "stddev": float},
-    "decoy": {"layer": str, "patch_size": int, "num_steps": int},
 }
 
 
