@@ -23,6 +23,9 @@ from rattr_jax.training._engine import make_optimizer
 from rattr_jax.training._engine import make_train_step
 from rattr_jax.training._engine import TrainState
 from rattr_jax.training._engine import TrainStep
+from rattr_jax.training._multi import data_orders
+from rattr_jax.training._multi import ManyResult
+from rattr_jax.training._multi import train_many
 from rattr_jax.training._loop import MODEL_BUILDERS
 from rattr_jax.training._loop import register_model
 from rattr_jax.training._loop import train
@@ -41,6 +44,7 @@ from rattr_jax.training._terms import TermContext
 from rattr_jax.training._terms import trades_term
 
 __all__ = [
+    "data_orders", "ManyResult", "train_many",
     "fast_cpu_method", "MethodConfig", "METHODS", "OptimizerConfig", "preset", "PRESETS",
     "TrainConfig", "validate", "default_conv_impls", "default_mesh", "make_optimizer", "make_train_step",
     "TrainState", "TrainStep", "MODEL_BUILDERS", "register_model", "train", "TrainResult", "activation_sensitivity_term", "Batch",
