@@ -6,6 +6,12 @@ one `lax.scan` over the epoch's steps, vmapped over the models. Each model's
 result equals its own run of `make_train_step(...).run` on the same data
 order, up to float rounding (the batched matrix products may sum in another
 order).
+
+When it wins (measured on 2 CPU cores, CE, batch 32): MLPs, 1.04-1.32x faster
+than S sequential runs for S = 2, 4, 8. Conv nets lose on CPU (MNIST CNN
+0.27-0.44x, CIFAR LeNet 0.31x): vmap over the weights turns each convolution
+into a grouped convolution (``feature_group_count = S``), which XLA:CPU runs
+on a slow path, and one conv net already keeps both cores busy.
 """
 
 from __future__ import annotations
