@@ -86,6 +86,9 @@ def check_mask(mask, map_shape, *, name: str = "mask"):
   if not (jnp.issubdtype(m.dtype, jnp.floating) or jnp.issubdtype(m.dtype, jnp.integer)
           or m.dtype == jnp.bool_):
     raise ValueError(f"`{name}` must be numeric or bool; got {m.dtype}.")
+  if V.is_concrete(m) and jnp.issubdtype(m.dtype, jnp.floating) and not bool(
+      jnp.all(jnp.isfinite(m))):
+    raise ValueError(f"`{name}` contains NaN or inf.")
   return m
 
 
@@ -93,6 +96,12 @@ def _check_config(config, x, map_shape, objective):
   if not isinstance(config, AttackConfig):
     raise ValueError(f"`config` must be an AttackConfig; got {type(config).__name__}.")
   check_epsilon(config.epsilon)
+  if config.input_range is not None and V.is_concrete(config.epsilon):
+    lo, hi = config.input_range
+    if float(config.epsilon) > hi - lo:
+      raise ValueError(f"`epsilon` ({float(config.epsilon):g}) exceeds the width of "
+                       f"`input_range` {tuple(config.input_range)}: every perturbation would "
+                       f"be clipped to the box; use an epsilon in input units, e.g. 8/255.")
   check_positive_scalar(config.step_size, name="step_size")
   V.check_positive_int(config.k, name="k")
   n = math.prod(map_shape[1:])

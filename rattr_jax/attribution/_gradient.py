@@ -10,21 +10,23 @@ from jaxtyping import Array, Float
 
 from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import PRNGKey, Target
+from rattr_jax import _validation as V
 from rattr_jax import core
 
 
-@jit_with_callables
-def _gradient(fn, x, t):
-  return core.target_gradient(fn, x, t)
+@functools.partial(jit_with_callables, static_argnames=("chunk_size",))
+def _gradient(fn, x, t, chunk_size=None):
+  return core.chunk_examples(lambda a: core.target_gradient(fn, *a), (x, t), chunk_size)
 
 
-@jit_with_callables
-def _input_x_gradient(fn, x, t):
-  return x * core.target_gradient(fn, x, t)
+@functools.partial(jit_with_callables, static_argnames=("chunk_size",))
+def _input_x_gradient(fn, x, t, chunk_size=None):
+  return x * core.chunk_examples(lambda a: core.target_gradient(fn, *a), (x, t), chunk_size)
 
 
 def gradient(fn: Callable, x: Float[Array, "B ..."], target: Target, *,
-             key: PRNGKey | None = None) -> Float[Array, "B ..."]:
+             key: PRNGKey | None = None, chunk_size: int | None = None
+             ) -> Float[Array, "B ..."]:
   """The raw gradient of the target logit (a.k.a. "saliency", "vanilla gradient").
 
   Args:
@@ -33,6 +35,8 @@ def gradient(fn: Callable, x: Float[Array, "B ..."], target: Target, *,
     target: class index, an int or an int array ``[B]``.
     key: ignored (deterministic); accepted so that every method is an
       explainer ``explainer(fn, x, target, *, key)``.
+    chunk_size: examples differentiated at once (bounds memory: the backward
+      pass of a large batch holds every activation); ``None`` = all.
 
   Returns:
     ``d fn(x)[b, target[b]] / d x[b]`` with the shape ``[B, *F]`` of ``x``.
@@ -42,11 +46,13 @@ def gradient(fn: Callable, x: Float[Array, "B ..."], target: Target, *,
     https://arxiv.org/abs/1312.6034
   """
   x, t = core.prepare(fn, x, target)
-  return _gradient(fn, x, t)
+  chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")
+  return _gradient(fn, x, t, chunk_size)
 
 
 def input_x_gradient(fn: Callable, x: Float[Array, "B ..."], target: Target, *,
-                     key: PRNGKey | None = None) -> Float[Array, "B ..."]:
+                     key: PRNGKey | None = None, chunk_size: int | None = None
+                     ) -> Float[Array, "B ..."]:
   """Input times gradient, ``x * gradient(fn, x, target)``.
 
   Args:
@@ -54,6 +60,7 @@ def input_x_gradient(fn: Callable, x: Float[Array, "B ..."], target: Target, *,
     x: inputs ``[B, *F]``.
     target: class index, an int or an int array ``[B]``.
     key: ignored (deterministic).
+    chunk_size: examples differentiated at once (memory bound); ``None`` = all.
 
   Returns:
     Attribution with the shape of ``x``.
@@ -62,4 +69,5 @@ def input_x_gradient(fn: Callable, x: Float[Array, "B ..."], target: Target, *,
     Shrikumar et al., "Not Just a Black Box", 2016. https://arxiv.org/abs/1605.01713
   """
   x, t = core.prepare(fn, x, target)
-  return _input_x_gradient(fn, x, t)
+  chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")
+  return _input_x_gradient(fn, x, t, chunk_size)

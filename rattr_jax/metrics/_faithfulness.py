@@ -142,6 +142,10 @@ def faithfulness_estimate(fn: Callable, explainer: Explainer, x: Float[Array, "B
     if x.ndim != 4:
       raise ValueError(f"`patch_size` needs NHWC images [B, H, W, C]; got x of shape "
                        f"{tuple(x.shape)}.")
+  if _groups(tuple(x.shape[1:]), patch_size)[1] < 2:
+    raise ValueError(f"`patch_size` ({patch_size}) leaves a single feature group on "
+                     f"{tuple(x.shape[1:3])} images; the correlation needs at least 2 (use a "
+                     f"smaller patch).")
   V.check_choice(output, C.OUTPUTS, name="output")
   chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")
   return _faithfulness_estimate(fn, explainer, x, t, key, baseline, patch_size, output,
