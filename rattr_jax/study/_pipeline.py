@@ -159,6 +159,25 @@ def _load_data(config: C.StudyConfig):
   return data
 
 
+def _attack_payload(config, run_key, es, attack, eps) -> dict:
+  """What an attack unit's result depends on (its file is named by this hash)."""
+  a = config.attacks
+  return {"model": run_key, "explainer": dataclasses.asdict(es), "attack": attack,
+          "epsilon": eps, "num_steps": a.num_steps, "step_size": a.step_size, "k": a.k,
+          "beta": a.surrogate_beta, "select_on": a.select_on,
+          "similarity": list(config.metrics.similarity)}
+
+
+def _score_payload(config, run_key, es) -> dict:
+  return {"model": run_key, "explainer": dataclasses.asdict(es),
+          "metrics": dataclasses.asdict(config.metrics)}
+
+
+def _diagnostics_payload(config, run_key) -> dict:
+  return {"model": run_key, "diagnostics": dataclasses.asdict(config.diagnostics),
+          "sanity": list(config.metrics.sanity), "curve": config.metrics.curve_steps}
+
+
 def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
               progress: bool = True, console=None) -> StudyResult:
   """Runs (or resumes) a study and writes its outputs to ``out_dir``.
@@ -291,11 +310,7 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
     st = prog.stage("attack", len(todo))
     for r, en, an, eps in todo:
       es = config.explainer(en)
-      p = unit_path("attack", {"model": r.key, "explainer": dataclasses.asdict(es),
-                               "attack": an, "epsilon": eps, "num_steps": a.num_steps,
-                               "step_size": a.step_size, "k": a.k, "beta": a.surrogate_beta,
-                               "select_on": a.select_on,
-                               "similarity": list(config.metrics.similarity)})
+      p = unit_path("attack", _attack_payload(config, r.key, es, an, eps))
       if not cached(p, "attack"):
         ex = E.explainer(es.name, es.params)
         fn, sur = fns[r.name][:2]
@@ -321,8 +336,7 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
     for r in ok_runs:
       spec = trained[r.name][1]
       for es in config.explainers:
-        p = unit_path("score", {"model": r.key, "explainer": dataclasses.asdict(es),
-                                "metrics": dataclasses.asdict(ms)})
+        p = unit_path("score", _score_payload(config, r.key, es))
         if not cached(p, "score"):
           ex = E.explainer(es.name, es.params)
           fn = fns[r.name][0]
@@ -346,8 +360,7 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
                       {f"score/{k}": v for k, v in vals.items()})
         st.advance(f"{r.name} {es.name}")
       # model diagnostics (and the random-map baseline, which is model-level)
-      p = unit_path("score", {"model": r.key, "diagnostics": dataclasses.asdict(dg),
-                              "sanity": list(ms.sanity), "curve": ms.curve_steps})
+      p = unit_path("score", _diagnostics_payload(config, r.key))
       if not cached(p, "score"):
         fn = fns[r.name][0]
         model = fns.model(r.name)
@@ -377,7 +390,7 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
 
   # ------------------------------------------------------------- aggregate/report
   t0 = time.perf_counter()
-  plan = _plan(config, ok_runs, unit_path, fns_keys={r.name: r for r in ok_runs})
+  plan = _plan(config, ok_runs, unit_path)
   agg_key = C.stable_hash({"plan": plan, "runs": [dataclasses.asdict(r) for r in runs]}, 16)
   nothing = counts["computed"] == 0 and not forced and _outputs_current(out, agg_key)
   scores_path = os.path.join(out, "scores.csv")
@@ -430,32 +443,21 @@ def _link_map(out: str, model: str, explainer: str, unit: str) -> None:
   os.replace(tmp, dst)
 
 
-def _plan(config, ok_runs, unit_path, fns_keys) -> list[dict]:
+def _plan(config, ok_runs, unit_path) -> list[dict]:
   """Every unit file of this config, with what it holds (for `collect_rows`)."""
   plan = []
-  a, ms, dg = config.attacks, config.metrics, config.diagnostics
+  a = config.attacks
   for r in ok_runs:
+    row = {"model": r.name, "label": r.label, "seed": r.seed}
     for en in a.explainers:
       es = config.explainer(en)
       for an in a.names:
         for eps in a.epsilons:
-          plan.append({"kind": "attack", "model": r.name, "label": r.label, "seed": r.seed,
-                       "explainer": en, "attack": an, "epsilon": eps,
-                       "path": unit_path("attack", {
-                           "model": r.key, "explainer": dataclasses.asdict(es), "attack": an,
-                           "epsilon": eps, "num_steps": a.num_steps, "step_size": a.step_size,
-                           "k": a.k, "beta": a.surrogate_beta, "select_on": a.select_on,
-                           "similarity": list(ms.similarity)})})
+          plan.append({**row, "kind": "attack", "explainer": en, "attack": an, "epsilon": eps,
+                       "path": unit_path("attack", _attack_payload(config, r.key, es, an, eps))})
     for es in config.explainers:
-      plan.append({"kind": "score", "model": r.name, "label": r.label, "seed": r.seed,
-                   "explainer": es.name, "attack": "", "epsilon": None,
-                   "path": unit_path("score", {"model": r.key,
-                                               "explainer": dataclasses.asdict(es),
-                                               "metrics": dataclasses.asdict(ms)})})
-    plan.append({"kind": "diagnostics", "model": r.name, "label": r.label, "seed": r.seed,
-                 "explainer": "", "attack": "", "epsilon": None,
-                 "path": unit_path("score", {"model": r.key,
-                                             "diagnostics": dataclasses.asdict(dg),
-                                             "sanity": list(ms.sanity),
-                                             "curve": ms.curve_steps})})
+      plan.append({**row, "kind": "score", "explainer": es.name, "attack": "", "epsilon": None,
+                   "path": unit_path("score", _score_payload(config, r.key, es))})
+    plan.append({**row, "kind": "diagnostics", "explainer": "", "attack": "", "epsilon": None,
+                 "path": unit_path("score", _diagnostics_payload(config, r.key))})
   return plan
