@@ -133,6 +133,9 @@ def _write(tmp_path, text, name="c.toml"):
     (lambda t: t.replace("epsilons = [0.1]", "epsilons = [8]"), "attacks.epsilons"),
     (lambda t: t.replace("seeds = [0, 1]", "seeds = [0, 0]"), "training.seeds"),
     (lambda t: t.replace("[training]", "[training]\nbogus = 1"), "training.bogus"),
+    (lambda t: t + '\n[explainers.decoy]\nbase = "lime"\n', "explainers.decoy.base"),
+    (lambda t: t + "\n[explainers.decoy]\npatches = 3\n", "explainers.decoy.patches"),
+    (lambda t: t + '\n[explainers.decoy]\nlayer = "conv9"\n', "explainers.decoy.layer"),
 ])
 def test_bad_config_is_one_line_error(tmp_path, capsys, edit, field):
   path = _write(tmp_path, edit(TINY))
@@ -315,3 +318,116 @@ def test_study_on_two_devices_equals_one_device(tmp_path):
   a = np.array([r["value"] for r in outs[1]])
   b = np.array([r["value"] for r in outs[2]])
   np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, equal_nan=True)
+
+
+DANCE_SENN = """
+name = "dance-senn"
+[model]
+name = "mlp"
+[data]
+num_eval = 6
+max_train = 128
+[training]
+seeds = [0]
+epochs = 1
+batch_size = 32
+[methods.ce]
+objective = "ce"
+activation = "softplus:3"
+[methods.senn_small]
+objective = "senn"
+lam = 1e-4
+[methods.senn_large]
+objective = "senn"
+lam = 1e-1
+[explainers.gradient]
+[explainers.decoy]
+num_examples = 5
+patch_size = 14
+num_steps = 3
+epsilon = 1.0
+[attacks]
+names = ["random_sign"]
+epsilons = [0.1]
+num_steps = 2
+k = 40
+[metrics]
+robustness = ["max_sensitivity", "local_lipschitz", "senn_stability"]
+faithfulness = ["deletion", "senn_faithfulness"]
+sanity = ["parameter_randomization"]
+num_samples = 2
+lipschitz_steps = 2
+curve_steps = 4
+[diagnostics]
+pgd_steps = 2
+hessian_iters = 2
+hutchinson_samples = 2
+num_examples = 3
+"""
+
+
+@pytest.mark.slow
+def test_study_dance_and_senn_scores(tmp_path):
+  """DANCE is a study explainer (on a subset of the images, its maps equal the library's
+  explainer called per example with the study's keys), SENN models get their own stability
+  and faithfulness, and the DANCE and SENN claims are computed from those scores."""
+  import jax
+  from rattr_jax import explainers, models
+  from rattr_jax.study import _eval as E
+  from rattr_jax.study import _pipeline as P
+  cfg = study.parse_config(__import__("tomllib").loads(DANCE_SENN))
+  out = tmp_path / "run"
+  res = study.run_study(cfg, out_dir=str(out), progress=False)
+  assert all(r.status == "completed" for r in res.models)
+  rows = study.read_scores(res.scores_path)
+
+  def vals(method, explainer, metric):
+    return {r["example"]: r["value"] for r in rows if r["method"] == method
+            and r["explainer"] == explainer and r["metric"] == metric and not r["attack"]}
+
+  # DANCE on the first 5 of 6 images: finite there, NaN (left out) on the last
+  for metric in ("max_sensitivity", "deletion", "parameter_randomization"):
+    v = vals("ce", "decoy", metric)
+    assert sorted(v) == list(range(6)) and math.isnan(v[5]), metric
+  assert all(math.isfinite(x) for x in vals("ce", "decoy", "max_sensitivity").values()
+             if x == x)
+  assert not vals("ce", "decoy", "local_lipschitz")  # not computed through the solver
+  # the saved DANCE maps are the library's explainer per example, keyed by example index
+  run = next(r for r in res.models if r.label == "ce")
+  spec = cfg.method("ce")
+  data = P._load_data(cfg)
+  model = P._restore_model(P._train_config(cfg, spec, 0), data, run.path)
+  saved = np.load(out / "maps" / "ce-s0" / "decoy.npz")["attribution"]
+  assert saved.shape == (5, 28, 28, 1)
+  ex = explainers.get("decoy", layer=models.layer_names(model)[1], model=model,
+                      patch_size=14, num_steps=3, epsilon=1.0)
+  key = E.unit_key("explain", 0, "decoy")
+  x = np.asarray(data.x_test[:5], np.float32)
+  y = np.asarray(data.y_test[:5], np.int32)
+  # recomputed by the study's path: bit-identical (what a resumed run relies on)
+  np.testing.assert_array_equal(E.attributions(models.as_fn(model), ex, x, y, key=key), saved)
+  # the library's explainer on one example: equal up to float reduction order, which the
+  # decoy solver's steps amplify (a few % of the map's maximum on some pixels)
+  for i in (0, 4):
+    ref = np.asarray(ex(models.as_fn(model), x[i:i + 1], y[i:i + 1],
+                        key=jax.random.fold_in(key, i)))[0]
+    assert np.max(np.abs(saved[i] - ref)) < 0.05 * np.max(np.abs(ref))
+    assert np.corrcoef(saved[i].ravel(), ref.ravel())[0, 1] > 0.99
+  # SENN models carry senn_stability / senn_faithfulness; the CE model does not
+  for m in ("senn_small", "senn_large"):
+    stab = vals(m, "", "senn_stability")
+    assert len(stab) == 6 and all(v >= 0 for v in stab.values())
+    faith = vals(m, "", "senn_faithfulness")
+    assert all(-1 - 1e-6 <= v <= 1 + 1e-6 for v in faith.values() if v == v)
+  assert not vals("ce", "", "senn_stability")
+  # the claims are computed from these scores
+  claims = {c["claim"]: c for c in G.summarize_file(res.scores_path, cfg)["claims"]}
+  senn = claims["SENN explanations get more stable as the robustness weight grows"]
+  a, b = (np.array(list(vals(m, "", "senn_stability").values()))
+          for m in ("senn_large", "senn_small"))
+  assert senn["mean_a"] == pytest.approx(a.mean()) and senn["mean_b"] == pytest.approx(
+      b.mean())
+  dance = claims["DANCE decoy maps are less sensitive than gradient maps"]
+  d = vals("ce", "decoy", "max_sensitivity")
+  assert dance["n"] == 5 and dance["mean_a"] == pytest.approx(np.mean([d[i] for i in range(5)]))
+  assert dance["status"] in ("reproduced", "not reproduced", "inconclusive")

@@ -8,6 +8,7 @@ with ``rattr_jax.explainers.get(name, **settings)`` (hashable) or
 
 from rattr_jax.attribution._decoy import decoy_attribution
 from rattr_jax.attribution._decoy import resolve_layer as decoy_layer
+from rattr_jax.attribution._decoy import default_layer as decoy_default_layer
 from rattr_jax.attribution._decoy import decoy_saliency
 from rattr_jax.attribution._decoy import DecoySaliency
 from rattr_jax.attribution._decoy_solver import DecoyResult
@@ -23,6 +24,7 @@ from rattr_jax.attribution._smoothgrad import vargrad
 __all__ = [
     "decoy_attribution",
     "decoy_layer",
+    "decoy_default_layer",
     "decoy_saliency",
     "DecoySaliency",
     "DecoyResult",

@@ -25,14 +25,14 @@ from typing import Any
 #: Training objectives a method may name (``objective = ...``).
 OBJECTIVES = ("ce", "gradient_alignment", "hessian_norm", "activation_sensitivity",
               "input_gradient_norm", "fgsm", "pgd", "trades", "senn")
-#: Explainers a study may name. (DANCE decoys need a per-model feature layer and are
-#: not wired into the study yet; `rattr explain --method decoy` and
-#: `rattr_jax.explainers.get("decoy", ...)` compute them.)
-EXPLAINERS = ("gradient", "input_x_gradient", "integrated_gradients", "smoothgrad")
+#: Explainers a study may name. ``decoy`` is DANCE (Lu et al. 2021): the range of the
+#: ``base`` explainer over decoys that keep the model's features at ``layer`` (default: the
+#: model's second layer, `rattr_jax.attribution.decoy_default_layer`) while one patch moves.
+EXPLAINERS = ("gradient", "input_x_gradient", "integrated_gradients", "smoothgrad", "decoy")
 #: Attacks a study may name.
 ATTACKS = ("random_sign", "topk", "mass_center", "targeted", "frame")
 SIMILARITIES = ("topk_intersection", "spearman", "pearson", "ssim", "cosine", "center_shift")
-ROBUSTNESS = ("max_sensitivity", "local_lipschitz")
+ROBUSTNESS = ("max_sensitivity", "local_lipschitz", "senn_stability")
 FAITHFULNESS = ("insertion", "deletion", "infidelity", "senn_faithfulness")
 SANITY = ("random_map", "parameter_randomization")
 DIAGNOSTICS = ("accuracy", "robust_accuracy", "train_time", "gradient_norm", "hessian_top_eig",
@@ -288,7 +288,14 @@ _EXPLAINER_PARAMS = {
     "gradient": {}, "input_x_gradient": {},
     "integrated_gradients": {"num_steps": int, "method": str},
     "smoothgrad": {"num_samples": int, "stddev": float},
+    # DANCE: decoy generation (patch geometry, layer bound, solver steps), the base
+    # explainer, and how many of the evaluation images it explains (it costs about
+    # 2 * patches * num_steps model gradients per image; the others are NaN, left out of
+    # every mean).
+    "decoy": {"layer": str, "base": str, "patch_size": int, "stride": int, "epsilon": float,
+              "num_steps": int, "step_size": float, "num_examples": int},
 }
+DECOY_BASES = ("gradient", "smoothgrad", "integrated_gradients")
 
 
 def _explainer(name: str, d: Any) -> ExplainerSpec:
@@ -306,6 +313,8 @@ def _explainer(name: str, d: Any) -> ExplainerSpec:
       v = _number(v, f"{field}.{k}")
     elif not isinstance(v, str):
       raise ValueError(f"`{field}.{k}` must be a string; got {v!r}.")
+    if name == "decoy" and k == "base":
+      _choice(v, f"{field}.base", DECOY_BASES)
     params.append((k, v))
   return ExplainerSpec(name=name, params=tuple(sorted(params)))
 

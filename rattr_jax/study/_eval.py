@@ -33,7 +33,7 @@ HIGHER_IS_BETTER = {
     "topk_intersection": True, "spearman": True, "pearson": True, "ssim": True, "cosine": True,
     "center_shift": False, "max_sensitivity": False, "local_lipschitz": False,
     "insertion": True, "deletion": False, "infidelity": False,
-    "senn_faithfulness": True, "random_map_insertion": True, "random_map_deletion": False,
+    "senn_faithfulness": True, "senn_stability": False, "random_map_insertion": True, "random_map_deletion": False,
     "parameter_randomization": False, "accuracy": True, "robust_accuracy": True,
     "train_time": False, "gradient_norm": False, "hessian_top_eig": False,
     "hessian_frobenius": False, "label_kept": True,
@@ -92,6 +92,43 @@ def explainer(name: str, params: tuple = ()):
   return explainers.get(name, **dict(params))
 
 
+def model_explainer(spec, model):
+  """The explainer of an `ExplainerSpec` for one model.
+
+  Every explainer but DANCE is the same for every model (`explainer`). DANCE (``decoy``)
+  binds the model's features at its layer (a pytree holding the weights, so models of
+  one architecture share compiled programs); an unknown layer name is a ``ValueError``
+  listing the model's layers.
+  """
+  if spec.name != "decoy":
+    return explainer(spec.name, spec.params)
+  from rattr_jax import models
+  p = dict(spec.params)
+  p.pop("num_examples", None)
+  layer = p.pop("layer", None) or attribution.decoy_default_layer(model)
+  names = list(models.layer_names(model))
+  if layer not in names:
+    raise ValueError(f"Unknown `explainers.decoy.layer` {layer!r} for {type(model).__name__}; "
+                     f"expected one of {names}.")
+  return explainers.get("decoy", layer=layer, model=model, **p)
+
+
+def num_examples(spec, n: int) -> int:
+  """How many of the ``n`` evaluation images an explainer explains (DANCE: a subset)."""
+  return min(n, int(dict(spec.params).get("num_examples", n)))
+
+
+def pad(values: dict, n: int) -> dict:
+  """Per-example arrays of a subset padded with NaN to ``n`` examples."""
+  out = {}
+  for k, v in values.items():
+    v = np.asarray(v, np.float64)
+    full = np.full((n,) + v.shape[1:], np.nan)
+    full[:len(v)] = v
+    out[k] = full
+  return out
+
+
 def to_map(attr) -> jax.Array:
   return maps.saliency_map(attr, reduce="abs_sum", normalize="sum_to_one")
 
@@ -106,8 +143,11 @@ def _attr(f, fn, x, t, *, key):
 
 
 def attributions(fn, ex, x, t, *, key) -> np.ndarray:
-  """Attributions of ``x`` shaped like ``x`` (per-example keys by index)."""
-  return per_example(ex, fn, x, t, batch_argnums=(1, 2), key=key)
+  """Attributions of ``x`` shaped like ``x`` (per-example keys by index).
+
+  The explainer is an argument (not the compiled function), so an explainer that holds
+  arrays (DANCE's feature layer) is traced and one program serves every model."""
+  return per_example(_attr, ex, fn, x, t, batch_argnums=(2, 3), key=key)
 
 
 def explain(fn, ex, x, t, *, key) -> np.ndarray:
@@ -214,6 +254,30 @@ def faithfulness(fn, attr, x, t, *, names, curve_steps: int, num_samples: int,
     out["infidelity"] = per_example(
         M.infidelity, fn, pre, x, t, batch_argnums=(1, 2, 3), key=key,
         num_samples=num_samples, normalize=True).astype(np.float64)
+  return out
+
+
+def senn_scores(model, x, t, *, names, epsilon: float, num_steps: int,
+                key) -> dict[str, np.ndarray]:
+  """A SENN's own explanation scores (Alvarez-Melis & Jaakkola 2018).
+
+  ``senn_stability``: the local Lipschitz estimate of its relevances ``theta(x)`` over
+  the input (projected gradient ascent in the L2 ball of radius ``epsilon``; lower is
+  better). ``senn_faithfulness``: the correlation between each concept's relevance and
+  the drop in the predicted probability when the concept is removed (higher is better).
+  """
+  from rattr_jax.models import senn as SN
+  out = {}
+  if "senn_stability" in names:
+    def stab(x1, t1, *, key):
+      return SN.senn_stability(model, x1, key=key, target=t1, epsilon=epsilon,
+                               denominator="input", num_steps=num_steps, num_restarts=1)
+    out["senn_stability"] = per_example(stab, x, t, batch_argnums=(0, 1),
+                                        key=key).astype(np.float64)
+  if "senn_faithfulness" in names:
+    out["senn_faithfulness"] = np.concatenate([
+        np.asarray(SN.senn_faithfulness(model, jnp.asarray(x[i:j]), target=jnp.asarray(t[i:j])),
+                   np.float64) for i, j in _chunks(len(x))])
   return out
 
 

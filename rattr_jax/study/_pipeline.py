@@ -173,9 +173,23 @@ def _score_payload(config, run_key, es) -> dict:
           "metrics": dataclasses.asdict(config.metrics)}
 
 
-def _diagnostics_payload(config, run_key) -> dict:
-  return {"model": run_key, "diagnostics": dataclasses.asdict(config.diagnostics),
-          "sanity": list(config.metrics.sanity), "curve": config.metrics.curve_steps}
+def _senn_metrics(config, label) -> list[str]:
+  """The SENN-only metrics a SENN model is scored on (none for other models)."""
+  if config.method(label).objective != "senn":
+    return []
+  m = config.metrics
+  return [n for n in (*m.robustness, *m.faithfulness) if n.startswith("senn_")]
+
+
+def _diagnostics_payload(config, run_key, label) -> dict:
+  payload = {"model": run_key, "diagnostics": dataclasses.asdict(config.diagnostics),
+             "sanity": list(config.metrics.sanity), "curve": config.metrics.curve_steps}
+  senn = _senn_metrics(config, label)
+  if senn:
+    m = config.metrics
+    payload["senn"] = {"names": senn, "epsilon": m.robustness_epsilon,
+                       "steps": m.lipschitz_steps}
+  return payload
 
 
 def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
@@ -206,6 +220,7 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
     from rich.console import Console
     console = Console()
   data = _load_data(config)
+  _check_decoy_layer(config, data)
   x_eval = np.asarray(data.x_test[:config.data.num_eval], np.float32)
   y_eval = np.asarray(data.y_test[:config.data.num_eval], np.int32)
   eval_hash = hashlib.sha256(x_eval.tobytes() + y_eval.tobytes()).hexdigest()
@@ -286,10 +301,11 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
       for es in config.explainers:
         p = unit_path("explain", {"model": r.key, "explainer": dataclasses.asdict(es)})
         if not cached(p, "explain"):
-          ex = E.explainer(es.name, es.params)
-          fn = fns[r.name][0]
+          fn, _, model = fns[r.name]
+          ex = E.model_explainer(es, model)
           key = E.unit_key("explain", r.seed, es.name)
-          attr = E.attributions(fn, ex, x_eval, y_eval, key=key)
+          n = E.num_examples(es, len(x_eval))
+          attr = E.attributions(fn, ex, x_eval[:n], y_eval[:n], key=key)
           m = np.asarray(E.to_map(attr))
           R.save_unit(p, {"model": r.name, "explainer": es.name}, {"attribution": attr,
                                                                    "map": m})
@@ -312,17 +328,20 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
       es = config.explainer(en)
       p = unit_path("attack", _attack_payload(config, r.key, es, an, eps))
       if not cached(p, "attack"):
-        ex = E.explainer(es.name, es.params)
-        fn, sur = fns[r.name][:2]
+        fn, sur, model = fns[r.name]
+        ex = E.model_explainer(es, model)
         key = E.unit_key("attack", r.seed, en, an, eps)
-        x_adv = E.attack(fn, sur, ex, x_eval, y_eval, name=an, epsilon=eps,
+        n = E.num_examples(es, len(x_eval))
+        xs, ys = x_eval[:n], y_eval[:n]
+        x_adv = E.attack(fn, sur, ex, xs, ys, name=an, epsilon=eps,
                          num_steps=a.num_steps, step_size=a.step_size, k=a.k,
                          select_on=a.select_on, key=key)
         m0 = E.to_map(attributions[(r.name, en)])
-        m1 = E.explain(fn, ex, x_adv, y_eval, key=E.unit_key("explain", r.seed, en))
+        m1 = E.explain(fn, ex, x_adv, ys, key=E.unit_key("explain", r.seed, en))
         vals = E.similarities(m0, m1, config.metrics.similarity, k=a.k)
-        vals["label_kept"] = E.accuracy(fn, x_adv, labels[r.name])
-        linf = np.max(np.abs(x_adv - x_eval).reshape(len(x_eval), -1), axis=1)
+        vals["label_kept"] = E.accuracy(fn, x_adv, labels[r.name][:n])
+        vals = E.pad(vals, len(x_eval))
+        linf = np.max(np.abs(x_adv - xs).reshape(n, -1), axis=1)
         R.save_unit(p, {"model": r.name, "explainer": en, "attack": an, "epsilon": eps},
                     {**{f"score/{k}": v for k, v in vals.items()}, "map_adv": m1,
                      "x_adv": x_adv.astype(np.float32), "linf": linf})
@@ -338,29 +357,32 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
       for es in config.explainers:
         p = unit_path("score", _score_payload(config, r.key, es))
         if not cached(p, "score"):
-          ex = E.explainer(es.name, es.params)
-          fn = fns[r.name][0]
+          fn, _, model = fns[r.name]
+          ex = E.model_explainer(es, model)
           key = E.unit_key("score", r.seed, es.name)
-          vals = E.robustness(fn, ex, x_eval, y_eval, names=ms.robustness,
+          n = E.num_examples(es, len(x_eval))
+          xs, ys = x_eval[:n], y_eval[:n]
+          # DANCE: the local Lipschitz estimate would differentiate through the decoy
+          # solver at every ascent step; max-sensitivity (regenerated decoys) is its measure.
+          rob = [m for m in ms.robustness if es.name != "decoy" or m != "local_lipschitz"]
+          vals = E.robustness(fn, ex, xs, ys, names=rob,
                               epsilon=ms.robustness_epsilon, num_samples=ms.num_samples,
                               lipschitz_steps=ms.lipschitz_steps, key=key)
-          vals.update(E.faithfulness(fn, attributions[(r.name, es.name)], x_eval, y_eval,
+          vals.update(E.faithfulness(fn, attributions[(r.name, es.name)], xs, ys,
                                      names=ms.faithfulness, curve_steps=ms.curve_steps,
                                      num_samples=ms.num_samples,
                                      key=jax.random.fold_in(key, 7)))
           if "parameter_randomization" in ms.sanity:
-            rand = Mo.create_model(config.model if spec.objective != "senn" else "cnn",
-                                   input_shape=x_eval.shape[1:], num_classes=data.num_classes,
-                                   activation=spec.activation, seed=10_000 + r.seed)
-            m_rand = E.explain(Mo.as_fn(rand), ex, x_eval, y_eval, key=key)
+            rand = _build_model(_train_config(config, spec, 10_000 + r.seed), data)
+            m_rand = E.explain(Mo.as_fn(rand), E.model_explainer(es, rand), xs, ys, key=key)
             vals["parameter_randomization"] = E.similarities(
                 E.to_map(attributions[(r.name, es.name)]), m_rand, ("spearman",),
                 k=config.attacks.k)["spearman"]
           R.save_unit(p, {"model": r.name, "explainer": es.name},
-                      {f"score/{k}": v for k, v in vals.items()})
+                      {f"score/{k}": v for k, v in E.pad(vals, len(x_eval)).items()})
         st.advance(f"{r.name} {es.name}")
       # model diagnostics (and the random-map baseline, which is model-level)
-      p = unit_path("score", _diagnostics_payload(config, r.key))
+      p = unit_path("score", _diagnostics_payload(config, r.key, r.label))
       if not cached(p, "score"):
         fn = fns[r.name][0]
         model = fns.model(r.name)
@@ -384,6 +406,13 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
                              curve_steps=ms.curve_steps, num_samples=1, key=key)
           vals["random_map_insertion"] = f["insertion"]
           vals["random_map_deletion"] = f["deletion"]
+        senn = _senn_metrics(config, r.label)
+        if senn:
+          d = float(np.prod(x_eval.shape[1:]))
+          vals.update(E.senn_scores(model, x_eval, y_eval, names=senn,
+                                    epsilon=float(ms.robustness_epsilon * np.sqrt(d)),
+                                    num_steps=ms.lipschitz_steps,
+                                    key=jax.random.fold_in(key, 3)))
         R.save_unit(p, {"model": r.name}, {f"score/{k}": v for k, v in vals.items()})
       st.advance(f"{r.name} diagnostics")
     stage_seconds["score"] = time.perf_counter() - t0
@@ -415,6 +444,13 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
                      report_path=report_path, models=tuple(runs),
                      computed_units=counts["computed"], cached_units=counts["cached"],
                      stage_seconds=stage_seconds, nothing_to_do=nothing)
+
+
+def _check_decoy_layer(config, data) -> None:
+  """A DANCE layer name that some model lacks is an error before anything is trained."""
+  for es in [e for e in config.explainers if e.name == "decoy" and dict(e.params).get("layer")]:
+    for spec in config.methods:
+      E.model_explainer(es, _build_model(_train_config(config, spec, 0), data))
 
 
 def _outputs_current(out: str, agg_key: str) -> bool:
@@ -459,5 +495,5 @@ def _plan(config, ok_runs, unit_path) -> list[dict]:
       plan.append({**row, "kind": "score", "explainer": es.name, "attack": "", "epsilon": None,
                    "path": unit_path("score", _score_payload(config, r.key, es))})
     plan.append({**row, "kind": "diagnostics", "explainer": "", "attack": "", "epsilon": None,
-                 "path": unit_path("score", _diagnostics_payload(config, r.key))})
+                 "path": unit_path("score", _diagnostics_payload(config, r.key, r.label))})
   return plan
