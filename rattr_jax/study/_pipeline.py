@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -224,8 +225,8 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
   x_eval = np.asarray(data.x_test[:config.data.num_eval], np.float32)
   y_eval = np.asarray(data.y_test[:config.data.num_eval], np.int32)
   eval_hash = hashlib.sha256(x_eval.tobytes() + y_eval.tobytes()).hexdigest()
-  stage_seconds: dict[str, float] = {}
   counts = {"computed": 0, "cached": 0}
+  stage_seconds = _StageClock(os.path.join(out, "timings.jsonl"), counts)
   failures: list[dict] = []
   units: dict[str, int] = {}
 
@@ -433,17 +434,56 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
     stage_seconds["aggregate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     _report.write_report(out, config, runs, rows, summary, x_eval=x_eval, y_eval=y_eval,
-                         stage_seconds=stage_seconds)
+                         stage_seconds=stage_seconds.totals()["stage_seconds_total"])
     stage_seconds["report"] = time.perf_counter() - t0
-    R.write_json(os.path.join(out, "manifest.json"), R.manifest(
-        config, eval_hash=eval_hash, stage_seconds=stage_seconds, units=units,
-        failures=failures))
+    man = R.manifest(config, eval_hash=eval_hash, stage_seconds=dict(stage_seconds),
+                     units=units, failures=failures)
+    man.update(stage_seconds.totals())
+    R.write_json(os.path.join(out, "manifest.json"), man)
     with open(os.path.join(out, ".aggregate_key"), "w") as f:
       f.write(agg_key)
   return StudyResult(out_dir=out, scores_path=scores_path, summary_path=summary_path,
                      report_path=report_path, models=tuple(runs),
                      computed_units=counts["computed"], cached_units=counts["cached"],
                      stage_seconds=stage_seconds, nothing_to_do=nothing)
+
+
+class _StageClock(dict):
+  """Stage wall times of this run; each is also appended to ``timings.jsonl``, so a study
+  resumed over several runs (a long preset, a killed run) reports its total time per stage.
+
+  A record holds the stage, its seconds, the units it computed (cumulative in this run),
+  the load average and the UTC time. The time spent in a stage that was killed before it
+  ended is not recorded (its finished units are, by the run that completes the stage)."""
+
+  def __init__(self, path: str, counts: dict):
+    super().__init__()
+    self._path, self._counts = path, counts
+
+  def __setitem__(self, stage, seconds):
+    super().__setitem__(stage, seconds)
+    rec = {"stage": stage, "seconds": round(float(seconds), 3),
+           "computed_units": self._counts["computed"],
+           "load_average": [round(v, 2) for v in os.getloadavg()],
+           "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with open(self._path, "a") as f:
+      f.write(json.dumps(rec) + "\n")
+
+  def totals(self) -> dict:
+    """``stage_seconds_total`` (summed over every run of this folder) and ``runs``."""
+    tot: dict[str, float] = {}
+    loads, runs = [], 0
+    try:
+      with open(self._path) as f:
+        recs = [json.loads(line) for line in f if line.strip()]
+    except OSError:
+      recs = []
+    for r in recs:
+      tot[r["stage"]] = tot.get(r["stage"], 0.0) + r["seconds"]
+      loads.append(r["load_average"][0])
+      runs += r["stage"] == "train"
+    return {"stage_seconds_total": tot, "runs": runs,
+            "load_average_1min": {"min": min(loads), "max": max(loads)} if loads else None}
 
 
 def _check_decoy_layer(config, data) -> None:

@@ -361,7 +361,9 @@ def write_report(out, config: C.StudyConfig, runs, rows, summary, *, x_eval, y_e
     lines += ["## Models that did not finish", ""]
     lines += [f"- `{r.name}`: {r.message}" for r in failed]
     lines.append("")
-  lines += ["## Wall time", "", "| stage | seconds |", "|---|---|"]
+  lines += ["## Wall time", "", "Summed over every run of this folder (a resumed study adds "
+            "up its runs; `timings.jsonl` has each run's stages with the load average).", "",
+            "| stage | seconds |", "|---|---|"]
   lines += [f"| {k} | {v:.1f} |" for k, v in stage_seconds.items()]
   lines += ["", "## Notes", "",
             "- Activation-sensitivity regularization (Moshe et al. 2024) has no public formula; "
