@@ -49,19 +49,25 @@ MODELS = {"cnn": (28, 28, 1), "lenet": (32, 32, 3)}
 
 
 def method_configs():
-  from rattr_jax.training import MethodConfig
+  """Method -> its training term with the papers' settings (`rattr_jax.training.terms`)."""
+  from rattr_jax import training as T
   return {
-      "ce": MethodConfig(name="ce"),
-      "gradient_alignment": MethodConfig(name="gradient_alignment", epsilon=4 / 255,
-                                         lambda_l2=0.01, lambda_cos=1.0),
-      "hessian_norm": MethodConfig(name="hessian_norm", lam=1e-3),
-      "input_gradient_norm": MethodConfig(name="input_gradient_norm", lam=1.0),
-      "activation_sensitivity": MethodConfig(name="activation_sensitivity", lam=1.0,
-                                             epsilon=4 / 255, layers=("fc1",)),
-      "fgsm": MethodConfig(name="fgsm", epsilon=8 / 255),
-      "pgd": MethodConfig(name="pgd", epsilon=8 / 255, num_steps=10, step_size=2 / 255),
-      "trades": MethodConfig(name="trades", epsilon=8 / 255, num_steps=10, step_size=2 / 255),
+      "ce": T.CrossEntropy(),
+      "gradient_alignment": T.GradientAlignment(epsilon=4 / 255, lambda_l2=0.01, lambda_cos=1.0),
+      "hessian_norm": T.HessianNorm(lam=1e-3),
+      "input_gradient_norm": T.InputGradientNorm(lam=1.0),
+      "activation_sensitivity": T.ActivationSensitivity(lam=1.0, epsilon=4 / 255,
+                                                        layers=("fc1",)),
+      "fgsm": T.FGSM(epsilon=8 / 255),
+      "pgd": T.PGD(epsilon=8 / 255, num_steps=10, step_size=2 / 255),
+      "trades": T.TRADES(epsilon=8 / 255, num_steps=10, step_size=2 / 255),
   }
+
+
+def objective(term):
+  """The method's objective: the term alone (CE, FGSM, PGD) or CE + the term."""
+  from rattr_jax import training as T
+  return (term,) if term.name in ("ce", "fgsm", "pgd") else (T.CrossEntropy(), term)
 
 
 # ------------------------------------------------------------------ torch ----
@@ -115,7 +121,6 @@ def child(args) -> dict:
   from rattr_jax import attribution, models, regularizers, training
   import rattr_jax  # noqa: E402
   rattr_jax.configure_cpu()  # inline CPU dispatch, as `rattr` does
-  from rattr_jax.training import _loop
 
   try:
     import torch
@@ -149,11 +154,10 @@ def child(args) -> dict:
       for rb in (int(v) for v in args.run_batches.split(",")):
         model = models.create_model(name, input_shape=shape, num_classes=10,
                                     activation="softplus:3", seed=0)
-        config = training.TrainConfig(model=name, method=methods[m])
         nsteps = 4
         xr = jnp.asarray(rng.uniform(0, 1, (rb * nsteps,) + shape).astype(np.float32))
         yr = jnp.asarray(rng.integers(0, 10, rb * nsteps).astype(np.int32))
-        terms = _loop.resolve_terms(config, model, x_np, y_np)
+        terms = training.resolve_terms(objective(methods[m]), model, x_np, y_np)
         ts = training.make_train_step(model, optax.adam(1e-3), terms)
         idx = jnp.arange(rb * nsteps).reshape(nsteps, rb)
         holder = {"state": ts.init(0)}
@@ -178,8 +182,7 @@ def child(args) -> dict:
     for label, (conv_impl, attack_impl, cfg) in variants.items():
       model = models.create_model(name, input_shape=shape, num_classes=10,
                                   activation="softplus:3", seed=0)
-      config = training.TrainConfig(model=name, method=cfg)
-      terms = _loop.resolve_terms(config, model, x_np, y_np, conv_impl=conv_impl)
+      terms = training.resolve_terms(objective(cfg), model, x_np, y_np, conv_impl=conv_impl)
       ts = training.make_train_step(model, optax.adam(1e-3), terms, conv_impl=conv_impl,
                                     attack_conv_impl=attack_impl)
       holder = {"state": ts.init(0)}
@@ -307,7 +310,7 @@ def main():
       "settings": {"quick": args.quick, "repeats": repeats, "batch": BATCH,
                    "run_batches": args.run_batches,
                    "activation": "softplus:3", "optimizer": "adam 1e-3",
-                   "methods": {k: v.__dict__ for k, v in method_configs().items()},
+                   "methods": {k: v.to_dict() for k, v in method_configs().items()},
                    "models": MODELS, "inputs": "uniform [0, 1], random labels",
                    "xla_flag_compared": FLAG if args.with_flag else None,
                    "note": "each setting in its own process; round-robin within a process; "

@@ -10,6 +10,10 @@ __version__ = "0.1.0"
 import os as _os
 
 
+class RattrDeprecationWarning(DeprecationWarning):
+  """A deprecation of rattr_jax itself (the test suite turns these into errors)."""
+
+
 def configure_cpu(*, inline_dispatch: bool = True) -> dict:
   """Opt-in XLA:CPU settings that make small per-call programs faster.
 
@@ -118,5 +122,6 @@ def __dir__():
 __all__ = [
     "attacks", "attribution", "curvature", "influence", "maps", "metrics", "models",
     "regularizers", "training", "configure_cpu", "enable_compilation_cache",
+    "RattrDeprecationWarning",
     "__version__",
 ]

@@ -62,12 +62,12 @@ def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path, digits):
 
 @pytest.mark.parametrize("field, value", [
     ("optimizer.learning_rate", float("inf")), ("optimizer.learning_rate", float("nan")),
-    ("method.epsilon", float("inf")), ("method.epsilon", 1e9), ("method.lam", float("nan")),
+    ("pgd.epsilon", float("inf")), ("pgd.epsilon", 1e9), ("hessian_norm.lam", float("nan")),
     ("optimizer.clip_norm", float("inf")), ("seed", -1), ("seed", 2**70), ("max_train", 0),
     ("max_train", -5), ("activation", "softplus:abc"), ("epochs", 0),
 ])
 def test_config_rejects_out_of_domain_values(field, value):
-  method = "pgd" if field == "method.epsilon" else None
+  method = field.split(".")[0] if field.split(".")[0] in training.METHODS else None
   with pytest.raises(ValueError, match=field.split(".")[-1]):
     training.preset("fast_cpu", method=method, **{field: value})
 
@@ -103,7 +103,8 @@ def test_cli_adversarial_training_reports_robust_accuracy(tmp_path, capsys):
   assert "robust test accuracy (PGD-10" in o
   # The config was stored in input units.
   cfg = json.loads((out / "config.json").read_text())
-  assert cfg["method"]["epsilon"] == pytest.approx(8 / 255)
+  assert cfg["terms"] == [{"term": "pgd", "epsilon": pytest.approx(8 / 255), "num_steps": 2,
+                           "step_size": 0.025}]
   # Running again into the same --out without --resume is refused before training.
   assert main(["train", *SMALL, "--method", "pgd", "--out", str(out)]) == 2
   assert "--resume" in capsys.readouterr().err

@@ -49,7 +49,7 @@ for dp in (True, False):
     out["num_devices_used"] = len(leaves[0].sharding.device_set)
     out["addressable"] = all(len(l.addressable_shards) == 4 for l in leaves)
     ts = training.make_train_step(BNNet(nnx.Rngs(0)), training.make_optimizer(cfg.optimizer, 8, 2)[0],
-                                  training.method_terms(cfg.method), mesh=training.default_mesh())
+                                  cfg.terms, mesh=training.default_mesh())
     s0 = ts.init(0)
     out["init_replicated"] = all(l.sharding.is_fully_replicated and len(l.addressable_shards) == 4
                                  for l in jax.tree_util.tree_leaves(s0))

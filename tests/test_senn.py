@@ -328,7 +328,7 @@ def test_engine_trains_senn_with_checkpoints(tmp_path, cancer):
   from rattr_jax import training
   S.register_senn_training()
   cfg = training.TrainConfig(model="senn", dataset="breast_cancer", epochs=2, batch_size=64,
-                             method=training.MethodConfig(name="ce", lam=1e-2),
+                             terms=(S.SENNObjective(lambda_robustness=1e-2),),
                              optimizer=training.OptimizerConfig(learning_rate=1e-2))
   res = training.train(cfg, dataset=cancer, out_dir=str(tmp_path), progress=False)
   assert res.status == "completed"

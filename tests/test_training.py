@@ -110,7 +110,8 @@ def test_cli_train_writes_outputs_and_resumes(tmp_path):
   assert main(args + ["--epochs", "2", "--resume"]) == 0
   log = json.loads(open(os.path.join(out, "log.json")).read())
   assert [e["epoch"] for e in log["epochs"]] == [1, 2]
-  assert log["config"]["method"]["name"] == "pgd" and "train_adv_acc" in log["epochs"][0]
+  assert [t["term"] for t in log["config"]["terms"]] == ["pgd"]
+  assert log["config"]["terms"][0]["num_steps"] == 2 and "train_adv_acc" in log["epochs"][0]
   assert main(["train", "--method", "activation_sensitivity", "--layers", "nope", "--model",
                "mlp", "--dataset", "digits", "--out", str(tmp_path / "x")]) == 2
 
@@ -124,16 +125,14 @@ def test_every_method_trains(digits):
   model = models.create_model("mlp", input_shape=(8, 8, 1), num_classes=10,
                               activation="softplus:3", hidden=(16,))
   terms = []
+  params = {"activation_sensitivity": dict(lam=1.0, layers=("hidden.0",), neuron_weights=True,
+                                           epsilon=0.1),
+            "pgd": dict(epsilon=0.1, num_steps=2), "trades": dict(epsilon=0.1, num_steps=2),
+            "hessian_norm": dict(hessian_mode="forward_over_reverse")}
   for method in training.METHODS:
-    m = training.fast_cpu_method(method)
-    if method == "activation_sensitivity":
-      m = training.MethodConfig(name=method, lam=1.0, layers=("hidden.0",), neuron_weights=True,
-                                epsilon=0.1)
-    if method in ("pgd", "trades"):
-      m = training.MethodConfig(name=method, epsilon=0.1, num_steps=2)
-    for t in training.method_terms(m, hessian_mode="forward_over_reverse"):
+    for t in training.method_terms(method, **params.get(method, {})):
       if t.name != "ce" or method == "ce":
-        terms.append(dataclasses.replace(t, name=f"{method}/{t.name}"))
+        terms.append(dataclasses.replace(t.loss_term(), name=f"{method}/{t.name}"))
   assert len(terms) == len(training.METHODS)
   x, y = jnp.asarray(digits.x_train[:64]), jnp.asarray(digits.y_train[:64])
   ts = training.make_train_step(model, optax.adam(1e-2), terms, refresh_example=(x, y))
@@ -141,7 +140,8 @@ def test_every_method_trains(digits):
   p0 = jax.tree_util.tree_leaves(jax.device_get(state.params))
   state = ts.refresh(state, x, y)
   np.testing.assert_allclose(
-      float(jnp.mean(state.aux["activation_sensitivity/act_sens"][0])), 1.0, rtol=1e-5)
+      float(jnp.mean(state.aux["activation_sensitivity/activation_sensitivity"][0])), 1.0,
+      rtol=1e-5)
   state, met = ts.run(state, x, y, jnp.arange(64).reshape(2, 32))
   assert int(state.step) == 2 and bool(np.all(met["finite"]))
   for t in terms:
@@ -171,8 +171,8 @@ def test_batchnorm_statistics_updated_once_by_the_clean_pass(digits):
   h = model.fc(x.reshape(32, -1))
   expected_mean = 0.1 * jnp.mean(h, axis=0)  # momentum 0.9 from a zero initial mean
   expected_var = 0.9 + 0.1 * jnp.var(h, axis=0)
-  for method in ("gradient_alignment", "trades"):
-    terms = training.method_terms(training.MethodConfig(name=method, epsilon=0.1, num_steps=2))
+  for method, params in (("gradient_alignment", {}), ("trades", {"num_steps": 2})):
+    terms = training.method_terms(method, epsilon=0.1, **params)
     ts = training.make_train_step(model, optax.sgd(0.0), terms)
     state, met = ts.step(ts.init(0), x, y)
     assert bool(met["finite"])
@@ -211,13 +211,23 @@ def test_schedules_and_clipping():
 def test_bad_configs_raise_clear_errors(digits):
   with pytest.raises(ValueError, match="Unknown `method` 'bogus'"):
     training.preset("fast_cpu", method="bogus")
-  with pytest.raises(ValueError, match="Unknown `method` 'bogus'"):
-    training.validate(training.TrainConfig(method=training.MethodConfig(name="bogus")))
-  for field in ("lam", "lambda_l2", "lambda_cos", "epsilon", "beta"):
-    with pytest.raises(ValueError, match=f"method.{field}"):
-      training.preset("fast_cpu", **{f"method.{field}": -1.0})
+  with pytest.raises(ValueError, match="Unknown term 'bogus'; valid terms: .*gradient_alignment"):
+    training.make_term("bogus")
+  with pytest.raises(ValueError, match="`terms` must be a non-empty tuple"):
+    training.validate(training.TrainConfig(terms=()))
+  with pytest.raises(ValueError, match="distinct names"):
+    training.validate(training.TrainConfig(terms=(training.CrossEntropy(),) * 2))
+  for method, field in (("hessian_norm", "lam"), ("gradient_alignment", "lambda_l2"),
+                        ("gradient_alignment", "lambda_cos"), ("gradient_alignment", "epsilon"),
+                        ("trades", "beta")):
+    with pytest.raises(ValueError, match=f"`{method}.{field}` must be a finite non-negative"):
+      training.preset("fast_cpu", method=method, **{f"{method}.{field}": -1.0})
   with pytest.raises(ValueError, match="Unknown config field"):
-    training.preset("fast_cpu", **{"method.lambda": 1.0})
+    training.preset("fast_cpu", method="gradient_alignment", **{"gradient_alignment.lambda": 1.0})
+  with pytest.raises(ValueError, match="neither `optimizer` nor a term of the objective"):
+    training.preset("fast_cpu", **{"pgd.epsilon": 0.1})
+  with pytest.raises(ValueError, match="`lam` is not a hyper-parameter of the objective"):
+    training.method_terms("pgd", lam=1.0)
   with pytest.raises(ValueError, match="optimizer.learning_rate"):
     training.preset("fast_cpu", **{"optimizer.learning_rate": 0.0})
   with pytest.raises(ValueError, match="preset"):
@@ -225,7 +235,7 @@ def test_bad_configs_raise_clear_errors(digits):
   with pytest.raises(ValueError, match="weight"):
     training.LossTerm("x", lambda *a: (0.0, {}), -1.0)
   with pytest.raises(ValueError, match=r"Unknown `layer` 'fc9'.*hidden\.0"):
-    training.train(_small("activation_sensitivity", **{"method.layers": ("fc9",)}),
+    training.train(_small("activation_sensitivity", **{"activation_sensitivity.layers": ("fc9",)}),
                    dataset=digits, progress=False)
   with pytest.raises(ValueError, match="batch_size"):
     training.train(_small(batch_size=4096), dataset=digits, progress=False)
@@ -239,11 +249,16 @@ def test_config_roundtrip_and_presets():
     training.validate(cfg)
     assert training.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg, name
   aga = training.PRESETS["aga_cifar_lenet"]
-  assert (aga.method.lambda_l2, aga.method.lambda_cos, aga.activation) == (0.01, 1.0, "softplus:3")
-  assert abs(aga.method.epsilon - 4 / 255) < 1e-12 and aga.optimizer.learning_rate == 1e-3
-  assert training.PRESETS["hessian_cifar_lenet"].method.lam == 1e-3
-  pgd = training.PRESETS["pgd_cifar_lenet"].method
+  assert aga.objective == "ce+gradient_alignment"
+  ga = aga.term("gradient_alignment")
+  assert (ga.lambda_l2, ga.lambda_cos, aga.activation) == (0.01, 1.0, "softplus:3")
+  assert abs(ga.epsilon - 4 / 255) < 1e-12 and aga.optimizer.learning_rate == 1e-3
+  assert training.PRESETS["hessian_cifar_lenet"].term("hessian_norm").lam == 1e-3
+  pgd = training.PRESETS["pgd_cifar_lenet"].term("pgd")
   assert abs(pgd.epsilon - 8 / 255) < 1e-12 and pgd.num_steps == 10
+  # --method on a CIFAR preset keeps the preset's radius; fast_cpu uses MNIST-scale settings.
+  assert training.preset("aga_cifar_lenet", method="pgd").term("pgd").epsilon == ga.epsilon
+  assert training.preset("fast_cpu", method="pgd").term("pgd").epsilon == 0.1
 
 
 def test_train_many_equals_sequential_runs_of_each_seed():
@@ -255,7 +270,7 @@ def test_train_many_equals_sequential_runs_of_each_seed():
   rng = np.random.default_rng(0)
   x = rng.uniform(0, 1, (40, 6, 6, 1)).astype(np.float32)
   y = rng.integers(0, 3, 40).astype(np.int32)
-  terms = training.method_terms(training.MethodConfig(name="ce"))
+  terms = training.method_terms("ce")
   seeds = [3, 7, 11]
   build = lambda s: models.create_model("cnn", input_shape=(8, 8, 1), num_classes=3, seed=s,
                                         widths=(2, 3, 5), activation="softplus:3")

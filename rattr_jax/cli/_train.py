@@ -1,8 +1,14 @@
 """``rattr train``: robust training with checkpoints, a JSON log and a PNG of the curves.
 
+The objective is a list of terms (`rattr_jax.training.terms`): ``--method``
+picks a named one, ``--term NAME:field=value,...`` sets a term's
+hyper-parameters (adding the term when the objective lacks it), and the flat
+flags (``--epsilon``, ``--lam``, ...) set that field on every term that has it.
+
 Example::
 
   rattr train --model cnn --method gradient_alignment --epochs 3 --out runs/aga
+  rattr train --term gradient_alignment:epsilon=4/255,lambda_cos=1 --out runs/aga2
   rattr train --preset aga_cifar_lenet --epochs 10 --out runs/lenet   # CIFAR LeNet
   rattr train ... --out runs/aga --resume                             # after a kill
   rattr train --method pgd --epsilon 8/255 --out runs/pgd             # radii in input units
@@ -37,14 +43,11 @@ _FIELDS = (
     ("lr", "optimizer.learning_rate"), ("optimizer", "optimizer.name"),
     ("weight_decay", "optimizer.weight_decay"), ("schedule", "optimizer.schedule"),
     ("milestones", "optimizer.milestones"), ("clip_norm", "optimizer.clip_norm"),
-    ("epsilon", "method.epsilon"), ("lam", "method.lam"),
-    ("lambda_l2", "method.lambda_l2"), ("lambda_cos", "method.lambda_cos"),
-    ("perturbation", "method.perturbation"), ("num_steps", "method.num_steps"),
-    ("step_size", "method.step_size"), ("beta", "method.beta"),
-    ("form", "method.form"), ("num_samples", "method.num_samples"),
-    ("sensitivity_perturbation", "method.sensitivity_perturbation"),
-    ("layers", "method.layers"),
 )
+#: Flat hyper-parameter flags: each sets the field of that name on every term of the
+#: objective that has one (`rattr_jax.training.with_params`).
+_PARAMS = ("epsilon", "lam", "lambda_l2", "lambda_cos", "perturbation", "num_steps",
+           "step_size", "beta", "form", "num_samples", "sensitivity_perturbation", "layers")
 
 
 def register(subparsers):
@@ -63,6 +66,10 @@ def register(subparsers):
                       "fast_cpu, the embedded-MNIST CNN)")
   p.add_argument("--method", default=None, type=C.choice(METHODS),
                  help=f"objective, one of {', '.join(METHODS)} (default: the preset's)")
+  p.add_argument("--term", action="append", default=None, metavar="NAME[:FIELD=VALUE,...]",
+                 help="a term of the objective with its hyper-parameters, e.g. "
+                      "gradient_alignment:epsilon=4/255,lambda_cos=1 (repeatable; a term the "
+                      "objective lacks is added; layers as fc1+fc2; fractions accepted)")
   p.add_argument("--model", default=None, type=C.choice(MODELS),
                  help=f"zoo model, one of {', '.join(MODELS)}")
   p.add_argument("--dataset", default=None, type=C.choice(C.DATASETS),
@@ -127,16 +134,39 @@ def register(subparsers):
 
 def config_from_args(args: argparse.Namespace):
   """The `TrainConfig` described by parsed ``rattr train`` arguments."""
+  import dataclasses
+
   from rattr_jax import training
   name = args.preset or "fast_cpu"
-  overrides = {}
-  for dest, field in _FIELDS:
-    v = getattr(args, dest, None)
-    if v is not None:
-      overrides[field] = v
-  if args.neuron_weights:
-    overrides["method.neuron_weights"] = True
-  return training.preset(name, method=args.method, **overrides)
+  overrides = {field: getattr(args, dest) for dest, field in _FIELDS
+               if getattr(args, dest, None) is not None}
+  cfg = training.preset(name, method=args.method, **overrides)
+  terms = cfg.terms
+  if cfg.model == "senn" and args.method is None:
+    terms = (training.make_term("senn"),)  # SENN's own objective (registered by `check`)
+  params = {dest: getattr(args, dest) for dest in _PARAMS if getattr(args, dest, None) is not None}
+  if getattr(args, "neuron_weights", False):
+    params["neuron_weights"] = True
+
+  def add_terms(terms):
+    for spec in getattr(args, "term", None) or ():
+      try:
+        term_name, term_params = training.parse_term(spec)
+        terms = training.merge_terms(terms, term_name, term_params)
+      except ValueError as e:
+        raise ValueError(f"--term {spec}: {e}") from None
+    return terms
+
+  # --term first (so flat flags reach the terms it adds), flat flags, then --term again:
+  # a field given in --term wins over the flat flag of the same name.
+  terms = add_terms(terms)
+  for dest, value in params.items():
+    try:
+      terms = training.with_params(terms, **{dest: value})
+    except ValueError as e:
+      raise ValueError(f"--{dest.replace('_', '-')}: {e}") from None
+  terms = add_terms(terms)
+  return training.validate(dataclasses.replace(cfg, terms=terms))
 
 
 def has_checkpoint(out_dir: str) -> bool:
@@ -165,12 +195,17 @@ def check(args) -> None:
           "scratch.", file=sys.stderr)
     args.resume = False
   if args.model == "senn":
-    from rattr_jax.models.senn._engine import register_senn_training
+    from rattr_jax.models.senn import register_senn_training
     register_senn_training()
   try:
     args._config = config_from_args(args)
   except ValueError as e:
     raise _checks.CLIError(_flagged(str(e))) from None
+
+
+def _adversarial(config):
+  """The objective's adversarial-training term (FGSM, PGD, TRADES), or ``None``."""
+  return next((t for t in config.terms if t.name in ADVERSARIAL), None)
 
 
 def _flagged(message: str) -> str:
@@ -192,14 +227,16 @@ def run(args: argparse.Namespace) -> int:
   from rattr_jax import training
   config = getattr(args, "_config", None) or config_from_args(args)
   con = _common.console()
-  m = config.method
   devices = jax.devices()
   mesh = training.default_mesh(config.data_parallel)
   n_dev = 1 if mesh is None else mesh.devices.size
   platform = devices[0].platform
-  con.print(f"[bold]rattr train[/]: {config.model} on {config.dataset}, method {m.name}"
-            + (f" (epsilon {m.epsilon:.4g} = {m.epsilon * 255:.3g}/255)"
-               if m.name in ADVERSARIAL + ("gradient_alignment",) else "")
+  radius = next((t for t in config.terms if t.name in ADVERSARIAL + ("gradient_alignment",)),
+                None)
+  con.print(f"[bold]rattr train[/]: {config.model} on {config.dataset}, objective "
+            f"{config.objective}"
+            + (f" (epsilon {radius.epsilon:.4g} = {radius.epsilon * 255:.3g}/255)"
+               if radius is not None else "")
             + f", {config.epochs} epochs -> {args.out}")
   con.print(f"devices: {len(devices)} x {platform}; data-parallel: "
             f"{'yes, over ' + str(n_dev) + ' devices' if n_dev > 1 else 'no'}; batch "
@@ -212,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
     rows = [[h["epoch"], h["train_loss"], h["train_acc"]] +
             ([h.get("val_accuracy")] if has_val else []) + [h.get("test_accuracy"), h["seconds"]]
             for h in result.history]
-    _common.print_table(f"{m.name} on {config.dataset}", cols, rows, con=con)
+    _common.print_table(f"{config.objective} on {config.dataset}", cols, rows, con=con)
   if result.status != "completed":
     if not args.progress:  # with progress the loop has printed it
       print(f"rattr train: {result.message}", file=sys.stderr)
@@ -221,10 +258,11 @@ def run(args: argparse.Namespace) -> int:
       con.print(f"kept in {args.out}: {', '.join(written)}"
                 + (", checkpoints/" if has_checkpoint(args.out) else ""))
     return 3
-  if m.name in ADVERSARIAL:
+  adv = _adversarial(config)
+  if adv is not None:
     robust = _robust_accuracy(result.model, config, args)
-    con.print(f"robust test accuracy (PGD-{robust['num_steps']}, epsilon {m.epsilon:.4g} = "
-              f"{m.epsilon * 255:.3g}/255, {robust['num_examples']} test examples): "
+    con.print(f"robust test accuracy (PGD-{robust['num_steps']}, epsilon {adv.epsilon:.4g} = "
+              f"{adv.epsilon * 255:.3g}/255, {robust['num_examples']} test examples): "
               f"[bold]{robust['robust_accuracy']:.4f}[/] (clean {robust['clean_accuracy']:.4f})")
     _common.write_json(os.path.join(args.out, "robust_accuracy.json"), robust)
   con.print(result.message)
@@ -243,7 +281,7 @@ def _robust_accuracy(model, config, args, *, num_steps: int = 10, chunk: int = 2
   data = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
                       max_test=min(ROBUST_EVAL, config.max_test or ROBUST_EVAL))
   fn = models.as_fn(model)
-  eps = float(config.method.epsilon)
+  eps = float(_adversarial(config).epsilon)
   x, y = data.x_test, data.y_test
   key = jax.random.key(config.seed + 1)
   clean = robust = 0

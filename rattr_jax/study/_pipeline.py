@@ -54,16 +54,15 @@ def _train_config(config: C.StudyConfig, spec: C.MethodSpec, seed: int):
   if objective == "senn":
     from rattr_jax.models.senn import register_senn_training
     register_senn_training()
-    base = training.preset("fast_cpu", method="ce")
-    method = dataclasses.replace(base.method, lam=float(spec.param("lam", 1e-2)))
+    terms = (training.make_term("senn", lambda_robustness=float(spec.param("lam", 1e-2))),)
     model = "senn"
   else:
-    base = training.preset("fast_cpu", method=objective)
-    method = dataclasses.replace(base.method, **dict(spec.params))
+    terms = training.method_terms(objective, **dict(spec.params))
     model = config.model
+  base = training.preset("fast_cpu")
   cfg = base.replace(model=model, dataset=config.data.dataset, activation=spec.activation,
                      epochs=spec.epochs or config.epochs, batch_size=config.batch_size,
-                     seed=seed, method=method, max_train=config.data.max_train,
+                     seed=seed, terms=terms, max_train=config.data.max_train,
                      data_dir=config.data.data_dir or None, data_parallel=False,
                      **{"optimizer.learning_rate": spec.learning_rate or config.learning_rate})
   return training.validate(cfg)

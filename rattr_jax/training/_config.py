@@ -7,7 +7,12 @@ import math
 from typing import Any
 
 from rattr_jax.models._activation import as_activation
+from rattr_jax.training._term import check_term, Term, term_from_dict, with_params
+from rattr_jax.training.terms import (ActivationSensitivity, CrossEntropy, FGSM,
+                                      GradientAlignment, HessianNorm, InputGradientNorm, PGD,
+                                      TRADES)
 
+#: Named objectives (``--method``): each is a tuple of terms (`method_terms`).
 METHODS = ("ce", "gradient_alignment", "hessian_norm", "activation_sensitivity",
            "input_gradient_norm", "fgsm", "pgd", "trades")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -47,63 +52,45 @@ class OptimizerConfig:
   clip_norm: float | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class MethodConfig:
-  """The training objective and its hyper-parameters.
+def method_terms(name: str, **params) -> tuple[Term, ...]:
+  """The terms of a named objective, with MNIST-scale defaults and ``params`` applied.
 
-  Attributes:
-    name: one of `METHODS`:
-      ``ce``: cross-entropy;
-      ``gradient_alignment``: CE + `rattr_jax.regularizers.gradient_alignment`
-      (``lambda_l2``, ``lambda_cos``, ``epsilon``, ``perturbation``);
-      ``hessian_norm``: CE + ``lam`` * Hutchinson input-Hessian norm
-      (``num_samples`` probes);
-      ``activation_sensitivity``: CE + ``lam`` * activation sensitivity of
-      ``layers`` (``form``, ``sensitivity_perturbation``, ``epsilon``,
-      ``num_steps``, ``num_projections``, ``neuron_weights``);
-      ``input_gradient_norm``: CE + ``lam`` * squared input-gradient norm;
-      ``fgsm``: fast adversarial training (``epsilon``, ``step_size`` default
-      1.25 eps); ``pgd``: PGD-AT (``epsilon``, ``step_size``, ``num_steps``);
-      ``trades``: CE + ``beta`` * KL (``epsilon``, ``step_size``, ``num_steps``).
-    epsilon: perturbation radius in input units (data in [0, 1]).
-    lambda_l2, lambda_cos: gradient-alignment weights.
-    perturbation: gradient-alignment ``delta`` (uniform, gaussian, grad_sign).
-    lam: weight of single-weight regularizers (Hessian, activation
-      sensitivity, input-gradient norm).
-    num_samples: Hutchinson probes / random perturbations per step.
-    hessian_mode: ``"auto"`` (reverse-over-reverse when the model has a
-      custom-VJP convolution, else forward-over-reverse) or a mode of
-      `rattr_jax.regularizers.hessian_norm`.
-    layers: layer names for activation sensitivity.
-    form: activation-sensitivity form (``perturbation`` or ``jacobian``).
-    sensitivity_perturbation: activation-sensitivity ``delta`` (uniform,
-      gaussian, fgsm, pgd).
-    num_projections: random projections of the Jacobian form.
-    neuron_weights: estimate per-neuron weights from data at the start of
-      each epoch (`rattr_jax.regularizers.neuron_sensitivity`).
-    gradient_of: input-gradient-norm target (``loss`` or ``logit``).
-    num_steps: attack steps (PGD, TRADES, PGD sensitivity).
-    step_size: attack step, ``None`` for the method's default.
-    beta: TRADES weight.
+  ``ce``: cross-entropy; ``gradient_alignment``: CE + `GradientAlignment`
+  (eps 0.1, lambda_l2 0.01, lambda_cos 1); ``hessian_norm``: CE +
+  `HessianNorm` (lam 1e-3); ``activation_sensitivity``: CE +
+  `ActivationSensitivity` (lam 1 on ``fc1``, uniform eps 0.1);
+  ``input_gradient_norm``: CE + `InputGradientNorm` (lam 1); ``fgsm``: `FGSM`
+  (eps 0.1); ``pgd``: `PGD` (eps 0.1, 5 steps of 0.025); ``trades``: CE +
+  `TRADES` (eps 0.1, 5 steps of 0.025, beta 6).
+
+  ``params`` are set on every term that has the field (`with_params`; the old
+  flat names ``sensitivity_perturbation``, ``hessian_mode`` and
+  ``gradient_of`` are accepted); one no term takes is an error.
+
+  Example:
+    >>> [t.name for t in method_terms("trades", epsilon=8 / 255)]
+    ['ce', 'trades']
   """
+  if name not in METHODS:
+    raise ValueError(f"Unknown `method` {name!r}; expected one of {list(METHODS)}.")
+  ce = CrossEntropy()
+  table = {
+      "ce": (ce,),
+      "gradient_alignment": (ce, GradientAlignment(epsilon=0.1, lambda_l2=0.01, lambda_cos=1.0)),
+      "hessian_norm": (ce, HessianNorm(lam=1e-3)),
+      "activation_sensitivity": (ce, ActivationSensitivity(lam=1.0, epsilon=0.1,
+                                                           layers=("fc1",))),
+      "input_gradient_norm": (ce, InputGradientNorm(lam=1.0)),
+      "fgsm": (FGSM(epsilon=0.1),),
+      "pgd": (PGD(epsilon=0.1, num_steps=5, step_size=0.025),),
+      "trades": (ce, TRADES(epsilon=0.1, num_steps=5, step_size=0.025, beta=6.0)),
+  }
+  return with_params(table[name], **params)
 
-  name: str = "ce"
-  epsilon: float = 0.1
-  lambda_l2: float = 0.01
-  lambda_cos: float = 1.0
-  perturbation: str = "uniform"
-  lam: float = 1e-3
-  num_samples: int = 1
-  hessian_mode: str = "auto"
-  layers: tuple[str, ...] = ("fc1",)
-  form: str = "perturbation"
-  sensitivity_perturbation: str = "uniform"
-  num_projections: int = 1
-  neuron_weights: bool = False
-  gradient_of: str = "loss"
-  num_steps: int = 10
-  step_size: float | None = None
-  beta: float = 6.0
+
+def objective_name(terms) -> str:
+  """A short label of an objective: its term names joined by ``+``."""
+  return "+".join(t.name for t in terms)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +106,8 @@ class TrainConfig:
     batch_size: global batch size (divisible by the device count when data
       parallel).
     seed: seed of initialisation, shuffling and every random draw.
-    method: the objective.
+    terms: the objective, a tuple of `rattr_jax.training.Term` (the loss is
+      ``sum(term.weight * term.loss)``); see `method_terms` for the named ones.
     optimizer: optimizer and schedule.
     val_fraction: fraction of the training set held out for validation
       (best-checkpoint selection); ``0`` validates on the test split, as the
@@ -139,7 +127,7 @@ class TrainConfig:
   epochs: int = 1
   batch_size: int = 64
   seed: int = 0
-  method: MethodConfig = MethodConfig()
+  terms: tuple[Term, ...] = (CrossEntropy(),)
   optimizer: OptimizerConfig = OptimizerConfig()
   val_fraction: float = 0.0
   max_train: int | None = None
@@ -150,46 +138,77 @@ class TrainConfig:
   data_dir: str | None = None
 
   def replace(self, **changes) -> "TrainConfig":
-    """A copy with top-level or dotted (``"method.lam"``) fields changed."""
+    """A copy with top-level or dotted fields changed: ``"optimizer.learning_rate"``, or
+    ``"<term>.<field>"`` for a term of the objective (``"pgd.epsilon"``)."""
     return replace(self, **changes)
 
+  @property
+  def objective(self) -> str:
+    """The objective's label (term names joined by ``+``)."""
+    return objective_name(self.terms)
+
+  def term(self, name: str) -> Term | None:
+    """The objective's term called ``name``, or ``None``."""
+    return next((t for t in self.terms if t.name == name), None)
+
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    out["optimizer"] = dataclasses.asdict(self.optimizer)
+    out["terms"] = [t.to_dict() for t in self.terms]
+    return out
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
     d = dict(d)
-    m = MethodConfig(**{k: (tuple(v) if isinstance(v, list) else v)
-                        for k, v in d.pop("method").items()})
+    terms = tuple(term_from_dict(t) for t in d.pop("terms"))
     o = OptimizerConfig(**{k: (tuple(v) if isinstance(v, list) else v)
                            for k, v in d.pop("optimizer").items()})
-    return cls(method=m, optimizer=o, **d)
+    return cls(terms=terms, optimizer=o, **d)
 
 
 def replace(config: TrainConfig, **changes) -> TrainConfig:
-  """`dataclasses.replace` that also accepts ``"method.x"``/``"optimizer.x"`` keys."""
+  """`dataclasses.replace` that also accepts ``"optimizer.x"`` and ``"<term>.x"`` keys."""
   top: dict[str, Any] = {}
-  sub: dict[str, dict[str, Any]] = {"method": {}, "optimizer": {}}
+  opt: dict[str, Any] = {}
+  per_term: dict[str, dict[str, Any]] = {}
   for k, v in changes.items():
     if "." in k:
       head, tail = k.split(".", 1)
-      if head not in sub:
-        raise ValueError(f"Unknown config field {k!r}.")
-      sub[head][tail] = v
+      if head == "optimizer":
+        opt[tail] = v
+      else:
+        per_term.setdefault(head, {})[tail] = v
     else:
       top[k] = v
-  for head, fields in sub.items():
-    if fields:
-      base = top.get(head, getattr(config, head))
-      names = {f.name for f in dataclasses.fields(base)}
-      for f in fields:
-        if f not in names:
-          raise ValueError(f"Unknown config field {head}.{f!r}; expected one of {sorted(names)}.")
-      top[head] = dataclasses.replace(base, **fields)
   names = {f.name for f in dataclasses.fields(config)}
   for f in top:
     if f not in names:
       raise ValueError(f"Unknown config field {f!r}; expected one of {sorted(names)}.")
+  if opt:
+    base = top.get("optimizer", config.optimizer)
+    known = {f.name for f in dataclasses.fields(base)}
+    for f in opt:
+      if f not in known:
+        raise ValueError(f"Unknown config field optimizer.{f!r}; expected one of "
+                         f"{sorted(known)}.")
+    top["optimizer"] = dataclasses.replace(base, **opt)
+  if per_term:
+    terms = tuple(top.get("terms", config.terms))
+    by_name = {t.name: i for i, t in enumerate(terms)}
+    for head, fields in per_term.items():
+      if head not in by_name:
+        raise ValueError(f"Unknown config field {head}.{next(iter(fields))!r}: {head!r} is "
+                         f"neither `optimizer` nor a term of the objective "
+                         f"({objective_name(terms)}).")
+      i = by_name[head]
+      known = {f.name for f in dataclasses.fields(terms[i])}
+      for f in fields:
+        if f not in known:
+          raise ValueError(f"Unknown config field {head}.{f!r}; expected one of "
+                           f"{sorted(known)}.")
+      terms = terms[:i] + (terms[i].replace(**{
+          f: (tuple(v) if isinstance(v, list) else v) for f, v in fields.items()}),) + terms[i + 1:]
+    top["terms"] = terms
   return dataclasses.replace(config, **top)
 
 
@@ -206,27 +225,15 @@ def _posint(value, name):
 
 def validate(config: TrainConfig) -> TrainConfig:
   """Checks a config and raises ``ValueError`` naming the bad field."""
-  from rattr_jax.regularizers import _activation_sensitivity as _as
-  from rattr_jax.regularizers import _gradient_alignment as _ga
-  from rattr_jax.regularizers import _hessian_norm as _hn
-  from rattr_jax.regularizers import _input_gradient_norm as _ig
-  m, o = config.method, config.optimizer
-  if m.name not in METHODS:
-    raise ValueError(f"Unknown `method` {m.name!r}; expected one of {list(METHODS)}.")
-  for f in ("epsilon", "lambda_l2", "lambda_cos", "lam", "beta"):
-    _nonneg(getattr(m, f), f"method.{f}")
-  if m.step_size is not None:
-    _nonneg(m.step_size, "method.step_size")
-  for f in ("num_samples", "num_projections", "num_steps"):
-    _posint(getattr(m, f), f"method.{f}")
-  checks = (("perturbation", _ga.PERTURBATIONS), ("hessian_mode", _hn.MODES),
-            ("form", _as.FORMS), ("sensitivity_perturbation", _as.PERTURBATIONS),
-            ("gradient_of", _ig.OF))
-  for f, choices in checks:
-    if getattr(m, f) not in choices:
-      raise ValueError(f"Unknown `method.{f}` {getattr(m, f)!r}; expected one of {list(choices)}.")
-  if isinstance(m.layers, str) or not m.layers or not all(isinstance(s, str) for s in m.layers):
-    raise ValueError(f"`method.layers` must be a non-empty tuple of layer names; got {m.layers!r}.")
+  o = config.optimizer
+  terms = config.terms
+  if isinstance(terms, Term) or not isinstance(terms, (tuple, list)) or not terms:
+    raise ValueError(f"`terms` must be a non-empty tuple of training Terms; got {terms!r}.")
+  for t in terms:
+    check_term(t)
+  names = [t.name for t in terms]
+  if len(set(names)) != len(names):
+    raise ValueError(f"`terms` must have distinct names; got {names}.")
   if o.name not in OPTIMIZERS:
     raise ValueError(f"Unknown `optimizer.name` {o.name!r}; expected one of {list(OPTIMIZERS)}.")
   if o.schedule not in SCHEDULES:
@@ -257,15 +264,11 @@ def validate(config: TrainConfig) -> TrainConfig:
   if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not (
       0 <= config.seed < 2**32):
     raise ValueError(f"`seed` must be an int in [0, 2**32); got {config.seed!r}.")
-  if m.name in ("gradient_alignment", "activation_sensitivity", "fgsm", "pgd", "trades") and (
-      m.epsilon > 1):
-    raise ValueError(f"`method.epsilon` is a radius in input units (inputs lie in [0, 1]) and "
-                     f"must be <= 1; got {m.epsilon!r}.")
   try:
     as_activation(config.activation)
   except (ValueError, TypeError) as e:
     raise ValueError(f"Bad `activation` {config.activation!r}: {e}") from None
-  return config
+  return dataclasses.replace(config, terms=tuple(terms)) if isinstance(terms, list) else config
 
 
 # --------------------------------------------------------------------------- presets
@@ -284,80 +287,57 @@ PRESETS: dict[str, TrainConfig] = {
     # eps/std; our inputs are in [0, 1], so eps is 4/255 in pixel units).
     "aga_cifar_lenet": TrainConfig(
         model="lenet", dataset="cifar10", activation="softplus:3", epochs=300, batch_size=128,
-        method=MethodConfig(name="gradient_alignment", epsilon=4 / 255, lambda_l2=0.01,
-                            lambda_cos=1.0, perturbation="uniform"),
+        terms=(CrossEntropy(), GradientAlignment(epsilon=4 / 255, lambda_l2=0.01, lambda_cos=1.0,
+                                                 perturbation="uniform")),
         optimizer=_AGA_LENET_OPT),
     # The Hessian baseline of the same repository, lambda 1e-3.
     "hessian_cifar_lenet": TrainConfig(
         model="lenet", dataset="cifar10", activation="softplus:3", epochs=300, batch_size=128,
-        method=MethodConfig(name="hessian_norm", lam=1e-3), optimizer=_AGA_LENET_OPT),
+        terms=(CrossEntropy(), HessianNorm(lam=1e-3)), optimizer=_AGA_LENET_OPT),
     # Madry PGD-AT at eps 8/255, 10 steps of 2/255, on the same LeNet schedule.
     "pgd_cifar_lenet": TrainConfig(
         model="lenet", dataset="cifar10", activation="relu", epochs=300, batch_size=128,
-        method=MethodConfig(name="pgd", epsilon=8 / 255, num_steps=10, step_size=2 / 255),
+        terms=(PGD(epsilon=8 / 255, num_steps=10, step_size=2 / 255),),
         optimizer=_AGA_LENET_OPT),
     # Joo et al. CIFAR-10 ResNet-18: AdamW wd 1e-2, 200 epochs, (0.01, 0.1), Hessian 1e-4.
     "aga_cifar_resnet18": TrainConfig(
         model="resnet18", dataset="cifar10", activation="softplus:3", epochs=200, batch_size=128,
-        method=MethodConfig(name="gradient_alignment", epsilon=4 / 255, lambda_l2=0.01,
-                            lambda_cos=0.1),
+        terms=(CrossEntropy(), GradientAlignment(epsilon=4 / 255, lambda_l2=0.01, lambda_cos=0.1)),
         optimizer=_AGA_RESNET_OPT),
     "hessian_cifar_resnet18": TrainConfig(
         model="resnet18", dataset="cifar10", activation="softplus:3", epochs=200, batch_size=128,
-        method=MethodConfig(name="hessian_norm", lam=1e-4), optimizer=_AGA_RESNET_OPT),
+        terms=(CrossEntropy(), HessianNorm(lam=1e-4)), optimizer=_AGA_RESNET_OPT),
     # Fast CPU preset on the embedded MNIST subset (4,000 train images): a few
     # seconds per CE epoch on 2 cores, > 90% test accuracy after one epoch.
     # Softplus beta 3 as in Joo et al. (a ReLU network has a zero input
     # Hessian almost everywhere). Method settings are MNIST-scaled (see
-    # `fast_cpu_method`).
+    # `method_terms`).
     "fast_cpu": TrainConfig(
         model="cnn", dataset="mnist_embedded", activation="softplus:3", epochs=3, batch_size=32,
-        method=MethodConfig(name="ce"),
+        terms=(CrossEntropy(),),
         optimizer=OptimizerConfig(name="adam", learning_rate=2e-3, schedule="constant")),
 }
 
 
-def fast_cpu_method(name: str) -> MethodConfig:
-  """MNIST-scale settings of each method for the ``fast_cpu`` preset.
-
-  gradient alignment: eps 0.1, (0.01, 1.0); Hessian: lambda 1e-3; activation
-  sensitivity: lambda 1 on ``fc1``, uniform eps 0.1; input-gradient norm:
-  lambda 1; FGSM eps 0.1; PGD / TRADES eps 0.1, 5 steps of 0.025, beta 6.
-  """
-  if name not in METHODS:
-    raise ValueError(f"Unknown `method` {name!r}; expected one of {list(METHODS)}.")
-  table = {
-      "ce": MethodConfig(name="ce"),
-      "gradient_alignment": MethodConfig(name=name, epsilon=0.1, lambda_l2=0.01, lambda_cos=1.0),
-      "hessian_norm": MethodConfig(name=name, lam=1e-3),
-      "activation_sensitivity": MethodConfig(name=name, lam=1.0, epsilon=0.1, layers=("fc1",)),
-      "input_gradient_norm": MethodConfig(name=name, lam=1.0),
-      "fgsm": MethodConfig(name=name, epsilon=0.1),
-      "pgd": MethodConfig(name=name, epsilon=0.1, num_steps=5, step_size=0.025),
-      "trades": MethodConfig(name=name, epsilon=0.1, num_steps=5, step_size=0.025, beta=6.0),
-  }
-  return table[name]
-
-
 def preset(name: str, *, method: str | None = None, **overrides) -> TrainConfig:
-  """A preset config, optionally with another method and field overrides.
+  """A preset config, optionally with another objective and field overrides.
 
   Args:
     name: a key of `PRESETS`.
-    method: replace the preset's method (for ``fast_cpu``, with that method's
-      MNIST-scale settings from `fast_cpu_method`).
-    **overrides: fields to change, top-level or dotted (``"method.lam"``).
+    method: replace the preset's objective by `method_terms(method)` (MNIST-scale
+      settings); for presets other than ``fast_cpu`` the preset's radius
+      ``epsilon`` carries over to the new terms that have one.
+    **overrides: fields to change, top-level or dotted (``"optimizer.learning_rate"``,
+      ``"<term>.<field>"`` such as ``"pgd.epsilon"``).
   """
   if name not in PRESETS:
     raise ValueError(f"Unknown `preset` {name!r}; expected one of {sorted(PRESETS)}.")
   cfg = PRESETS[name]
   if method is not None:
-    if name == "fast_cpu":
-      cfg = dataclasses.replace(cfg, method=fast_cpu_method(method))
-    else:
-      if method not in METHODS:
-        raise ValueError(f"Unknown `method` {method!r}; expected one of {list(METHODS)}.")
-      cfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, name=method))
+    terms = method_terms(method)
+    eps = [t.epsilon for t in cfg.terms if hasattr(t, "epsilon")]
+    if name != "fast_cpu" and eps:
+      terms = tuple(t.replace(epsilon=eps[0]) if hasattr(t, "epsilon") else t for t in terms)
+    cfg = dataclasses.replace(cfg, terms=terms)
   cfg = replace(cfg, **overrides) if overrides else cfg
   return validate(cfg)
-

@@ -26,6 +26,7 @@ passes the same ones).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -39,6 +40,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from rattr_jax import distributed
 from rattr_jax.models import _functional
 from rattr_jax.regularizers import _common
+from rattr_jax.training._term import Term
 from rattr_jax.training._terms import Batch, LossTerm, TermContext
 
 
@@ -153,7 +155,10 @@ def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation,
     model: a Flax NNX classifier ``[B, *F] -> [B, C]`` (its current weights
       initialise the state).
     optimizer: an optax transformation.
-    terms: the weighted loss terms (`rattr_jax.training.LossTerm`); names must be unique.
+    terms: the objective: `rattr_jax.training.Term`\\ s (validated, not prepared
+      against the model: a Hessian term's ``mode="auto"`` means
+      reverse-over-reverse; `train` prepares them) or engine `LossTerm`\\ s;
+      names must be unique.
     seed: seed of the state's PRNG key.
     mesh: optional mesh with a ``"data"`` axis for data parallelism.
     refresh_example: ``(x, y)`` shaped like the per-epoch refresh batch
@@ -168,7 +173,7 @@ def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation,
   Returns:
     A `TrainStep`.
   """
-  terms = tuple(terms)
+  terms = tuple(t.loss_term() if isinstance(t, Term) else t for t in terms)
   if not terms:
     raise ValueError("`terms` must contain at least one LossTerm.")
   names = [t.name for t in terms]
@@ -247,7 +252,7 @@ def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation,
     metrics = {}
     keys = jax.random.split(key, len(terms))
     for term, k in zip(terms, keys):
-      value, extra = term.fn(ctx, batch, k)
+      value, extra = term.fn(dataclasses.replace(ctx, name=term.name), batch, k)
       value = jnp.asarray(value, jnp.float32)
       total = total + term.weight * value
       metrics[term.name] = value

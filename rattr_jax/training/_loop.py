@@ -19,6 +19,7 @@ from rattr_jax.training import _config as C
 from rattr_jax.training import _engine as E
 from rattr_jax.training import _terms as T
 from rattr_jax.training._checkpoint import Checkpointer
+from rattr_jax.training._term import Term, TermSetup
 
 REFRESH_SIZE = 256
 LOG_NAME = "log.json"
@@ -38,7 +39,7 @@ def register_model(name: str, build: Callable[..., Any]) -> None:
     name: model name; must not shadow a zoo model.
     build: ``build(config, dataset)`` returning an NNX model mapping
       ``[B, *F]`` to logits, or ``(model, terms)`` with the model's own loss
-      terms (``None`` to use ``config.method``'s).
+      terms (``None`` to use ``config.terms``).
   """
   from rattr_jax.models import MODELS
   if name in MODELS:
@@ -107,28 +108,18 @@ def _evaluate(ts, state, chunks, n):
   return loss / n, correct / n
 
 
-def resolve_terms(config: C.TrainConfig, model: nnx.Module, x_example: np.ndarray,
+def resolve_terms(terms: Sequence[Term | T.LossTerm], model: nnx.Module, x_example: np.ndarray,
                   y_example: np.ndarray, *, conv_impl: str | None = "auto") -> list[T.LossTerm]:
-  """The loss terms of ``config.method``, validated against ``model`` before tracing.
+  """The engine's `LossTerm`\\ s of ``terms``, each `Term` validated and prepared against
+  ``model`` before tracing (`LossTerm`\\ s pass through).
 
   ``conv_impl`` is the training passes' convolution implementation (as in
-  `make_train_step`); it decides whether the Hessian term can use
+  `make_train_step`); e.g. it decides whether the Hessian term can use
   forward-over-reverse.
   """
-  from rattr_jax.models import _features
-  from rattr_jax.models._functional import as_fn
-  from rattr_jax.regularizers import _hessian_norm
-  m = config.method
-  mode = m.hessian_mode
-  xe = jnp.asarray(x_example[:2])
-  if m.name == "hessian_norm" and mode == "auto":
-    if conv_impl == "auto":
-      conv_impl = E.default_conv_impls()[0]
-    mode = _hessian_norm.resolve_mode(as_fn(model, conv_impl=conv_impl), xe,
-                                      jnp.asarray(y_example[:2]))
-  if m.name == "activation_sensitivity":
-    _features.check_layers(model, m.layers, xe)
-  return T.method_terms(m, hessian_mode=mode)
+  setup = TermSetup(model=model, x=np.asarray(x_example[:2]), y=np.asarray(y_example[:2]),
+                    conv_impl=conv_impl)
+  return [t.loss_term(setup) if isinstance(t, Term) else t for t in terms]
 
 
 def _has_checkpoint(out_dir) -> bool:
@@ -187,7 +178,7 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
     config: a `TrainConfig` (see `preset`).
     model: optional NNX model to train instead of ``config.model`` from the zoo
       (e.g. a SENN); it must map ``[B, *F]`` to logits ``[B, C]``.
-    terms: optional loss terms replacing ``config.method``'s.
+    terms: optional terms (`Term`\\ s or engine `LossTerm`\\ s) replacing ``config.terms``.
     dataset: optional `rattr_jax.data.Dataset` instead of loading ``config.dataset``.
     out_dir: directory for checkpoints, ``log.json``, ``config.json`` and
       ``curves.png``; ``None`` keeps everything in memory.
@@ -241,8 +232,7 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
   spe = len(x_tr) // bs
   if spe == 0:
     raise ValueError(f"`batch_size` ({bs}) exceeds the training-set size ({len(x_tr)}).")
-  if terms is None:
-    terms = resolve_terms(config, model, x_tr, y_tr)
+  terms = resolve_terms(config.terms if terms is None else terms, model, x_tr, y_tr)
   tx, schedule = E.make_optimizer(config.optimizer, spe, config.epochs)
   r = min(REFRESH_SIZE, spe * bs) // n_dev * n_dev
   ts = E.make_train_step(model, tx, terms, seed=config.seed, mesh=mesh,
@@ -389,7 +379,7 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
 
 
 def _title(config):
-  return f"{config.model} / {config.dataset} / {config.method.name}"
+  return f"{config.model} / {config.dataset} / {config.objective}"
 
 
 def _accumulate(sums, met, j):

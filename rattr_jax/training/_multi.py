@@ -26,6 +26,7 @@ import optax
 from flax import nnx, struct
 
 from rattr_jax.training._engine import make_train_step, TrainStep
+from rattr_jax.training._term import Term, TermSetup
 from rattr_jax.training._terms import LossTerm
 
 
@@ -71,8 +72,9 @@ def train_many(models: Sequence[nnx.Module], optimizer: optax.GradientTransforma
       ``[create_model("cnn", ..., seed=s) for s in range(S)]``); their current
       weights are the starting points.
     optimizer: an optax transformation (shared settings, separate states).
-    terms: the loss terms (`rattr_jax.training.method_terms`); terms with a
-      per-epoch ``refresh`` are not supported.
+    terms: the objective (`rattr_jax.training.Term`\\ s, e.g.
+      `rattr_jax.training.method_terms`, or engine `LossTerm`\\ s); terms
+      with a per-epoch ``refresh`` are not supported.
     x, y: the training set, ``[N, *F]`` and integer labels ``[N]``.
     epochs: passes over the data.
     batch_size: examples per step (each epoch's remainder is dropped).
@@ -86,7 +88,7 @@ def train_many(models: Sequence[nnx.Module], optimizer: optax.GradientTransforma
   Example:
     >>> ms = [models.create_model("mlp", input_shape=(8,), num_classes=3, seed=s)
     ...       for s in range(4)]                                  # doctest: +SKIP
-    >>> res = train_many(ms, optax.adam(1e-3), [cross_entropy_term()], x, y,
+    >>> res = train_many(ms, optax.adam(1e-3), method_terms("ce"), x, y,
     ...                  epochs=2, batch_size=32)                 # doctest: +SKIP
   """
   models = list(models)
@@ -95,11 +97,13 @@ def train_many(models: Sequence[nnx.Module], optimizer: optax.GradientTransforma
   seeds = list(range(len(models))) if seeds is None else [int(s) for s in seeds]
   if len(seeds) != len(models):
     raise ValueError(f"`seeds` must have one seed per model ({len(models)}); got {len(seeds)}.")
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  setup = TermSetup(model=models[0], x=x[:2], y=y[:2])
+  terms = [t.loss_term(setup) if isinstance(t, Term) else t for t in terms]
   if any(t.refresh is not None for t in terms):
     raise ValueError("`terms` with a per-epoch refresh are not supported by train_many.")
   if not (isinstance(epochs, int) and epochs >= 1):
     raise ValueError(f"`epochs` must be a positive int; got {epochs!r}.")
-  x, y = jnp.asarray(x), jnp.asarray(y)
   if not (isinstance(batch_size, int) and 1 <= batch_size <= x.shape[0]):
     raise ValueError(f"`batch_size` must be an int in [1, {x.shape[0]}]; got {batch_size!r}.")
   structure = jax.tree_util.tree_structure(nnx.state(models[0]))

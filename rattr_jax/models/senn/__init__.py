@@ -16,7 +16,8 @@ return_explanation=True)`` also returns `SENNExplanation` ``(theta, h, x_hat)``.
 * Training: `SENNConfig`, `SENN_PRESETS` / `senn_preset` (``mnist``,
   ``mnist_fast``, ``breast_cancer``, ``wine``), `train_senn` / `fit_senn` (a
   jitted scan per epoch), or the robust-training engine via
-  `train_with_engine` and ``rattr train --model senn``.
+  `train_with_engine`, the training term `SENNObjective` (``"senn"``) and
+  ``rattr train --model senn``.
 * Evaluation: `senn_stability` (local Lipschitz estimate of theta vs h),
   `senn_faithfulness` (concept removal), `concept_statistics` (reconstruction
   error, concept variance: collapsed concepts have variance ~0), and
@@ -42,6 +43,7 @@ from rattr_jax.models.senn._parametrizers import PARAMETRIZERS
 from rattr_jax.models.senn._parametrizers import VGGParametrizer
 from rattr_jax.models.senn._engine import register_senn_training
 from rattr_jax.models.senn._engine import senn_loss_term
+from rattr_jax.models.senn._engine import SENNObjective
 from rattr_jax.models.senn._engine import train_with_engine
 from rattr_jax.models.senn._faithfulness import senn_faithfulness
 from rattr_jax.models.senn._stability import senn_stability
@@ -57,7 +59,7 @@ __all__ = [
     "AGGREGATORS", "Aggregator", "CONCEPTIZERS", "ConvConceptizer", "IdentityConceptizer",
     "create_senn", "SENN", "senn_fn", "SENNExplanation", "LeNetParametrizer",
     "MLPParametrizer", "PARAMETRIZERS", "VGGParametrizer", "register_senn_training",
-    "senn_loss_term", "train_with_engine", "senn_faithfulness", "senn_stability",
+    "senn_loss_term", "SENNObjective", "train_with_engine", "senn_faithfulness", "senn_stability",
     "concept_statistics", "fit_senn", "SENN_PRESETS", "SENNConfig", "SENNHistory",
     "senn_preset", "train_senn",
 ]

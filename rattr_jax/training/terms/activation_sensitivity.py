@@ -1,0 +1,75 @@
+"""Activation sensitivity of hidden layers (optionally per-neuron weighted) as a training term."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from rattr_jax.models import _features, as_fn, feature_fn
+from rattr_jax.regularizers import _activation_sensitivity as _as
+from rattr_jax.training._term import check_radius, register_term, Term
+
+_CLIP = (0.0, 1.0)
+
+
+@register_term
+class ActivationSensitivity(Term):
+  """``lam`` times the activation sensitivity of ``layers``
+  (`rattr_jax.regularizers.activation_sensitivity`).
+
+  Attributes:
+    lam: weight.
+    layers: layer names (`rattr_jax.models.feature_fn`), e.g. ``("fc1",)``.
+    epsilon: radius of the input perturbation in input units.
+    form: ``perturbation`` or ``jacobian``.
+    perturbation: the input perturbation: ``uniform``, ``gaussian``, ``fgsm`` or ``pgd``.
+    num_steps, step_size: the PGD perturbation's steps (``None``: its default step).
+    num_samples: random perturbations per step.
+    num_projections: random projections of the Jacobian form.
+    neuron_weights: per-neuron weights estimated from data at the start of
+      every epoch (`rattr_jax.regularizers.neuron_sensitivity`).
+  """
+
+  name = "activation_sensitivity"
+  weight_field = "lam"
+  choices = {"form": _as.FORMS, "perturbation": _as.PERTURBATIONS}
+  aliases = {"sensitivity_perturbation": "perturbation"}
+
+  lam: float = 1.0
+  layers: tuple[str, ...] = ("fc1",)
+  epsilon: float = 0.1
+  form: str = "perturbation"
+  perturbation: str = "uniform"
+  num_steps: int = 5
+  step_size: float | None = None
+  num_samples: int = 1
+  num_projections: int = 1
+  neuron_weights: bool = False
+
+  def check(self):
+    check_radius(self, "epsilon")
+
+  def prepare(self, setup):
+    _features.check_layers(setup.model, self.layers, jnp.asarray(setup.x))
+    return self
+
+  def loss(self, ctx, batch, key):
+    feats = feature_fn(ctx.model(True), self.layers, train=True)
+    nw = ctx.own_aux if self.neuron_weights else None
+    v = _as.activation_sensitivity_values(
+        feats, ctx.eval_fn, batch.x, batch.y, key=key, form=self.form,
+        perturbation=self.perturbation, epsilon=jnp.asarray(self.epsilon, batch.x.dtype),
+        num_steps=self.num_steps, step_size=self.step_size, num_samples=self.num_samples,
+        num_projections=self.num_projections, layer_weights=(1.0,) * len(self.layers),
+        neuron_weights=nw, clip=_CLIP)
+    return jnp.mean(v), {}
+
+  def refresh(self):
+    if not self.neuron_weights:
+      return None
+
+    def refresh(model, x, y, key):
+      return _as.neuron_sensitivity_core(
+          feature_fn(model, self.layers), as_fn(model), x, y, key,
+          jnp.asarray(self.epsilon, x.dtype), self.step_size, perturbation=self.perturbation,
+          num_steps=self.num_steps, clip=_CLIP)
+    return refresh

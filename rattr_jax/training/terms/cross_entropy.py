@@ -1,0 +1,28 @@
+"""Cross-entropy of the clean batch: the classification loss of every objective."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from rattr_jax.regularizers import _common
+from rattr_jax.training._term import register_term, Term
+from rattr_jax.training._terms import LossTerm
+
+
+@register_term
+class CrossEntropy(Term):
+  """Mean softmax cross-entropy of the clean logits, times ``weight``."""
+
+  name = "ce"
+  weight_field = "weight"
+
+  weight: float = 1.0
+
+  def loss(self, ctx, batch, key):
+    del key
+    return jnp.mean(_common.cross_entropy(ctx.logits, batch.y)), {}
+
+
+def cross_entropy_term(weight: float = 1.0) -> LossTerm:
+  """The engine `LossTerm` of `CrossEntropy` (name ``"ce"``)."""
+  return CrossEntropy(weight=weight).loss_term()

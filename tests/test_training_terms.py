@@ -1,0 +1,201 @@
+"""Training objectives built from registered terms, and the README's "Extending rattr_jax".
+
+The README section's three examples (a training regularizer, an attack, a
+metric) are executed from the README itself and checked here. The regularizer
+is an L2 penalty on the input gradient of the true-class logit: on a linear
+model ``f(x) = x W + b`` that gradient is ``W[:, y]``, so the term's value, the
+total loss and one SGD step have closed forms.
+"""
+
+import json
+import pathlib
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rattr_jax import explainers, models, training
+from rattr_jax.attribution import gradient
+from rattr_jax.cli import main
+from rattr_jax.data import load_dataset
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def readme():
+  """The namespace of the README's "Extending rattr_jax" code blocks, executed in order."""
+  text = README.read_text()
+  section = text[text.index("## Extending rattr_jax"):]
+  section = section[:section.index("\n## ", 1)]
+  blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+  assert len(blocks) == 3
+  ns = {"__name__": "readme_extending"}
+  for block in blocks:
+    exec(compile(block, str(README), "exec"), ns)  # noqa: S102
+  return ns
+
+
+def test_readme_regularizer_example_trains(readme):
+  assert readme["result"].status == "completed"
+  assert "train_input_gradient_l2" in readme["result"].history[-1]
+  assert training.TERMS["input_gradient_l2"] is readme["InputGradientL2"]
+
+
+def _linear(seed=0):
+  return models.create_model("mlp", input_shape=(4,), num_classes=3, hidden=(), seed=seed)
+
+
+def test_toy_term_enters_the_loss_with_its_weight_closed_form(readme):
+  InputGradientL2 = readme["InputGradientL2"]
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.uniform(0, 1, (8, 4)).astype(np.float32))
+  y = jnp.asarray(np.array([0, 1, 2, 0, 0, 1, 2, 2], np.int32))
+  model = _linear()
+  w = np.asarray(model.head.kernel[...], np.float64)
+  b = np.asarray(model.head.bias[...], np.float64)
+  lam, lr = 0.5, 0.1
+  ts = training.make_train_step(model, optax.sgd(lr),
+                                (training.CrossEntropy(), InputGradientL2(lam=lam)))
+  state, met = ts.step(ts.init(0), x, y)
+
+  xs, n = np.asarray(x, np.float64), len(y)
+  logits = xs @ w + b
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  onehot = np.eye(3)[np.asarray(y)]
+  ce = -np.mean(np.log(p[np.arange(n), np.asarray(y)]))
+  penalty = np.mean(np.sum(w[:, np.asarray(y)] ** 2, axis=0))
+  np.testing.assert_allclose(met["input_gradient_l2"], penalty, rtol=1e-5)
+  np.testing.assert_allclose(met["ce"], ce, rtol=1e-5)
+  np.testing.assert_allclose(met["loss"], ce + lam * penalty, rtol=1e-5)
+  # One SGD step: dCE/dW = X^T (p - onehot) / B; d penalty / dW[:, c] = 2 n_c / B * W[:, c].
+  counts = onehot.sum(0)
+  grad_w = xs.T @ (p - onehot) / n + lam * 2 * counts / n * w
+  grad_b = np.mean(p - onehot, axis=0)
+  np.testing.assert_allclose(state.params["head"]["kernel"][...], w - lr * grad_w, rtol=1e-5,
+                             atol=1e-7)
+  np.testing.assert_allclose(state.params["head"]["bias"][...], b - lr * grad_b, rtol=1e-5,
+                             atol=1e-7)
+
+
+def test_toy_term_trains_through_config_json_and_shrinks_input_gradients(readme):
+  InputGradientL2 = readme["InputGradientL2"]
+  data = load_dataset("digits", seed=0)
+
+  def input_gradient_norm(model):
+    fn = models.as_fn(model)
+    x, y = jnp.asarray(data.x_test[:128]), jnp.asarray(data.y_test[:128])
+    g = jax.grad(lambda z: jnp.sum(jnp.take_along_axis(fn(z), y[:, None], 1)))(x)
+    return float(jnp.mean(jnp.sum(g.reshape(len(g), -1) ** 2, -1)))
+
+  norms = {}
+  for lam in (0.0, 1.0):
+    cfg = training.preset("fast_cpu", model="mlp", dataset="digits", epochs=2, batch_size=32,
+                          max_train=512, max_test=128)
+    cfg = cfg.replace(terms=cfg.terms + (InputGradientL2(lam=lam),))
+    # The config (with the user's term) survives JSON, as resume needs.
+    assert training.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    res = training.train(cfg, dataset=data, progress=False)
+    assert res.status == "completed"
+    assert "train_input_gradient_l2" in res.history[-1]
+    norms[lam] = input_gradient_norm(res.model)
+  assert norms[1.0] < 0.5 * norms[0.0], norms
+
+
+def test_cli_term_flag_builds_the_objective_generically(readme):
+  from rattr_jax.cli import _train
+  parser = __import__("argparse").ArgumentParser()
+  _train.register(parser.add_subparsers())
+
+  def config(*flags):
+    args = parser.parse_args(["train", "--out", "unused", *flags])
+    return _train.config_from_args(args)
+
+  cfg = config("--term", "gradient_alignment:epsilon=4/255,lambda_cos=1")
+  assert cfg.objective == "ce+gradient_alignment"
+  ga = cfg.term("gradient_alignment")
+  assert ga.epsilon == pytest.approx(4 / 255) and ga.lambda_cos == 1.0 and ga.lambda_l2 == 0.01
+  # A term of the --method's objective is updated field by field; repeated --term adds terms.
+  cfg = config("--method", "gradient_alignment", "--term", "gradient_alignment:lambda_cos=0.5",
+               "--term", "input_gradient_l2:lam=0.25", "--term", "ce:weight=2")
+  assert cfg.objective == "ce+gradient_alignment+input_gradient_l2"
+  assert (cfg.term("gradient_alignment").epsilon, cfg.term("gradient_alignment").lambda_cos) == (
+      0.1, 0.5)
+  assert cfg.term("input_gradient_l2").lam == 0.25 and cfg.term("ce").weight == 2.0
+  # Flat flags set the field on every term that has it; aliases map old flat names.
+  cfg = config("--method", "activation_sensitivity", "--sensitivity-perturbation", "gaussian",
+               "--layers", "fc1,fc2", "--term", "activation_sensitivity:num_steps=3,step_size=none")
+  a = cfg.term("activation_sensitivity")
+  assert (a.perturbation, a.layers, a.num_steps, a.step_size) == ("gaussian", ("fc1", "fc2"), 3,
+                                                                  None)
+  # Flat flags reach the terms --term adds; a field given in --term wins over its flat flag.
+  assert config("--term", "pgd", "--epsilon", "8/255").term("pgd").epsilon == pytest.approx(8 / 255)
+  assert config("--term", "pgd:epsilon=0.05", "--epsilon", "0.2").term("pgd").epsilon == 0.05
+  assert config("--term", "activation_sensitivity:layers=fc1+fc2").term(
+      "activation_sensitivity").layers == ("fc1", "fc2")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("bogus:lam=1", "unknown term 'bogus'; valid terms: activation_sensitivity, ce,"),
+    ("pgd:lam=1", "term 'pgd' has no field 'lam'; valid fields: epsilon, num_steps, step_size"),
+    ("pgd:epsilon=abc", "`pgd.epsilon` expects a number or a fraction like 8/255"),
+    ("pgd:epsilon=2", "`pgd.epsilon` is a radius in input units"),
+    ("pgd:num_steps=0", "`pgd.num_steps` must be a positive int"),
+    ("gradient_alignment:perturbation=pgd", "unknown `gradient_alignment.perturbation` 'pgd'"),
+    ("pgd:epsilon", "expected field=value"),
+])
+def test_cli_term_errors_are_one_line_and_list_valid_values(tmp_path, capsys, spec, message):
+  assert main(["train", "--term", spec, "--out", str(tmp_path / "r")]) == 2
+  err = capsys.readouterr().err.strip()
+  assert "Traceback" not in err and len(err.splitlines()) == 1, err
+  assert message.lower() in err.lower(), err
+
+
+def test_flat_parameter_that_no_term_takes_is_an_error(tmp_path, capsys):
+  assert main(["train", "--lam", "1", "--out", str(tmp_path / "r")]) == 2
+  assert "`lam` is not a hyper-parameter of the objective (ce)" in capsys.readouterr().err
+
+
+def test_register_term_rejects_a_clash_and_non_terms():
+  class Other(training.Term):
+    name = "pgd"
+
+  with pytest.raises(ValueError, match="already registered"):
+    training.register_term(Other)
+  with pytest.raises(TypeError, match="Term subclass"):
+    training.register_term(dict)
+  with pytest.raises(TypeError):
+    training.PGD(0.1)  # hyper-parameters are keyword-only
+
+
+def test_readme_attack_example_stays_in_the_ball_keeps_labels_and_moves_the_map(readme):
+  from rattr_jax.testing import TanhMLP
+  fn = TanhMLP(jax.random.key(0), d=6, h=8, c=3)
+  x = jax.random.uniform(jax.random.key(1), (4, 6), minval=0.2, maxval=0.8)
+  y = jnp.argmax(fn(x), -1)
+  eps = 0.05
+  z = readme["map_distance_attack"](fn, gradient, x, y, key=jax.random.key(2), epsilon=eps)
+  assert float(jnp.max(jnp.abs(z - x))) <= eps + 1e-6
+  assert bool(jnp.all(jnp.argmax(fn(z), -1) == y))
+  moved = jnp.sum((gradient(fn, z, y) - gradient(fn, x, y)) ** 2, -1)
+  rand = x + eps * jnp.sign(jax.random.normal(jax.random.key(3), x.shape))
+  moved_rand = jnp.sum((gradient(fn, rand, y) - gradient(fn, x, y)) ** 2, -1)
+  assert bool(jnp.any(z != x))
+  assert float(jnp.sum(moved)) > float(jnp.sum(moved_rand)), (moved, moved_rand)
+
+
+def test_readme_metric_example_closed_forms(readme):
+  gini = readme["gini_sparsity"]
+  n = 5
+  maps = jnp.stack([jnp.eye(n)[2], jnp.ones(n), jnp.arange(n, dtype=jnp.float32)])
+  fn = lambda x: jnp.stack([x.sum(-1), -x.sum(-1)], -1)  # noqa: E731
+  x = jnp.zeros((3, n))
+  g = gini(fn, explainers.precomputed(maps), x, 0, key=jax.random.key(0))
+  # One feature holds all the mass: (n - 1) / n; uniform: 0; 0..n-1: sum_k (2k - n - 1) a_k / (n sum a).
+  a = np.arange(n, dtype=np.float64)
+  expected = [(n - 1) / n, 0.0, np.sum((2 * np.arange(1, n + 1) - n - 1) * a) / (n * a.sum())]
+  np.testing.assert_allclose(g, expected, rtol=1e-6, atol=1e-7)
