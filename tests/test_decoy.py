@@ -367,3 +367,23 @@ def test_trained_cnn_decoys_are_feasible_and_move(trained_cnn):
   change = jnp.max(jnp.abs(features(res.decoys.decoys[0]) - features(x)), axis=(1, 2, 3))
   assert float(jnp.max(change)) <= 0.2 + 1e-5
   assert float(jnp.max(res.attribution)) > 0.0
+
+
+def test_feature_fns_of_one_architecture_share_one_compiled_program():
+  """`feature_fn` closes over the weights as pytree leaves and a value-compared apply, so a
+  DANCE explainer bound to another model of the same architecture reuses the program."""
+  import chex
+  from rattr_jax import models
+  ms = [models.create_model("cnn", input_shape=(28, 28, 1), num_classes=10, seed=s)
+        for s in (0, 1)]
+  fs = [models.feature_fn(m, "conv2") for m in ms]
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def feats(f, x):
+    return f(x)
+
+  x = jnp.linspace(0.0, 1.0, 2 * 28 * 28).reshape(2, 28, 28, 1)
+  a, b = feats(fs[0], x), feats(fs[1], x)
+  assert not np.allclose(a, b)  # different weights, one trace
+  np.testing.assert_allclose(b, models.feature_fn(ms[1], "conv2")(x), rtol=1e-5, atol=1e-6)

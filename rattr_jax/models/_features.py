@@ -175,11 +175,36 @@ def feature_fn(model: nnx.Module, layer: str | Sequence[str], *, train: bool = F
   m = _functional._view(model, activation=activation, conv_impl=conv_impl, train=train)
   modules = _module_names(m)
   graphdef, state = nnx.split(m)
+  return jax.tree_util.Partial(_FeatureApply(graphdef, layers, modules, single, with_logits),
+                               state)
 
-  def apply(st, x):
-    logits, captured = _capture_all(graphdef, st, x)
-    feats = _select(captured, layers, modules)
-    feats = feats[0] if single else feats
-    return (feats, logits) if with_logits else feats
 
-  return jax.tree_util.Partial(apply, state)
+class _FeatureApply:
+  """``(state, x) -> features`` for a fixed graph definition and layer selection.
+
+  Compared and hashed by value, so the feature functions of two models of one
+  architecture are the same static function and share compiled programs (only
+  the weights, the `Partial`'s leaves, differ)."""
+
+  __slots__ = ("graphdef", "layers", "modules", "single", "with_logits", "_h")
+
+  def __init__(self, graphdef, layers, modules, single, with_logits):
+    self.graphdef, self.layers, self.modules = graphdef, tuple(layers), tuple(modules)
+    self.single, self.with_logits = bool(single), bool(with_logits)
+    self._h = hash((graphdef, self.layers, self.modules, self.single, self.with_logits))
+
+  def _key(self):
+    return (self.graphdef, self.layers, self.modules, self.single, self.with_logits)
+
+  def __call__(self, st, x):
+    logits, captured = _capture_all(self.graphdef, st, x)
+    feats = _select(captured, self.layers, self.modules)
+    feats = feats[0] if self.single else feats
+    return (feats, logits) if self.with_logits else feats
+
+  def __hash__(self):
+    return self._h
+
+  def __eq__(self, other):
+    return (isinstance(other, _FeatureApply) and self._h == other._h
+            and self._key() == other._key())
