@@ -216,19 +216,26 @@ def test_cli_choice_lists_match_the_library():
   assert set(_checks.IMAGE_DATASETS).isdisjoint(_checks.TABULAR_DATASETS)
 
 
-def test_train_multihost_flags_match_the_library():
+@pytest.mark.parametrize("command", ["train", "study"])
+def test_multihost_flags_match_the_library(command):
   import argparse
 
   from rattr_jax.cli import build_parser
   from rattr_jax.distributed import add_cli_args
   ref = argparse.ArgumentParser()
   add_cli_args(ref)
-  train = next(a for a in build_parser()._actions
-               if isinstance(a, argparse._SubParsersAction)).choices["train"]
-  ours = {a.dest: a.option_strings for a in train._actions}
+  sub = next(a for a in build_parser()._actions
+             if isinstance(a, argparse._SubParsersAction)).choices[command]
+  ours = {a.dest: a.option_strings for a in sub._actions}
   for a in ref._actions:
     if a.dest != "help":
       assert ours.get(a.dest) == a.option_strings, a.dest
+
+
+def test_study_process_id_beyond_num_processes_is_one_line_error(capsys):
+  assert main(["study", "--num-processes", "2", "--process-id", "2"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("rattr study: error: --process-id (2)") and "\n" not in err
 
 
 def test_oserror_at_the_top_names_the_flag(tmp_path, monkeypatch, capsys):

@@ -11,6 +11,8 @@
   single-device values per example.
 * A process killed mid-run makes the other exit with JAX's heartbeat error
   within the (short) heartbeat timeout instead of hanging.
+* `rattr launch -n 2 -- study` (2 processes x 1 device) resumes a directory
+  holding part of a single-process study and writes the same scores.csv.
 
 Each launch costs ~20-40 s on 2 cores (imports, gloo setup, compiles).
 """
@@ -74,7 +76,19 @@ if dist.is_main_process():
                "adv_x": np.asarray(adv_x).tolist(), "sens": np.asarray(sens).tolist()}, f)
 
 
+# Record what each process hands over to build the global batches: its own columns only.
+local_shapes = []
+_make = jax.make_array_from_process_local_data
+def _spy(sharding, data, global_shape=None):
+  local_shapes.append([list(np.shape(data)), list(global_shape)])
+  return _make(sharding, data, global_shape)
+jax.make_array_from_process_local_data = _spy
+
+
 def crash(entry):  # process 1 dies once epoch 2 is checkpointed
+  if entry["epoch"] == 1:
+    with open(result_path + f".shapes{jax.process_index()}", "w") as f:
+      json.dump(local_shapes, f)
   if jax.process_index() == 1 and entry["epoch"] == 2:
     time.sleep(2)
     os.kill(os.getpid(), signal.SIGKILL)
@@ -109,7 +123,11 @@ def two_process_run(tmp_path_factory):
                 "--epochs", "3", "--resume", "--out", out])
   assert p2.returncode == 0, p2.stderr[-4000:]
   with open(d / "result.json") as f:
-    return out, p2.stdout, crashed_epochs, json.load(f)
+    result = json.load(f)
+  for p in (0, 1):
+    with open(d / f"result.json.shapes{p}") as f:
+      result[f"shapes{p}"] = json.load(f)
+  return out, p2.stdout, crashed_epochs, result
 
 
 def _reference_training(epochs):
@@ -120,8 +138,15 @@ def _reference_training(epochs):
 
 
 def test_training_killed_resumes_and_equals_single_process(two_process_run):
-  out, stdout, crashed_epochs, _ = two_process_run
+  out, stdout, crashed_epochs, result = two_process_run
   assert crashed_epochs == [1, 2]
+  # Each process built the global batches from its own half of each batch (16 of 32 columns
+  # of every [k, 32] stack of steps; 64 of 128 rows of each test chunk), never a whole one.
+  for p in (0, 1):
+    train = [(l, g) for l, g in result[f"shapes{p}"] if len(g) == 5]
+    assert train and all(l[:2] == [g[0], 16] and g[1] == 32 for l, g in train), train[:3]
+    test = [(l, g) for l, g in result[f"shapes{p}"] if len(g) in (1, 4) and g[0] == 128]
+    assert test and all(l[0] == 64 for l, _ in test), result[f"shapes{p}"][:6]
   ref = _reference_training(3)
   assert jax.device_count() == 1
   # Only process 0 printed (the launcher silences the others' stdout) and wrote the log.
@@ -205,3 +230,90 @@ def test_killed_process_stops_the_other_within_heartbeat_timeout(tmp_path):
   assert "heartbeat timeout" in err or "detected fatal errors" in err, err[-3000:]
   # 3 s heartbeat timeout; JAX polls for errors, leave room for a loaded 2-core machine.
   assert elapsed < 45, elapsed
+
+
+# ------------------------------------------------------------- the study, 2 processes
+_STUDY = """
+name = "mp"
+[model]
+name = "mlp"
+[data]
+dataset = "mnist_embedded"
+num_eval = 6
+max_train = 128
+[training]
+seeds = [3, 4]
+epochs = 1
+batch_size = 32
+[methods.softplus]
+objective = "ce"
+activation = "softplus:3"
+[methods.diverged]
+objective = "ce"
+learning_rate = 1e30
+[explainers.gradient]
+[attacks]
+names = ["topk"]
+epsilons = [0.1]
+num_steps = 2
+k = 40
+[metrics]
+robustness = ["max_sensitivity"]
+faithfulness = ["deletion"]
+sanity = []
+num_samples = 2
+curve_steps = 4
+[diagnostics]
+pgd_steps = 2
+hessian_iters = 2
+hutchinson_samples = 2
+num_examples = 3
+"""
+
+
+def _scores(path):
+  from rattr_jax import study
+  return [r for r in study.read_scores(str(path)) if r["metric"] != "train_time"]
+
+
+def test_study_on_two_processes_resumes_and_equals_single_process(tmp_path):
+  """`rattr launch -n 2 -- study` (2 processes x 1 CPU device) on a directory holding part
+  of a finished single-process study (model softplus-s3 and its maps, as a killed run
+  leaves them): both processes read those files, compute the rest together (training
+  data-parallel over the 2 processes, evaluation sharded over them, keys folded by example
+  index), process 0 writes; scores.csv equals the single-process one per example."""
+  import shutil
+  from rattr_jax.study import _run
+  cfg = tmp_path / "mp.toml"
+  cfg.write_text(_STUDY)
+  ref, out = tmp_path / "ref", tmp_path / "mp"
+  env = subprocess_env(1)
+  r = subprocess.run([sys.executable, "-m", "rattr_jax.cli", "study", str(cfg), "--out", str(ref),
+                      "--no-progress", "--cache-dir", "none"], env=env, capture_output=True,
+                     text=True, timeout=600, cwd=ROOT)
+  assert r.returncode == 0, r.stderr[-3000:]
+  # what a killed run leaves: the first model and its maps (no attack or score unit)
+  (model,) = [p for p in os.listdir(ref / "models") if p.startswith("softplus-s3-")]
+  shutil.copytree(ref / "models" / model, out / "models" / model)
+  for name in os.listdir(ref / "units" / "explain"):
+    if _run.load_unit(str(ref / "units" / "explain" / name))[0]["model"] == "softplus-s3":
+      (out / "units" / "explain").mkdir(parents=True, exist_ok=True)
+      shutil.copy(ref / "units" / "explain" / name, out / "units" / "explain" / name)
+  p = _launch(["-n", "2", "--", "study", str(cfg), "--out", str(out), "--no-progress",
+               "--cache-dir", "none"], timeout=600)
+  assert p.returncode == 0, p.stderr[-4000:]
+  text = " ".join(p.stdout.split())
+  assert text.count("rattr study") == 1  # process 0 prints; the launcher keeps its output only
+  assert "2 cached)" in text, text[-600:]  # the copied model and maps were used, not redone
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert manifest["process_count"] == 2 and len(manifest["devices"]) == 2
+  a, b = _scores(ref / "scores.csv"), _scores(out / "scores.csv")
+  key = lambda r: (r["method"], r["seed"], r["explainer"], r["attack"], r["metric"], r["epsilon"],
+                   r["example"])
+  assert [key(r) for r in a] == [key(r) for r in b] and len(a) > 0
+  assert {r["method"] for r in b} == {"softplus"}  # the diverged models are reported, not scored
+  # Float tolerance: model s4 was trained data-parallel (the gradient of each batch summed
+  # over 2 devices: another summation order than one device); everything else is the
+  # same program per example.
+  np.testing.assert_allclose([r["value"] for r in b], [r["value"] for r in a], rtol=1e-4,
+                             atol=1e-5, equal_nan=True)

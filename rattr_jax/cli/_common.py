@@ -41,6 +41,26 @@ def add_data_args(p, *, max_train: bool = True) -> None:
                    help="use only the first N training examples")
 
 
+def add_multihost_args(p) -> None:
+  """``--coordinator``, ``--num-processes``, ``--process-id``: the flags of
+  `rattr_jax.distributed.add_cli_args`, written here so that building the parser does not
+  import JAX (tests/test_cli_args.py checks that they agree)."""
+  g = p.add_argument_group("multi-host (default: environment, or one process)")
+  g.add_argument("--coordinator", default=None,
+                 help="host:port of process 0's coordinator (multi-process runs)")
+  g.add_argument("--num-processes", dest="num_processes", type=_checks.positive_int,
+                 default=None, help="number of processes of the job")
+  g.add_argument("--process-id", dest="process_id", type=_checks.nonneg_int, default=None,
+                 help="this process's id, 0 .. num-processes - 1")
+
+
+def check_multihost_args(args) -> None:
+  if (args.process_id is not None and args.num_processes is not None
+      and args.process_id >= args.num_processes):
+    raise _checks.CLIError(f"--process-id ({args.process_id}) must be < --num-processes "
+                           f"({args.num_processes}).")
+
+
 def check_data_args(args) -> None:
   if getattr(args, "data_dir", None) is not None:
     _checks.existing_dir(args.data_dir, "--data-dir")

@@ -1,10 +1,18 @@
-"""``rattr study``: the library's main job (see `rattr_jax.study`)."""
+"""``rattr study``: the library's main job (see `rattr_jax.study`).
+
+Several processes run one study together: ``rattr launch -n 2 -- study --preset quick
+--out D`` on one machine, or one ``python -m rattr_jax.distributed study ...`` per host
+(``--coordinator``/``--num-processes``/``--process-id``, or the cluster's environment).
+Process 0 writes and prints; the others compute with it.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
+
+from rattr_jax.cli import _common
 
 
 def register(sub) -> None:
@@ -27,7 +35,13 @@ def register(sub) -> None:
                  "(default: $RATTR_JAX_CACHE_DIR or ~/.cache/rattr_jax/jax; 'none' disables)")
   p.add_argument("--print-config", action="store_true",
                  help="print the preset's TOML and exit (a starting point for your own)")
+  _common.add_multihost_args(p)
   p.set_defaults(func=run)
+  return p
+
+
+def check(args) -> None:
+  _common.check_multihost_args(args)
 
 
 def run(args) -> int:
@@ -55,23 +69,30 @@ def run(args) -> int:
       os.makedirs(cache, exist_ok=True)
     except OSError as e:
       raise ValueError(f"--cache-dir {cache!r} cannot be created ({e.strerror or e}).") from None
+  from rattr_jax import distributed
+  distributed.initialize_from_args(args)  # before any JAX computation; no-op for one process
   import rattr_jax
   if hasattr(rattr_jax, "configure_cpu"):
     rattr_jax.configure_cpu()
   if cache != "none":
     S.enable_compilation_cache(cache)
+  import jax
   from rich.console import Console
   from rattr_jax.study import claims_table, headline_table, run_study, summarize_file
   console = Console()
   if not console.is_terminal:
     console = Console(width=200)
   t0 = time.perf_counter()
-  console.print(f"[bold]rattr study[/] {config.name}: {len(config.methods)} methods x "
-                f"{len(config.seeds)} seed(s), {len(config.explainers)} explainers, "
-                f"{len(config.attacks.names)} attacks x {len(config.attacks.epsilons)} radii, "
-                f"{config.data.num_eval} images -> {out}")
+  if distributed.is_main_process():
+    console.print(f"[bold]rattr study[/] {config.name}: {len(config.methods)} methods x "
+                  f"{len(config.seeds)} seed(s), {len(config.explainers)} explainers, "
+                  f"{len(config.attacks.names)} attacks x {len(config.attacks.epsilons)} "
+                  f"radii, {config.data.num_eval} images -> {out}"
+                  + (f" ({jax.process_count()} processes)" if jax.process_count() > 1 else ""))
   res = run_study(config, out_dir=out, force=args.force, progress=not args.no_progress,
                   console=console)
+  if not distributed.is_main_process():
+    return 0  # process 0 prints the summary
   if res.nothing_to_do:
     console.print(f"Study {config.name!r} in {res.out_dir} is complete: nothing to do "
                   f"({res.cached_units} units cached). Use --force STAGE to redo a stage.")

@@ -21,6 +21,7 @@ import os
 import sys
 
 from rattr_jax.cli import _checks
+from rattr_jax.cli import _common
 
 # Kept here (not imported from rattr_jax.training) so that `rattr --help` does not
 # import JAX; tests/test_cli_args.py checks that they equal the library's.
@@ -119,15 +120,7 @@ def register(subparsers):
                  help="per-neuron activation-sensitivity weights, refreshed each epoch")
   p.add_argument("--resume", action="store_true", help="continue from --out's latest checkpoint")
   p.add_argument("--no-progress", dest="progress", action="store_false")
-  # The flags of `rattr_jax.distributed.add_cli_args`, written here so that building the
-  # parser does not import JAX (tests/test_cli_args.py checks that they agree).
-  g = p.add_argument_group("multi-host (default: environment, or one process)")
-  g.add_argument("--coordinator", default=None,
-                 help="host:port of process 0's coordinator (multi-process runs)")
-  g.add_argument("--num-processes", dest="num_processes", type=C.positive_int, default=None,
-                 help="number of processes of the job")
-  g.add_argument("--process-id", dest="process_id", type=C.nonneg_int, default=None,
-                 help="this process's id, 0 .. num-processes - 1")
+  _common.add_multihost_args(p)
   p.set_defaults(func=run)
   return p
 
@@ -180,10 +173,7 @@ def has_checkpoint(out_dir: str) -> bool:
 
 def check(args) -> None:
   """Paths and the config, before data is loaded or anything is compiled."""
-  if (args.process_id is not None and args.num_processes is not None
-      and args.process_id >= args.num_processes):
-    raise _checks.CLIError(f"--process-id ({args.process_id}) must be < --num-processes "
-                           f"({args.num_processes}).")
+  _common.check_multihost_args(args)
   if args.data_dir is not None:
     _checks.existing_dir(args.data_dir, "--data-dir")
   _checks.out_dir(args.out)

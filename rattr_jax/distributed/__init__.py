@@ -8,6 +8,8 @@
   its weights replicated; results equal single-device per example.
 * `process_slice(n)`, `shard_batch(local_x, mesh)`: each process loads only
   its rows and contributes them to one global array.
+* `global_array(shape, sharding, fetch)`: a global array built from the
+  part each process holds (e.g. its columns of a stack of training batches).
 * `replicate(tree, mesh)`, `gather(x)`, `gather_examples(x, n)`,
   `is_main_process()`, `sync()`.
 * `launch(command, num_processes=N)`: N local processes of one job (what
@@ -36,6 +38,7 @@ from rattr_jax.distributed._mesh import per_example
 from rattr_jax.distributed._multihost import add_cli_args
 from rattr_jax.distributed._multihost import gather
 from rattr_jax.distributed._multihost import gather_examples
+from rattr_jax.distributed._multihost import global_array
 from rattr_jax.distributed._multihost import initialize
 from rattr_jax.distributed._multihost import initialize_from_args
 from rattr_jax.distributed._multihost import is_main_process
@@ -47,6 +50,7 @@ from rattr_jax.distributed._multihost import sync
 
 __all__ = [
     "add_cli_args", "data_mesh", "DATA_AXIS", "per_example", "gather", "gather_examples",
+    "global_array",
     "initialize", "initialize_from_args", "is_main_process", "local_batch_size", "process_slice",
     "replicate", "shard_batch", "sync", "free_port", "launch", "process_env", "rattr_command",
 ]

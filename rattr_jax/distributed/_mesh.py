@@ -170,7 +170,7 @@ def per_example(f: Callable, mesh: Mesh | None = None, *,
       a = np.asarray(a)
       if pad:
         a = np.concatenate([a, np.repeat(a[-1:], pad, axis=0)])
-      return a if batched_sh is None else jax.device_put(a, batched_sh)
+      return a if batched_sh is None else _from_host(a, batched_sh)
 
     bat_p = jax.tree_util.tree_map(prep, tuple(bat))
     idx_p = prep(np.asarray(index, np.int32) if not isinstance(index, jax.Array) else index)
@@ -188,6 +188,19 @@ def per_example(f: Callable, mesh: Mesh | None = None, *,
 
   run.clear_cache = jitted.clear_cache
   return run
+
+
+def _from_host(a: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """``a`` (the whole batch, the same in every process) as a global array sharded by ``sharding``.
+
+  One process: a `jax.device_put`. Several: each process hands over only the
+  rows its own devices hold (`jax.make_array_from_process_local_data`), so no
+  host array travels between processes.
+  """
+  if sharding.is_fully_addressable:
+    return jax.device_put(a, sharding)
+  from rattr_jax.distributed._multihost import global_array
+  return global_array(a.shape, sharding, lambda idx: a[idx])
 
 
 def _put_key(key, sharding):

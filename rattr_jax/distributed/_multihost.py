@@ -204,6 +204,44 @@ def shard_batch(local_x: Any, mesh: Mesh, *, global_size: int | None = None) -> 
   return jax.tree_util.tree_map(one, local_x)
 
 
+def global_array(global_shape, sharding, fetch) -> jax.Array:
+  """A global array laid out by ``sharding``, each process supplying only its own part.
+
+  ``fetch(index)`` returns the values of the global array at ``index`` (a tuple
+  of slices, one per dimension) from this process's data; it is never asked
+  for rows that other processes' devices hold. When this process's shards
+  form one block (a 1-D ``"data"`` mesh whose devices are in process order,
+  as `data_mesh` builds it) ``fetch`` is called once for that block and the
+  array is assembled with `jax.make_array_from_process_local_data`; otherwise
+  once per shard (`jax.make_array_from_callback`). With one process it is a
+  `jax.device_put` of ``fetch(everything)``.
+
+  Example: each process contributes its columns of a ``[k, B]`` stack of
+  batches drawn from a host array ``x``::
+
+    sh = NamedSharding(mesh, P(None, "data"))
+    xb = global_array((k, B) + x.shape[1:], sh, lambda i: x[idx[i[0], i[1]]])
+  """
+  shape = tuple(int(d) for d in global_shape)
+  if sharding.is_fully_addressable:
+    return jax.device_put(np.asarray(fetch(tuple(slice(0, d) for d in shape))), sharding)
+  shards = {tuple((i.start or 0, d if i.stop is None else i.stop) for i, d in zip(ix, shape))
+            for ix in sharding.addressable_devices_indices_map(shape).values()}
+  block, count = [], 1
+  for ax, d in enumerate(shape):
+    spans = sorted({s[ax] for s in shards})
+    lo, hi = spans[0][0], spans[-1][1]
+    if sum(b - a for a, b in spans) != hi - lo:
+      block = None
+      break
+    block.append(slice(lo, hi))
+    count *= len(spans)
+  if block is None or count != len(shards):
+    return jax.make_array_from_callback(shape, sharding, lambda ix: np.asarray(fetch(
+        tuple(slice(i.start or 0, d if i.stop is None else i.stop) for i, d in zip(ix, shape)))))
+  return jax.make_array_from_process_local_data(sharding, np.asarray(fetch(tuple(block))), shape)
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """``tree`` replicated on every device of ``mesh`` (each process passes the same values).
 

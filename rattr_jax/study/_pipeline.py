@@ -63,9 +63,16 @@ def _train_config(config: C.StudyConfig, spec: C.MethodSpec, seed: int):
   cfg = base.replace(model=model, dataset=config.data.dataset, activation=spec.activation,
                      epochs=spec.epochs or config.epochs, batch_size=config.batch_size,
                      seed=seed, terms=terms, max_train=config.data.max_train,
-                     data_dir=config.data.data_dir or None, data_parallel=False,
+                     data_dir=config.data.data_dir or None, data_parallel=_data_parallel(),
                      **{"optimizer.learning_rate": spec.learning_rate or config.learning_rate})
   return training.validate(cfg)
+
+
+def _data_parallel():
+  """One process: one device per model (seeds run one after another, README "The study").
+  Several processes: data-parallel over every device of the job, as ``rattr train``."""
+  import jax
+  return None if jax.process_count() > 1 else False
 
 
 def _model_key(config: C.StudyConfig, spec: C.MethodSpec, seed: int) -> str:
@@ -91,9 +98,10 @@ def _save_model(model, path: str) -> None:
   import orbax.checkpoint as ocp
   from flax import nnx
   target = os.path.join(os.path.abspath(path), "final")
-  if os.path.exists(target):
+  if R.is_main() and os.path.exists(target):
     shutil.rmtree(target)
-  with ocp.StandardCheckpointer() as ck:
+  R.barrier("final-cleared")
+  with ocp.StandardCheckpointer() as ck:  # every process calls it: orbax syncs, process 0 writes
     ck.save(target, nnx.state(model))
     ck.wait_until_finished()
 
@@ -102,16 +110,20 @@ def _restore_model(cfg, data, path: str):
   import orbax.checkpoint as ocp
   from flax import nnx
   model = _build_model(cfg, data)
-  abstract = jax_tree_abstract(nnx.state(model))
+  abstract = jax_tree_abstract(nnx.state(model), local=True)
   with ocp.StandardCheckpointer() as ck:
     state = ck.restore(os.path.join(os.path.abspath(path), "final"), abstract)
   nnx.update(model, state)
   return model
 
 
-def jax_tree_abstract(tree):
+def jax_tree_abstract(tree, *, local: bool = False):
+  """Shapes and dtypes of ``tree``; ``local``: placed on this process's first device (every
+  process of a multi-process study restores the whole model for itself)."""
   import jax
-  return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+  sh = jax.sharding.SingleDeviceSharding(jax.local_devices()[0]) if local else None
+  return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                                tree)
 
 
 class _Lazy(dict):
@@ -205,6 +217,12 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
 
   Returns:
     A `StudyResult`.
+
+  Several processes (``rattr launch -n N -- study``, or one per host): every process
+  calls `run_study` with the same arguments; training and evaluation run data-parallel
+  over every device of the job, process 0 alone writes (units, models' ``DONE.json``,
+  ``study.json``, tables, figures, report, manifest) and decides which units are done,
+  and every process returns once the outputs are complete.
   """
   import jax
   from rattr_jax import models as Mo
@@ -216,6 +234,8 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
   out = R.check_out_dir(out_dir)
   R.check_lock(out, config)
   forced = set(C.STAGES[C.STAGES.index(force):]) if force else set()
+  main = R.is_main()
+  progress = progress and main
   if console is None:
     from rich.console import Console
     console = Console()
@@ -225,7 +245,7 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
   y_eval = np.asarray(data.y_test[:config.data.num_eval], np.int32)
   eval_hash = hashlib.sha256(x_eval.tobytes() + y_eval.tobytes()).hexdigest()
   counts = {"computed": 0, "cached": 0}
-  stage_seconds = _StageClock(os.path.join(out, "timings.jsonl"), counts)
+  stage_seconds = _StageClock(os.path.join(out, "timings.jsonl"), counts, write=main)
   failures: list[dict] = []
   units: dict[str, int] = {}
 
@@ -234,9 +254,9 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
                                                           16) + ".npz")
 
   def cached(path: str, stage: str) -> bool:
-    if stage in forced and os.path.exists(path) and path not in redone:
+    if main and stage in forced and os.path.exists(path) and path not in redone:
       os.remove(path)
-    ok = os.path.exists(path)
+    ok, = R.agree([main and os.path.exists(path)])  # process 0 looks, every process follows
     counts["cached" if ok else "computed"] += 1
     units[stage] = units.get(stage, 0) + 1
     return ok
@@ -255,10 +275,12 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
       path = os.path.join(out, "models", f"{spec.label}-s{seed}-{key[:8]}")
       done_file = os.path.join(path, "DONE.json")
       if "train" in forced and os.path.exists(path) and path not in redone:
-        shutil.rmtree(path)
+        if main:
+          shutil.rmtree(path)
         redone.add(path)
       cfg = _train_config(config, spec, seed)
-      was_done = os.path.exists(done_file)
+      was_done, resume = R.agree([main and os.path.exists(done_file),
+                                  main and os.path.isdir(os.path.join(path, "checkpoints"))])
       units["train"] = units.get("train", 0) + 1
       counts["cached" if was_done else "computed"] += 1
       if was_done:
@@ -272,19 +294,20 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
           trained[run.name] = (functools.partial(_restore_model, cfg, data, path), spec)
         st.advance(f"{spec.label} s{seed}", cached=True)
         continue
-      resume = os.path.isdir(os.path.join(path, "checkpoints"))
       res = training.train(cfg, dataset=data, out_dir=path, resume=resume, progress=False)
       train_time = float(sum(h.get("seconds", 0.0) for h in res.history))
       run = ModelRun(spec.label, seed, key, path, res.status, res.message, train_time)
       if res.status == "completed":
         _save_model(res.model, path)
-      R.write_json(done_file, {"status": res.status, "message": res.message,
-                               "train_time": train_time, "epochs": len(res.history)})
+      if main:
+        R.write_json(done_file, {"status": res.status, "message": res.message,
+                                 "train_time": train_time, "epochs": len(res.history)})
       runs.append(run)
       if res.status != "completed":
         failures.append({"model": run.name, "message": res.message})
-        console.print(f"[yellow]model {run.name} stopped: {res.message} The study carries on "
-                      f"without it.")
+        if main:
+          console.print(f"[yellow]model {run.name} stopped: {res.message} The study carries "
+                        f"on without it.")
       else:
         trained[run.name] = (res.model, spec)
       st.advance(f"{spec.label} s{seed}")
@@ -307,11 +330,15 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
           n = E.num_examples(es, len(x_eval))
           attr = E.attributions(fn, ex, x_eval[:n], y_eval[:n], key=key)
           m = np.asarray(E.to_map(attr))
-          R.save_unit(p, {"model": r.name, "explainer": es.name}, {"attribution": attr,
-                                                                   "map": m})
-        _, arrs = R.load_unit(p)
-        attributions[(r.name, es.name)] = arrs["attribution"]
-        _link_map(out, r.name, es.name, p)
+          if main:
+            R.save_unit(p, {"model": r.name, "explainer": es.name}, {"attribution": attr,
+                                                                     "map": m})
+          # the saved array itself, not read back from a file process 0 may still be writing
+          attributions[(r.name, es.name)] = np.asarray(attr)
+        else:
+          attributions[(r.name, es.name)] = R.load_unit(p)[1]["attribution"]
+        if main:
+          _link_map(out, r.name, es.name, p)
         st.advance(f"{r.name} {es.name}")
     stage_seconds["explain"] = time.perf_counter() - t0
 
@@ -342,9 +369,10 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
         vals["label_kept"] = E.accuracy(fn, x_adv, labels[r.name][:n])
         vals = E.pad(vals, len(x_eval))
         linf = np.max(np.abs(x_adv - xs).reshape(n, -1), axis=1)
-        R.save_unit(p, {"model": r.name, "explainer": en, "attack": an, "epsilon": eps},
-                    {**{f"score/{k}": v for k, v in vals.items()}, "map_adv": m1,
-                     "x_adv": x_adv.astype(np.float32), "linf": linf})
+        if main:
+          R.save_unit(p, {"model": r.name, "explainer": en, "attack": an, "epsilon": eps},
+                      {**{f"score/{k}": v for k, v in vals.items()}, "map_adv": m1,
+                       "x_adv": x_adv.astype(np.float32), "linf": linf})
       st.advance(f"{r.name} {en} {an} eps={eps:.3g}")
     stage_seconds["attack"] = time.perf_counter() - t0
 
@@ -378,8 +406,9 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
             vals["parameter_randomization"] = E.similarities(
                 E.to_map(attributions[(r.name, es.name)]), m_rand, ("spearman",),
                 k=config.attacks.k)["spearman"]
-          R.save_unit(p, {"model": r.name, "explainer": es.name},
-                      {f"score/{k}": v for k, v in E.pad(vals, len(x_eval)).items()})
+          if main:
+            R.save_unit(p, {"model": r.name, "explainer": es.name},
+                        {f"score/{k}": v for k, v in E.pad(vals, len(x_eval)).items()})
         st.advance(f"{r.name} {es.name}")
       # model diagnostics (and the random-map baseline, which is model-level)
       p = unit_path("score", _diagnostics_payload(config, r.key, r.label))
@@ -413,7 +442,8 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
                                     epsilon=float(ms.robustness_epsilon * np.sqrt(d)),
                                     num_steps=ms.lipschitz_steps,
                                     key=jax.random.fold_in(key, 3)))
-        R.save_unit(p, {"model": r.name}, {f"score/{k}": v for k, v in vals.items()})
+        if main:
+          R.save_unit(p, {"model": r.name}, {f"score/{k}": v for k, v in vals.items()})
       st.advance(f"{r.name} diagnostics")
     stage_seconds["score"] = time.perf_counter() - t0
 
@@ -421,11 +451,12 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
   t0 = time.perf_counter()
   plan = _plan(config, ok_runs, unit_path)
   agg_key = C.stable_hash({"plan": plan, "runs": [dataclasses.asdict(r) for r in runs]}, 16)
-  nothing = counts["computed"] == 0 and not forced and _outputs_current(out, agg_key)
+  nothing, = R.agree([counts["computed"] == 0 and not forced and main
+                      and _outputs_current(out, agg_key)])
   scores_path = os.path.join(out, "scores.csv")
   summary_path = os.path.join(out, "summary.csv")
   report_path = os.path.join(out, "REPORT.md")
-  if not nothing:
+  if not nothing and main:
     rows = _aggregate.collect_rows(plan, runs, config)
     _aggregate.write_scores(scores_path, rows)
     summary = _aggregate.summarize(rows, config)
@@ -441,6 +472,7 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
     R.write_json(os.path.join(out, "manifest.json"), man)
     with open(os.path.join(out, ".aggregate_key"), "w") as f:
       f.write(agg_key)
+  R.barrier("outputs-written")  # every process returns with the outputs on disk
   return StudyResult(out_dir=out, scores_path=scores_path, summary_path=summary_path,
                      report_path=report_path, models=tuple(runs),
                      computed_units=counts["computed"], cached_units=counts["cached"],
@@ -455,12 +487,14 @@ class _StageClock(dict):
   the load average and the UTC time. The time spent in a stage that was killed before it
   ended is not recorded (its finished units are, by the run that completes the stage)."""
 
-  def __init__(self, path: str, counts: dict):
+  def __init__(self, path: str, counts: dict, *, write: bool = True):
     super().__init__()
-    self._path, self._counts = path, counts
+    self._path, self._counts, self._write = path, counts, write
 
   def __setitem__(self, stage, seconds):
     super().__setitem__(stage, seconds)
+    if not self._write:  # a process other than 0 of a multi-process study
+      return
     rec = {"stage": stage, "seconds": round(float(seconds), 3),
            "computed_units": self._counts["computed"],
            "load_average": [round(v, 2) for v in os.getloadavg()],

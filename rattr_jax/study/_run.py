@@ -30,6 +30,37 @@ from rattr_jax.study import _config as C
 LOCK_NAME = "study.json"
 
 
+# ------------------------------------------------------------------ processes
+# A study may run as several processes of one JAX job (`rattr launch -n N -- study ...`,
+# or one process per host): every process runs the same stages and computes together over
+# the global mesh; process 0 alone writes files. Every decision that depends on the output
+# directory (is this unit done? resume this training?) is taken by process 0 and broadcast,
+# so the processes never disagree because one looked at the disk earlier than another.
+def is_main() -> bool:
+  """``True`` in process 0, the one that writes (always ``True`` in a single-process run)."""
+  import jax
+  return jax.process_index() == 0
+
+
+def agree(flags) -> list[bool]:
+  """Process 0's ``flags`` (booleans) in every process (unchanged in a single-process run)."""
+  import jax
+  flags = [bool(f) for f in flags]
+  if jax.process_count() == 1 or not flags:
+    return flags
+  from jax.experimental import multihost_utils
+  out = multihost_utils.broadcast_one_to_all(np.asarray(flags, np.int32))
+  return [bool(v) for v in np.asarray(out)]
+
+
+def barrier(name: str) -> None:
+  """Waits until every process gets here (so that they see what process 0 wrote before)."""
+  import jax
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"rattr-study-{name}")
+
+
 # ----------------------------------------------------------------- output files
 def check_out_dir(out: str) -> str:
   """Validates ``--out`` before any work: creatable, a directory, writable."""
@@ -120,7 +151,9 @@ def check_lock(out: str, config: C.StudyConfig) -> None:
       if old.get("data", {}).get(k) != v:
         raise ValueError(f"`data.{k}` changed under the existing `--out` {out!r} "
                          f"({old.get('data', {}).get(k)!r} -> {v!r}); use a new `--out`.")
-  write_json(path, {"locked": new, "config": config.to_dict()})
+  barrier("lock-checked")  # every process has read the old lock file before it is replaced
+  if is_main():
+    write_json(path, {"locked": new, "config": config.to_dict()})
 
 
 def enable_compilation_cache(path: str) -> None:

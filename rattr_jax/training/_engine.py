@@ -7,6 +7,10 @@
 * ``run(state, x_all, y_all, idx) -> (state, metrics)``: ``idx.shape[0]``
   steps fused in one `lax.scan`, gathering each batch ``x_all[idx[i]]``
   on device (the loop uses this; metrics are stacked per step);
+* ``run_batches(state, xb, yb) -> (state, metrics)``: the same for batches
+  given as ``[k, B, ...]`` stacks (the loop uses this when the mesh spans
+  several processes: each process puts on its devices only its columns of
+  each batch, `rattr_jax.distributed.global_array`);
 * ``evaluate(state, x, y) -> (loss_sum, num_correct)`` in inference mode;
 * ``refresh(state, x, y) -> state``: recomputes the terms' per-epoch aux data.
 
@@ -80,6 +84,7 @@ class TrainStep(NamedTuple):
   model_of: Callable[[TrainState], nnx.Module]
   mesh: Mesh | None
   place: Callable[[Any], Any]
+  run_batches: Callable | None = None
 
 
 def make_optimizer(config, steps_per_epoch: int, epochs: int
@@ -285,6 +290,9 @@ def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation,
       return one_step(st, x_all[ix], y_all[ix])
     return jax.lax.scan(body, state, idx)
 
+  def run_batches(state, xb, yb):
+    return jax.lax.scan(lambda st, b: one_step(st, *b), state, (xb, yb))
+
   def evaluate(state, x, y):
     """Inference-mode ``(sum of CE, number correct)`` over ``x`` (padded rows: y = -1)."""
     logits = eval_model(state.params, state.rest)(shard_batch(x))
@@ -310,4 +318,5 @@ def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation,
       model_of=model_of,
       mesh=mesh,
       place=place,
+      run_batches=jax.jit(run_batches, donate_argnums=0),
   )

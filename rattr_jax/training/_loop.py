@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rattr_jax.training import _config as C
 from rattr_jax.training import _engine as E
@@ -90,13 +91,29 @@ def _chunk_size(steps_per_epoch: int, requested: int | None, target: int = 20) -
   return best if best >= target // 3 else min(target, steps_per_epoch)
 
 
-def _eval_chunks(x, y, chunk: int, multiple: int):
+def _eval_chunks(x, y, chunk: int, multiple: int, mesh=None):
   chunk = int(math.ceil(min(chunk, len(x)) / multiple) * multiple)
   n = int(math.ceil(len(x) / chunk) * chunk)
   pad = n - len(x)
   xp = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
   yp = np.concatenate([y, -np.ones((pad,), np.int32)]) if pad else y.astype(np.int32)
+  if mesh is not None:  # several processes: each supplies its rows of each chunk
+    from rattr_jax import distributed
+    sh = NamedSharding(mesh, P("data"))
+    put = lambda a, i: distributed.global_array((chunk,) + a.shape[1:], sh,
+                                                lambda ix: a[i:i + chunk][ix])
+    return [(put(xp, i), put(yp, i)) for i in range(0, n, chunk)]
   return [(jnp.asarray(xp[i:i + chunk]), jnp.asarray(yp[i:i + chunk])) for i in range(0, n, chunk)]
+
+
+def _process_batches(mesh, x, y, idx):
+  """``(x[idx], y[idx])`` for ``idx [k, B]`` as global arrays sharded over the batch axis,
+  each process reading only the examples of its own columns."""
+  from rattr_jax import distributed
+  sh = NamedSharding(mesh, P(None, "data"))
+  return tuple(distributed.global_array(idx.shape + a.shape[1:], sh,
+                                        lambda ix, a=a: a[idx[ix[0], ix[1]]])
+               for a in (x, y))
 
 
 def _evaluate(ts, state, chunks, n):
@@ -266,11 +283,19 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
     with open(os.path.join(out_dir, "config.json"), "w") as f:
       json.dump(cfg_dict, f, indent=2)
 
-  x_dev = ts.place(jnp.asarray(x_tr))
-  y_dev = ts.place(jnp.asarray(y_tr, jnp.int32))
-  val_chunks = _eval_chunks(x_val, y_val, config.eval_batch_size, n_dev)
-  test_chunks = (_eval_chunks(data.x_test, data.y_test, config.eval_batch_size, n_dev)
-                 if has_test else None)
+  # One process: the training set lives on the devices and each batch is gathered there.
+  # Several: every process puts on its devices only its columns of each global batch
+  # (and its rows of each evaluation chunk); the batches are the same as with one process.
+  multi = mesh is not None and jax.process_count() > 1
+  if multi:
+    x_dev = y_dev = None
+    y_tr = np.asarray(y_tr, np.int32)
+  else:
+    x_dev = ts.place(jnp.asarray(x_tr))
+    y_dev = ts.place(jnp.asarray(y_tr, jnp.int32))
+  val_chunks = _eval_chunks(x_val, y_val, config.eval_batch_size, n_dev, mesh if multi else None)
+  test_chunks = (_eval_chunks(data.x_test, data.y_test, config.eval_batch_size, n_dev,
+                              mesh if multi else None) if has_test else None)
   k = _chunk_size(spe, config.steps_per_call)
   base_key = jax.random.key(config.seed)
   status, message = "completed", ""
@@ -293,7 +318,10 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
       stopped = False
       for s in range(0, spe, k):
         tc = time.perf_counter()
-        state, met = ts.run(state, x_dev, y_dev, jnp.asarray(idx[s:s + k]))
+        if multi:
+          state, met = ts.run_batches(state, *_process_batches(mesh, x_tr, y_tr, idx[s:s + k]))
+        else:
+          state, met = ts.run(state, x_dev, y_dev, jnp.asarray(idx[s:s + k]))
         met = jax.device_get(met)
         n_steps = len(met["loss"])
         finite = np.asarray(met["finite"], bool)
