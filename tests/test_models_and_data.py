@@ -57,6 +57,37 @@ def test_fast_conv_weight_gradient_finite_differences(x64, cin):
   np.testing.assert_allclose(jnp.vdot(jax.grad(f)(w), v), fd, rtol=1e-6)  # O(h^2) = 1e-8 rel.
 
 
+@pytest.mark.parametrize("bsz,cin,cout,padding", [(37, 8, 35, ((1, 2), (0, 1))),
+                                                  (16, 9, 17, "SAME"), (17, 12, 16, "VALID")])
+def test_fast_conv_blocked_weight_gradient_matches_lax_and_finite_differences(
+    x64, bsz, cin, cout, padding):
+  # Batch or output channels above WEIGHT_GRAD_FEATURE_CHUNK: the weight gradient is
+  # summed over blocks of batch elements and concatenated over blocks of channels
+  # (ragged last blocks here); it must equal autodiff's own and the one-convolution form.
+  from rattr_jax.models import _conv
+  assert bsz > _conv.WEIGHT_GRAD_FEATURE_CHUNK or cout > _conv.WEIGHT_GRAD_FEATURE_CHUNK
+  x = jax.random.normal(jax.random.key(0), (bsz, 6, 7, cin), jnp.float64)
+  w = jax.random.normal(jax.random.key(1), (3, 3, cin, cout), jnp.float64)
+  loss = lambda impl: lambda w: jnp.sum(jnp.tanh(models.conv2d(x, w, padding=padding,
+                                                                impl=impl)) ** 2)
+  g_fast, g_lax = jax.grad(loss("fast"))(w), jax.grad(loss("lax"))(w)
+  np.testing.assert_allclose(g_fast, g_lax, rtol=1e-10, atol=1e-10)
+  pad = _conv.explicit_padding(padding, (3, 3))
+  y = _conv._lax_conv(x, w, pad)
+  g = jnp.cos(y)
+  chunk = _conv.WEIGHT_GRAD_FEATURE_CHUNK
+  try:
+    _conv.WEIGHT_GRAD_FEATURE_CHUNK = 0
+    one = _conv._weight_grad(x, g, (3, 3), pad)
+  finally:
+    _conv.WEIGHT_GRAD_FEATURE_CHUNK = chunk
+  np.testing.assert_allclose(_conv._weight_grad(x, g, (3, 3), pad), one, rtol=1e-10, atol=1e-10)
+  v = jax.random.normal(jax.random.key(2), w.shape, jnp.float64)
+  h = 1e-5
+  fd = (loss("fast")(w + h * v) - loss("fast")(w - h * v)) / (2 * h)
+  np.testing.assert_allclose(jnp.vdot(g_fast, v), fd, rtol=1e-5)  # O(h^2) truncation
+
+
 @pytest.mark.parametrize("cin", [3, 16])
 def test_fast_conv_gradients_inside_scan_match_lax_float32(cin):
   # Inside `lax.scan` XLA:CPU compiles autodiff's own weight-gradient differently
