@@ -5,7 +5,7 @@ Lipschitz estimate of theta against h, and against x), mean faithfulness
 (concept removal), concept variance and reconstruction error; post-hoc
 baselines (gradient, integrated gradients, SmoothGrad) with the same stability
 estimator on a CE-trained black box (zoo CNN for MNIST, zoo MLP for
-breast_cancer). See `rattr_jax.models.senn._report` for the protocol.
+breast_cancer). See `rattr_jax.senn._report` for the protocol.
 
 Step cost: one SENN training step (MNIST architecture, batch 100) in JAX --
 exact clean residual, exact original-convention residual, one Gaussian probe
@@ -35,8 +35,8 @@ import numpy as np
 from rattr_jax.data import load_dataset
 import rattr_jax  # noqa: E402
 rattr_jax.configure_cpu()  # inline CPU dispatch, as `rattr` does
-from rattr_jax.models.senn import _report as R
-from rattr_jax.models.senn import senn_preset
+from rattr_jax.senn import _report as R
+from rattr_jax.senn import senn_preset
 
 LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -95,8 +95,8 @@ def _jax_steps(batch):
   import optax
   from flax import nnx
 
-  from rattr_jax.models.senn import create_senn
-  from rattr_jax.regularizers import _senn as L
+  from rattr_jax.senn import create_senn
+  from rattr_jax.senn import _losses as L
   model = create_senn(input_shape=(28, 28, 1), num_classes=10, num_concepts=5)
   g, s = nnx.split(model)
   opt = optax.adam(1e-3)

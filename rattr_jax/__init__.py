@@ -103,7 +103,7 @@ def _backend_started() -> bool:
 # import JAX (measured: ``rattr --help`` 6.7-10.4 s -> 0.13-0.2 s at load ~7 on 2 cores).
 _SUBPACKAGES = ("attacks", "attribution", "core", "curvature", "data", "distributed",
                 "explainers", "influence", "maps", "metrics", "models", "regularizers",
-                "study", "testing", "training", "viz")
+                "senn", "study", "testing", "training", "viz")
 
 
 def __getattr__(name):
@@ -121,7 +121,7 @@ def __dir__():
 
 __all__ = [
     "attacks", "attribution", "curvature", "influence", "maps", "metrics", "models",
-    "regularizers", "training", "configure_cpu", "enable_compilation_cache",
+    "regularizers", "senn", "training", "configure_cpu", "enable_compilation_cache",
     "RattrDeprecationWarning",
     "__version__",
 ]

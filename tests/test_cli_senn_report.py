@@ -9,7 +9,7 @@ from rattr_jax.cli import main
 
 
 def test_dead_concepts_are_the_constant_ones():
-  from rattr_jax.models.senn import _report as R
+  from rattr_jax.senn import _report as R
   assert R.dead_concepts([1e-17, 0.3, 0.0, 2e-9, np.nan, 1e-3]) == [0, 2, 3, 4]
   assert R.dead_concepts([0.1, 0.2]) == []
 

@@ -10,8 +10,8 @@ from flax import nnx
 
 from rattr_jax.data import Dataset
 from rattr_jax.models import as_fn
-from rattr_jax.models import senn as S
-from rattr_jax.regularizers import _senn as L
+from rattr_jax import senn as S
+from rattr_jax.senn import _losses as L
 
 
 def _to64(model):

@@ -68,7 +68,7 @@ def check(args) -> None:
 
 
 def _config(args, data):
-  from rattr_jax.models.senn import SENNConfig, senn_preset
+  from rattr_jax.senn import SENNConfig, senn_preset
   base = (senn_preset(_PRESET_OF[data.name]) if data.name in _PRESET_OF
           else SENNConfig(dataset=data.name))
   changes = {"dataset": data.name, "seed": args.seed}
@@ -97,9 +97,9 @@ def run(args) -> int:
   import numpy as np
 
   from rattr_jax.data import load_dataset
-  from rattr_jax.models.senn import _figures as F
-  from rattr_jax.models.senn import _report as R
-  from rattr_jax.models.senn._aggregators import Aggregator
+  from rattr_jax.senn import _figures as F
+  from rattr_jax.senn import _report as R
+  from rattr_jax.senn._aggregators import Aggregator
 
   lambdas = [float(v) for v in args.lambdas]
   con = _common.console()

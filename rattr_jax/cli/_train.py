@@ -185,7 +185,7 @@ def check(args) -> None:
           "scratch.", file=sys.stderr)
     args.resume = False
   if args.model == "senn":
-    from rattr_jax.models.senn import register_senn_training
+    from rattr_jax.senn import register_senn_training
     register_senn_training()
   try:
     args._config = config_from_args(args)

@@ -28,11 +28,3 @@ __all__ = [
     "WIDTHS",
 ]
 
-
-def __getattr__(name):
-  # `rattr_jax.models.senn` is a subpackage that imports regularizers (which import
-  # models), so it is imported on first access rather than here.
-  if name == "senn":
-    import importlib
-    return importlib.import_module("rattr_jax.models.senn")
-  raise AttributeError(f"module 'rattr_jax.models' has no attribute {name!r}")

@@ -18,14 +18,9 @@ from rattr_jax.regularizers._adversarial import trades_adversary
 from rattr_jax.regularizers._gradient_alignment import gradient_alignment
 from rattr_jax.regularizers._hessian_norm import hessian_norm
 from rattr_jax.regularizers._input_gradient_norm import input_gradient_norm
-from rattr_jax.regularizers._senn import senn_concept_loss
-from rattr_jax.regularizers._senn import senn_loss
-from rattr_jax.regularizers._senn import senn_robustness_loss
-from rattr_jax.regularizers._senn import senn_robustness_residual
 
 __all__ = [
     "activation_sensitivity", "neuron_sensitivity", "fgsm_adversary", "fgsm_training",
     "pgd_adversary", "pgd_training", "trades", "trades_adversary", "gradient_alignment",
-    "hessian_norm", "input_gradient_norm", "senn_concept_loss", "senn_loss",
-    "senn_robustness_loss", "senn_robustness_residual",
+    "hessian_norm", "input_gradient_norm",
 ]

@@ -266,7 +266,7 @@ def senn_scores(model, x, t, *, names, epsilon: float, num_steps: int,
   better). ``senn_faithfulness``: the correlation between each concept's relevance and
   the drop in the predicted probability when the concept is removed (higher is better).
   """
-  from rattr_jax.models import senn as SN
+  from rattr_jax import senn as SN
   out = {}
   if "senn_stability" in names:
     def stab(x1, t1, *, key):

@@ -52,7 +52,7 @@ def _train_config(config: C.StudyConfig, spec: C.MethodSpec, seed: int):
   from rattr_jax import training
   objective = spec.objective
   if objective == "senn":
-    from rattr_jax.models.senn import register_senn_training
+    from rattr_jax.senn import register_senn_training
     register_senn_training()
     terms = (training.make_term("senn", lambda_robustness=float(spec.param("lam", 1e-2))),)
     model = "senn"

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rattr_jax.models._layers import Conv2D, max_pool2
+from rattr_jax.models import Conv2D, max_pool2
 
 PARAMETRIZERS = ("mlp", "lenet", "vgg")
 

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rattr_jax.models._conv import conv2d
-from rattr_jax.models._layers import Conv2D, max_pool2
+from rattr_jax.models import conv2d
+from rattr_jax.models import Conv2D, max_pool2
 
 CONCEPTIZERS = ("identity", "autoencoder")
 

@@ -9,7 +9,7 @@ sigmoid for binary tasks). ``model(x)`` returns logits, so a SENN is an
 ordinary ``fn`` for the rest of rattr_jax; ``model(x,
 return_explanation=True)`` also returns `SENNExplanation` ``(theta, h, x_hat)``.
 
-* Losses: `rattr_jax.regularizers.senn_loss` (CE + lambda * robustness +
+* Losses: `senn_loss` (CE + lambda * robustness +
   reconstruction + sparsity), with the robustness loss computed without the
   concept Jacobian (clean convention by default; the authors' log-softmax /
   unsquared batch-norm convention with ``convention="original"``).
@@ -28,32 +28,38 @@ has no preset here; the UCI sets shipped with scikit-learn (breast_cancer,
 wine) stand in for the tabular experiments.
 """
 
-from rattr_jax.models.senn._aggregators import AGGREGATORS
-from rattr_jax.models.senn._aggregators import Aggregator
-from rattr_jax.models.senn._conceptizers import CONCEPTIZERS
-from rattr_jax.models.senn._conceptizers import ConvConceptizer
-from rattr_jax.models.senn._conceptizers import IdentityConceptizer
-from rattr_jax.models.senn._model import create_senn
-from rattr_jax.models.senn._model import SENN
-from rattr_jax.models.senn._model import senn_fn
-from rattr_jax.models.senn._model import SENNExplanation
-from rattr_jax.models.senn._parametrizers import LeNetParametrizer
-from rattr_jax.models.senn._parametrizers import MLPParametrizer
-from rattr_jax.models.senn._parametrizers import PARAMETRIZERS
-from rattr_jax.models.senn._parametrizers import VGGParametrizer
-from rattr_jax.models.senn._engine import register_senn_training
-from rattr_jax.models.senn._engine import senn_loss_term
-from rattr_jax.models.senn._engine import SENNObjective
-from rattr_jax.models.senn._engine import train_with_engine
-from rattr_jax.models.senn._faithfulness import senn_faithfulness
-from rattr_jax.models.senn._stability import senn_stability
-from rattr_jax.models.senn._train import concept_statistics
-from rattr_jax.models.senn._train import fit_senn
-from rattr_jax.models.senn._train import SENN_PRESETS
-from rattr_jax.models.senn._train import SENNConfig
-from rattr_jax.models.senn._train import SENNHistory
-from rattr_jax.models.senn._train import senn_preset
-from rattr_jax.models.senn._train import train_senn
+from rattr_jax.senn._aggregators import AGGREGATORS
+from rattr_jax.senn._aggregators import Aggregator
+from rattr_jax.senn._conceptizers import CONCEPTIZERS
+from rattr_jax.senn._conceptizers import ConvConceptizer
+from rattr_jax.senn._conceptizers import IdentityConceptizer
+from rattr_jax.senn._model import create_senn
+from rattr_jax.senn._model import SENN
+from rattr_jax.senn._model import senn_fn
+from rattr_jax.senn._model import SENNExplanation
+from rattr_jax.senn._parametrizers import LeNetParametrizer
+from rattr_jax.senn._parametrizers import MLPParametrizer
+from rattr_jax.senn._parametrizers import PARAMETRIZERS
+from rattr_jax.senn._parametrizers import VGGParametrizer
+from rattr_jax.senn._engine import register_senn_training
+from rattr_jax.senn._engine import senn_loss_term
+from rattr_jax.senn._engine import SENNObjective
+from rattr_jax.senn._engine import train_with_engine
+from rattr_jax.senn._faithfulness import senn_faithfulness
+from rattr_jax.senn._losses import senn_concept_loss
+from rattr_jax.senn._losses import senn_loss
+from rattr_jax.senn._losses import senn_robustness_loss
+from rattr_jax.senn._losses import senn_robustness_residual
+from rattr_jax.senn._losses import SENNLossOutput
+from rattr_jax.senn._losses import SENNLossTerms
+from rattr_jax.senn._stability import senn_stability
+from rattr_jax.senn._train import concept_statistics
+from rattr_jax.senn._train import fit_senn
+from rattr_jax.senn._train import SENN_PRESETS
+from rattr_jax.senn._train import SENNConfig
+from rattr_jax.senn._train import SENNHistory
+from rattr_jax.senn._train import senn_preset
+from rattr_jax.senn._train import train_senn
 
 __all__ = [
     "AGGREGATORS", "Aggregator", "CONCEPTIZERS", "ConvConceptizer", "IdentityConceptizer",
@@ -61,5 +67,6 @@ __all__ = [
     "MLPParametrizer", "PARAMETRIZERS", "VGGParametrizer", "register_senn_training",
     "senn_loss_term", "SENNObjective", "train_with_engine", "senn_faithfulness", "senn_stability",
     "concept_statistics", "fit_senn", "SENN_PRESETS", "SENNConfig", "SENNHistory",
-    "senn_preset", "train_senn",
+    "senn_preset", "train_senn", "senn_concept_loss", "senn_loss", "senn_robustness_loss",
+    "senn_robustness_residual", "SENNLossOutput", "SENNLossTerms",
 ]

@@ -21,7 +21,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from rattr_jax import _validation as V
-from rattr_jax.models.senn._conceptizers import IdentityConceptizer
+from rattr_jax.senn._conceptizers import IdentityConceptizer
 
 DENOMINATORS = ("concepts", "input")
 
@@ -67,7 +67,7 @@ def senn_stability(model, x: Float[Array, "B ..."], *, key: jax.Array, epsilon: 
   """Local Lipschitz estimate of a SENN's relevances. **Lower is better.**
 
   Args:
-    model: a `rattr_jax.models.senn.SENN`.
+    model: a `rattr_jax.senn.SENN`.
     x: inputs ``[B, *F]``.
     key: PRNG key (restarts / samples).
     epsilon: radius of the ball around ``x`` (input units).

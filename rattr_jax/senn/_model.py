@@ -9,9 +9,9 @@ import jax
 from flax import nnx
 
 from rattr_jax import _validation as V
-from rattr_jax.models.senn import _conceptizers as C
-from rattr_jax.models.senn import _parametrizers as P
-from rattr_jax.models.senn._aggregators import AGGREGATORS, Aggregator, as_aggregator
+from rattr_jax.senn import _conceptizers as C
+from rattr_jax.senn import _parametrizers as P
+from rattr_jax.senn._aggregators import AGGREGATORS, Aggregator, as_aggregator
 
 
 class SENNExplanation(NamedTuple):

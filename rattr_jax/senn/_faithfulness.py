@@ -35,8 +35,8 @@ from jaxtyping import Array, Float
 
 from rattr_jax import _validation as V
 from rattr_jax.core import pearson_rows as _pearson_flat
-from rattr_jax.models.senn._conceptizers import IdentityConceptizer
-from rattr_jax.models.senn._stability import _has_bias, predicted_class
+from rattr_jax.senn._conceptizers import IdentityConceptizer
+from rattr_jax.senn._stability import _has_bias, predicted_class
 
 REMOVALS = ("concept", "feature")
 ATTRIBUTIONS = ("relevance", "contribution")
@@ -82,7 +82,7 @@ def senn_faithfulness(model, x: Float[Array, "B ..."], *, target: Any = None,
   """Faithfulness of a SENN's explanations (see module docstring). **Higher is better.**
 
   Args:
-    model: a `rattr_jax.models.senn.SENN`.
+    model: a `rattr_jax.senn.SENN`.
     x: inputs ``[B, *F]``.
     target: explained class; default the prediction.
     removal: ``"concept"`` (``h_i -> 0``) or ``"feature"`` (identity concepts

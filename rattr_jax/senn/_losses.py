@@ -87,7 +87,7 @@ def _is_senn(model) -> bool:
 
 def _check_model(model, x):
   if not _is_senn(model):
-    raise ValueError("`model` must be a SENN (rattr_jax.models.senn.SENN); got "
+    raise ValueError("`model` must be a SENN (rattr_jax.senn.SENN); got "
                      f"{type(model).__name__}.")
   return V.check_batch(x)
 
@@ -206,7 +206,7 @@ def senn_robustness_residual(model, x: jax.Array, *, convention: str = "clean",
   binary), as in the authors' code. See the module docstring.
 
   Args:
-    model: a `rattr_jax.models.senn.SENN`.
+    model: a `rattr_jax.senn.SENN`.
     x: inputs ``[B, *F]``.
     convention: ``"clean"`` (default) or ``"original"``.
     key: optional dropout key for the parametrizer (training only).
@@ -291,7 +291,7 @@ def senn_loss_impl(model, x, y, *, lambda_robustness, lambda_reconstruction=1.0,
   else:
     rec = sp = jnp.zeros((), logits.dtype)
   total = ce + lambda_robustness * robust + lambda_reconstruction * rec + lambda_sparsity * sp
-  from rattr_jax.models.senn import SENNExplanation
+  from rattr_jax.senn._model import SENNExplanation
   return total, SENNLossOutput(SENNLossTerms(ce, robust, rec, sp, total), logits,
                                SENNExplanation(theta, h, x_hat))
 
@@ -316,7 +316,7 @@ def senn_loss(model, x: jax.Array, y: jax.Array, *, lambda_robustness: Any = 1e-
   ``jax.grad(lambda s: senn_loss(nnx.merge(graphdef, s), x, y)[0])(state)``.
 
   Args:
-    model: a `rattr_jax.models.senn.SENN`.
+    model: a `rattr_jax.senn.SENN`.
     x: inputs ``[B, *F]``.
     y: integer labels ``[B]``.
     lambda_robustness: ``lambda`` (paper sweep 1e-4 ... 1; >= 0). Traced.

@@ -22,8 +22,8 @@ import optax
 from flax import nnx
 
 from rattr_jax import _validation as V
-from rattr_jax.models.senn._model import SENN, create_senn
-from rattr_jax.regularizers import _senn as L
+from rattr_jax.senn._model import SENN, create_senn
+from rattr_jax.senn import _losses as L
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +76,9 @@ class SENNConfig:
     V.check_positive(self.learning_rate, name="learning_rate")
     L.check_loss_weights(self.lambda_robustness, self.lambda_reconstruction,
                          self.lambda_sparsity, self.convention)
-    from rattr_jax.models.senn._aggregators import AGGREGATORS
-    from rattr_jax.models.senn._conceptizers import CONCEPTIZERS
-    from rattr_jax.models.senn._parametrizers import PARAMETRIZERS
+    from rattr_jax.senn._aggregators import AGGREGATORS
+    from rattr_jax.senn._conceptizers import CONCEPTIZERS
+    from rattr_jax.senn._parametrizers import PARAMETRIZERS
     if self.conceptizer is not None:
       V.check_choice(self.conceptizer, CONCEPTIZERS, name="conceptizer")
     if self.parametrizer is not None:
@@ -175,7 +175,7 @@ def concept_statistics(model: SENN, x: np.ndarray, y: np.ndarray | None = None, 
     hs.append(np.asarray(h))
     recs.append(np.asarray(r))
   logits, h, rec = np.concatenate(logits), np.concatenate(hs), np.concatenate(recs)
-  from rattr_jax.models.senn._stability import _has_bias
+  from rattr_jax.senn._stability import _has_bias
   if _has_bias(model):  # the constant bias concept has variance 0 by construction
     h = h[:, :-1]
   out = {"reconstruction": float(rec.mean()), "concept_variance": h.var(0),

@@ -13,7 +13,7 @@ registers both when it starts.
 from __future__ import annotations
 
 from rattr_jax import training
-from rattr_jax.regularizers import _senn as L
+from rattr_jax.senn import _losses as L
 
 MODEL_NAME = "senn"
 
@@ -23,7 +23,7 @@ class SENNObjective(training.Term):
   """The whole SENN objective as one training term (weight 1).
 
   Its value is ``CE + lambda_robustness * L_theta + lambda_reconstruction *
-  MSE + lambda_sparsity * ||h||_1`` (`rattr_jax.regularizers.senn_loss`); it
+  MSE + lambda_sparsity * ||h||_1`` (`rattr_jax.senn.senn_loss`); it
   logs each part as ``senn_ce``, ``senn_robustness``,
   ``senn_reconstruction`` and ``senn_sparsity``. The step's key drives
   parametrizer dropout and the optional residual probes. ``lam`` is accepted
@@ -41,7 +41,7 @@ class SENNObjective(training.Term):
   num_projections: int | None = None
 
   def prepare(self, setup):
-    from rattr_jax.models.senn._model import SENN
+    from rattr_jax.senn._model import SENN
     if not isinstance(setup.model, SENN):
       raise ValueError(f"The `senn` term needs a SENN model; got {type(setup.model).__name__}.")
     return self
@@ -71,7 +71,7 @@ def senn_loss_term(*, lambda_robustness: float, lambda_reconstruction: float = 1
 def build_for_training(config, dataset):
   """``MODEL_BUILDERS`` entry: the SENN of a `TrainConfig` (its objective comes from
   ``config.terms``, e.g. ``(SENNObjective(...),)``)."""
-  from rattr_jax.models.senn._model import create_senn
+  from rattr_jax.senn._model import create_senn
   return create_senn(input_shape=dataset.input_shape, num_classes=dataset.num_classes,
                      seed=config.seed)
 

@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rattr_jax.models.senn._faithfulness import senn_faithfulness
-from rattr_jax.models.senn._stability import senn_stability
-from rattr_jax.models.senn._train import SENNConfig, concept_statistics, fit_senn
+from rattr_jax.senn._faithfulness import senn_faithfulness
+from rattr_jax.senn._stability import senn_stability
+from rattr_jax.senn._train import SENNConfig, concept_statistics, fit_senn
 
 POSTHOC = ("gradient", "integrated_gradients", "smoothgrad")
 #: A concept whose test-set variance is at most this is reported as dead (constant).
