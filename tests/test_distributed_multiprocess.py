@@ -9,6 +9,8 @@
 * An attack and a metric on process-local slices (`process_slice`,
   `shard_batch`, `per_example`, `gather_examples`) equal the single-process,
   single-device values per example.
+* `rattr explain` and `rattr attack`, run in the same 2-process job, write
+  the per-example attributions and attack metrics of a single-process run.
 * A process killed mid-run makes the other exit with JAX's heartbeat error
   within the (short) heartbeat timeout instead of hanging.
 * `rattr launch -n 2 -- study` (2 processes x 1 device) resumes a directory
@@ -40,6 +42,11 @@ def subprocess_env(num_devices: int) -> dict:
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   return env
 
+_EXPLAIN = ["explain", "--model", "mlp", "--epochs", "1", "--max-train", "256", "--num-images", "6",
+            "--method", "gradient", "--method", "smoothgrad", "--num-samples", "4"]
+_ATTACK = ["attack", "--model", "mlp", "--epochs", "1", "--max-train", "256", "--num-eval", "6",
+           "--num-images", "2", "--attack", "topk", "--num-steps", "3"]
+
 _TRAIN_ARGS = ["--model", "mlp", "--dataset", "digits", "--max-train", "256", "--max-test", "128",
                "--batch-size", "32", "--no-progress"]
 
@@ -69,6 +76,10 @@ adv = dist.per_example(attacks.topk_attack, mesh)(fn, attribution.gradient, xs, 
 sens = dist.per_example(metrics.max_sensitivity, mesh)(fn, attribution.gradient, xs, ts,
                                                         key=key, index=idx, num_samples=4)
 adv_x, sens = dist.gather_examples((adv.x_adv, sens), n)
+# `rattr explain` and `rattr attack` in this 2-process job (examples split over 4 devices).
+from rattr_jax.cli import main as rattr
+explain_args, attack_args = json.loads(sys.argv[3])
+assert rattr(explain_args) == 0 and rattr(attack_args) == 0
 if dist.is_main_process():
   with open(result_path, "w") as f:
     json.dump({"process_count": jax.process_count(),
@@ -114,7 +125,9 @@ def two_process_run(tmp_path_factory):
   script = d / "job.py"
   script.write_text(_SCRIPT)
   from rattr_jax import distributed as L
-  rc = L.launch([sys.executable, str(script), out, str(d / "result.json")], num_processes=2,
+  cli = json.dumps([_EXPLAIN + ["--out", str(d / "explain")],
+                    _ATTACK + ["--out", str(d / "attack")]])
+  rc = L.launch([sys.executable, str(script), out, str(d / "result.json"), cli], num_processes=2,
                 devices_per_process=2, env=subprocess_env(1))
   assert rc == 128 + signal.SIGKILL  # the killed process's status; the launcher stopped the other
   with open(os.path.join(out, "log.json")) as f:
@@ -127,6 +140,7 @@ def two_process_run(tmp_path_factory):
   for p in (0, 1):
     with open(d / f"result.json.shapes{p}") as f:
       result[f"shapes{p}"] = json.load(f)
+  result["cli_dir"] = d
   return out, p2.stdout, crashed_epochs, result
 
 
@@ -317,3 +331,28 @@ def test_study_on_two_processes_resumes_and_equals_single_process(tmp_path):
   # same program per example.
   np.testing.assert_allclose([r["value"] for r in b], [r["value"] for r in a], rtol=1e-4,
                              atol=1e-5, equal_nan=True)
+
+
+def test_explain_and_attack_commands_equal_single_process(two_process_run, tmp_path):
+  """`rattr explain` and `rattr attack` run in the 2 x 2 job (6 examples over 4 devices of 2
+  processes, process 0 writing) give the per-example attributions and attack metrics of a
+  single-process, single-device run (keys folded by example index; tolerance: float
+  reduction order)."""
+  from rattr_jax.cli import main
+  d = two_process_run[3]["cli_dir"]
+  assert main(_EXPLAIN + ["--out", str(tmp_path / "explain")]) == 0
+  assert main(_ATTACK + ["--out", str(tmp_path / "attack")]) == 0
+  with np.load(d / "explain" / "attributions.npz") as a, \
+       np.load(tmp_path / "explain" / "attributions.npz") as b:
+    assert sorted(a.files) == sorted(b.files) == ["gradient", "smoothgrad"]
+    for m in a.files:
+      assert a[m].shape == (6, 28, 28, 1)
+      np.testing.assert_allclose(a[m], b[m], rtol=1e-5, atol=1e-6, err_msg=m)
+  mp = json.loads((d / "attack" / "attack.json").read_text())
+  ref = json.loads((tmp_path / "attack" / "attack.json").read_text())
+  assert set(mp["per_image"]) == set(ref["per_image"]) == {"random_sign", "topk"}
+  for name, per in ref["per_image"].items():
+    for metric, values in per.items():
+      assert len(values) == 6
+      np.testing.assert_allclose(mp["per_image"][name][metric], values, rtol=1e-5, atol=1e-5,
+                                 err_msg=f"{name} {metric}")

@@ -117,24 +117,20 @@ def _explainer(method):
   return explainers.get("smoothgrad", num_samples=10, stddev=0.1)
 
 
-def _attack_fns(args, fn, explain, sur, mask, key):
-  """``name -> run(x, label) -> result`` with ``x_adv``, ``success``, ``surrogate_agreement``."""
+def _attack_fns(args, mask):
+  """``name -> (attack, keyword arguments)``; ``attack(fn, explain, x, label, *, key, ...)``
+  returns ``x_adv``, ``success``, ``surrogate_agreement``."""
   from rattr_jax import attacks
   eps = args.epsilon
   cfg = attacks.AttackConfig(epsilon=eps, step_size=args.step_size, num_steps=args.num_steps,
                              k=args.k)
   fcfg = attacks.frame_config(epsilon=max(eps, 1e-12), num_steps=args.num_steps)
   return {
-      "random_sign": lambda x, t: attacks.random_sign_attack(fn, explain, x, t, key=key,
-                                                             config=cfg, surrogate=sur),
-      "topk": lambda x, t: attacks.topk_attack(fn, explain, x, t, key=key, config=cfg,
-                                               surrogate=sur),
-      "mass_center": lambda x, t: attacks.mass_center_attack(fn, explain, x, t, key=key,
-                                                             config=cfg, surrogate=sur),
-      "targeted": lambda x, t: attacks.targeted_attack(fn, explain, x, t, key=key, mask=mask,
-                                                       config=cfg, surrogate=sur),
-      "frame": lambda x, t: attacks.frame_attack(fn, explain, x, t, key=key, config=fcfg,
-                                                 surrogate=sur),
+      "random_sign": (attacks.random_sign_attack, {"config": cfg}),
+      "topk": (attacks.topk_attack, {"config": cfg}),
+      "mass_center": (attacks.mass_center_attack, {"config": cfg}),
+      "targeted": (attacks.targeted_attack, {"config": cfg, "mask": mask}),
+      "frame": (attacks.frame_attack, {"config": fcfg}),
   }
 
 
@@ -194,6 +190,7 @@ def run(args) -> int:
   import numpy as np
 
   from rattr_jax import attacks, maps, metrics, models
+  from rattr_jax import distributed as dist
   from rattr_jax._quicktrain import accuracy
   from rattr_jax.data import load_dataset
 
@@ -229,25 +226,35 @@ def run(args) -> int:
   mask[:, : w // 4] = 1.0  # targeted attack: pull the map to the left quarter
   frame = np.asarray(attacks.frame_map(h, w))
 
+  # Per example (`distributed.per_example`): example i's key is fold_in(key, i), so its
+  # result does not depend on the chunking, the device count or the number of processes;
+  # the examples are sharded over every device of every process (`rattr launch -n N -- attack`).
+  mesh = dist.data_mesh() if jax.device_count() > 1 else None
+  index = np.arange(len(x), dtype=np.int32)
+  map_run = dist.per_example(explain, mesh, batch_argnums=(1, 2))
+
   def real_map(z):
-    return maps.saliency_map(explain(fn, z, label, key=map_key))
+    return maps.saliency_map(dist.gather(map_run(fn, np.asarray(z), np.asarray(label),
+                                                 key=map_key, index=index)))
 
   m0 = np.asarray(real_map(x))
-  runs = _attack_fns(args, fn, explain, sur, mask, key)
+  runs = _attack_fns(args, mask)
   size = min(CHUNK, len(x))
   starts = list(range(0, len(x), size))
   results, rows = {}, []
+  xs, ls = np.asarray(x), np.asarray(label)
   for name in ("random_sign",) + names:
     t0 = time.perf_counter()
     parts = []
+    f, kw = runs[name]
+    run = dist.per_example(f, mesh, batch_argnums=(2, 3))
     with _common.Progress(f"attack {name}", len(x), unit=" images", con=con) as prog:
       for s in starts:
-        xc, lc = x[s:s + size], label[s:s + size]
-        n = len(xc)
-        if n < size:  # pad the last chunk (repeating its last example): one compilation
-          xc = jnp.concatenate([xc, jnp.repeat(xc[-1:], size - n, 0)])
-          lc = jnp.concatenate([lc, jnp.repeat(lc[-1:], size - n, 0)])
-        r = runs[name](xc, lc)
+        n = min(size, len(x) - s)
+        # the last chunk padded (repeating its last example): one compilation
+        ix = np.minimum(np.arange(s, s + size), len(x) - 1).astype(np.int32)
+        r = dist.gather(run(fn, explain, xs[ix], ls[ix], key=key, index=ix, surrogate=sur,
+                            **kw))
         parts.append((np.asarray(r.x_adv)[:n], np.asarray(r.success)[:n],
                       np.asarray(r.surrogate_agreement)[:n]))
         prog.advance(n)
@@ -288,6 +295,8 @@ def run(args) -> int:
   con.print("↓ / ↑: lower / higher = the explanation moved more (stronger attack); "
             "'left mass' is the map mass in the targeted attack's region (left quarter), "
             "'frame mass' the mass on the frame attack's border.")
+  if not dist.is_main_process():
+    return 0  # process 0 writes the figure and the JSON
   os.makedirs(args.out, exist_ok=True)
   png = os.path.join(args.out, "attack.png")
   _plot(png, np.asarray(x), m0, results, min(args.num_images, args.num_eval),

@@ -26,7 +26,8 @@ def register(subparsers):
       description="Trains a small model on a dataset (default: the embedded MNIST "
       "subset), computes attributions of a few test examples and writes a figure "
       "(images: image | maps with colorbars; tabular data: bars per feature, with the "
-      "dataset's feature names), a JSON summary and a table.")
+      "dataset's feature names), the attributions (attributions.npz), a JSON summary and a "
+      "table. Under `rattr launch` the examples are split over every process.")
   _common.add_data_args(p)
   p.add_argument("--model", default=None, type=_checks.choice(MODELS),
                  help="zoo model, one of mlp, cnn, lenet (default: cnn for MNIST, lenet for "
@@ -61,18 +62,14 @@ def check(args) -> None:
     raise _checks.CLIError("--method decoy needs a convolutional --model (cnn or lenet).")
 
 
-def explainers(fn, *, num_steps: int, num_samples: int, key) -> dict:
-  """Explain functions ``explain(x, target)`` by method name."""
-  import functools
-
-  from rattr_jax import attribution as A
+def explainers(*, num_steps: int, num_samples: int) -> dict:
+  """Explainers ``e(fn, x, target, *, key)`` by method name (`rattr_jax.explainers.get`)."""
+  from rattr_jax import explainers as X
   return {
-      "gradient": functools.partial(A.gradient, fn),
-      "input_x_gradient": functools.partial(A.input_x_gradient, fn),
-      "integrated_gradients": functools.partial(A.integrated_gradients, fn,
-                                                num_steps=num_steps, chunk_size=25),
-      "smoothgrad": functools.partial(A.smoothgrad, fn, key=key, num_samples=num_samples,
-                                      chunk_size=25),
+      "gradient": X.get("gradient"),
+      "input_x_gradient": X.get("input_x_gradient"),
+      "integrated_gradients": X.get("integrated_gradients", num_steps=num_steps, chunk_size=25),
+      "smoothgrad": X.get("smoothgrad", num_samples=num_samples, chunk_size=25),
   }
 
 
@@ -82,6 +79,7 @@ def run(args) -> int:
   import jax.numpy as jnp
   import numpy as np
 
+  from rattr_jax import distributed as dist
   from rattr_jax import maps, metrics, models, viz
   from rattr_jax._quicktrain import accuracy
   from rattr_jax.data import load_dataset
@@ -103,31 +101,35 @@ def run(args) -> int:
   pred = np.asarray(jnp.argmax(fn(x), -1))
   target = jnp.asarray(pred)
   key = jax.random.key(args.seed)
-  table = explainers(fn, num_steps=args.num_steps, num_samples=args.num_samples, key=key)
+  table = explainers(num_steps=args.num_steps, num_samples=args.num_samples)
   shown = list(methods)
   if "decoy" in methods:  # needs the model (its layer conv2 / second submodule)
-    import functools
-
     from rattr_jax.attribution import _decoy
-    table["decoy"] = functools.partial(_decoy.cli_explainer(model), fn, key=key)
+    table["decoy"] = _decoy.cli_explainer(model)
     if "gradient" not in shown:  # DANCE's base map, drawn beside the decoy map
       shown.insert(shown.index("decoy"), "gradient")
 
+  # Per example (`distributed.per_example`): example i's key is fold_in(key, i), so its map
+  # does not depend on the chunking, the device count or the number of processes; the
+  # examples are sharded over every device of every process (`rattr launch -n N -- explain`).
+  mesh = dist.data_mesh() if jax.device_count() > 1 else None
+  xs, ts = np.asarray(x), np.asarray(target)
   sal, raw, timing = {}, {}, {}
   for name in shown:
     size = min(CHUNK.get(name, len(x)), len(x))
-    # Compile once ahead of time (the timing excludes it), then run chunk by chunk.
-    compiled = jax.jit(table[name]).lower(x[:size], target[:size]).compile()
+    run = dist.per_example(table[name], mesh, batch_argnums=(1, 2))
+
+    def chunk(s):
+      ix = np.minimum(np.arange(s, s + size), len(xs) - 1)  # the last chunk padded: one shape
+      return dist.gather(run(fn, xs[ix], ts[ix], key=key, index=ix.astype(np.int32)))
+
+    jax.block_until_ready(chunk(0))  # compile first (the timing excludes it)
     parts, secs = [], 0.0
     with _common.Progress(f"explaining: {name}", len(x), unit=" examples", con=con) as prog:
       for s in range(0, len(x), size):
-        xc, tc = x[s:s + size], target[s:s + size]
-        n = len(xc)
-        if n < size:  # pad the last chunk: same compiled shape
-          xc = jnp.concatenate([xc, jnp.repeat(xc[-1:], size - n, 0)])
-          tc = jnp.concatenate([tc, jnp.repeat(tc[-1:], size - n, 0)])
+        n = min(size, len(x) - s)
         t0 = time.perf_counter()
-        parts.append(np.asarray(jax.block_until_ready(compiled(xc, tc)))[:n])
+        parts.append(np.asarray(chunk(s))[:n])
         secs += time.perf_counter() - t0
         prog.advance(n)
     attr = np.concatenate(parts)
@@ -135,6 +137,8 @@ def run(args) -> int:
     raw[name] = attr
     sal[name] = np.asarray(maps.saliency_map(attr, reduce="abs_sum", normalize="sum_to_one"))
 
+  if not dist.is_main_process():
+    return 0  # process 0 writes the figure and the JSON
   os.makedirs(args.out, exist_ok=True)
   is_image = x.ndim == 4
   summary = {"dataset": data.name, "source": data.source, "model": args.model,
@@ -173,6 +177,8 @@ def run(args) -> int:
     fig = viz.feature_bars({n: raw[n] for n in shown}, os.path.join(args.out, "attributions.png"),
                            feature_names=data.feature_names, row_labels=labels, title=title)
   summary["figure"] = fig
+  summary["attributions"] = os.path.join(args.out, "attributions.npz")
+  np.savez(summary["attributions"], **raw)  # per method: [num_images, *input shape]
   path = _common.write_json(os.path.join(args.out, "summary.json"), summary)
   _common.print_table(f"attributions of {len(x)} test examples",
                       ["method", "ms/example", "mass in top 10%", f"Spearman vs {shown[0]}",
