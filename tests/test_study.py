@@ -1,6 +1,7 @@
 """`rattr study`: statistics against scipy, config errors, and a tiny study end to end."""
 
 import csv
+import json
 import math
 import os
 import signal
@@ -133,6 +134,8 @@ def _write(tmp_path, text, name="c.toml"):
     (lambda t: t.replace("epsilons = [0.1]", "epsilons = [8]"), "attacks.epsilons"),
     (lambda t: t.replace("seeds = [0, 1]", "seeds = [0, 0]"), "training.seeds"),
     (lambda t: t.replace("[training]", "[training]\nbogus = 1"), "training.bogus"),
+    (lambda t: t.replace("[training]", '[training]\nvectorize_seeds = "maybe"'),
+     "training.vectorize_seeds"),
     (lambda t: t + '\n[explainers.decoy]\nbase = "lime"\n', "explainers.decoy.base"),
     (lambda t: t + "\n[explainers.decoy]\npatches = 3\n", "explainers.decoy.patches"),
     (lambda t: t + '\n[explainers.decoy]\nlayer = "conv9"\n', "explainers.decoy.layer"),
@@ -204,6 +207,9 @@ def test_tiny_study_end_to_end(tmp_path):
   rows = study.read_scores(str(out / "scores.csv"))
   methods = {r["method"] for r in rows}
   assert methods == {"ce", "softplus"}
+  # MLP seeds are trained as one vmapped program (training.vectorize_seeds = "auto")
+  done = [json.loads(p.read_text()) for p in sorted(out.glob("models/*/DONE.json"))]
+  assert len(done) == 6 and all(d.get("vectorized_seeds") for d in done)
   # one row per (method, seed, explainer, attack/metric, eps, example)
   keys = [(r["method"], r["seed"], r["explainer"], r["attack"], r["metric"], r["epsilon"],
            r["example"]) for r in rows]

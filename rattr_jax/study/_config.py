@@ -38,6 +38,12 @@ SANITY = ("random_map", "parameter_randomization")
 DIAGNOSTICS = ("accuracy", "robust_accuracy", "train_time", "gradient_norm", "hessian_top_eig",
                "hessian_frobenius")
 MODELS = ("cnn", "mlp", "lenet", "resnet18")
+#: ``training.vectorize_seeds``: train the seeds of a method as one vmapped program
+#: (`rattr_jax.training.train_many`). ``auto``: where it was measured to win (the MLP; on the
+#: conv nets it loses, see the README's speed section); ``always``; ``never``.
+VECTORIZE = ("auto", "always", "never")
+#: Models on which ``auto`` vectorizes the seeds.
+VECTORIZE_WINS = ("mlp",)
 STAGES = ("train", "explain", "attack", "score", "aggregate", "report")
 
 # Training-method keys passed through to `rattr_jax.training.MethodConfig`.
@@ -213,6 +219,7 @@ class StudyConfig:
   diagnostics: DiagnosticSpec
   baseline_method: str
   source: str = ""
+  vectorize_seeds: str = "auto"
 
   def method(self, label: str) -> MethodSpec:
     return {m.label: m for m in self.methods}[label]
@@ -354,7 +361,12 @@ def parse_config(raw: dict[str, Any], *, source: str = "") -> StudyConfig:
                     split_seed=_posint(dt.get("split_seed", 0), "data.split_seed", minimum=0))
 
   tr = _table(raw, "training", "training")
-  _unknown(tr, {"seeds", "epochs", "batch_size", "learning_rate", "baseline"}, "training")
+  _unknown(tr, {"seeds", "epochs", "batch_size", "learning_rate", "baseline", "vectorize_seeds"},
+           "training")
+  vectorize = tr.get("vectorize_seeds", "auto")
+  vectorize = {True: "always", False: "never"}.get(vectorize, vectorize) \
+      if isinstance(vectorize, bool) else vectorize
+  _choice(vectorize, "training.vectorize_seeds", VECTORIZE)
   seeds = tr.get("seeds", [0])
   if (not isinstance(seeds, list) or not seeds
       or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31
@@ -439,7 +451,8 @@ def parse_config(raw: dict[str, Any], *, source: str = "") -> StudyConfig:
                      model_settings=model_settings, data=data, seeds=tuple(seeds), epochs=epochs,
                      batch_size=batch_size, learning_rate=lr, methods=methods,
                      explainers=explainers, attacks=attacks, metrics=metrics,
-                     diagnostics=diagnostics, baseline_method=baseline, source=source)
+                     diagnostics=diagnostics, baseline_method=baseline, source=source,
+                     vectorize_seeds=vectorize)
 
 
 def preset_names() -> tuple[str, ...]:

@@ -76,10 +76,73 @@ def _data_parallel():
 
 
 def _model_key(config: C.StudyConfig, spec: C.MethodSpec, seed: int) -> str:
-  return C.stable_hash({"locked": config.locked(), "method": dataclasses.asdict(spec),
-                        "seed": seed, "epochs": spec.epochs or config.epochs,
-                        "batch_size": config.batch_size,
-                        "lr": spec.learning_rate or config.learning_rate})
+  payload = {"locked": config.locked(), "method": dataclasses.asdict(spec),
+             "seed": seed, "epochs": spec.epochs or config.epochs,
+             "batch_size": config.batch_size, "lr": spec.learning_rate or config.learning_rate}
+  if _vectorized(config, spec):  # another training procedure: another model
+    payload["vectorized"] = True
+  return C.stable_hash(payload)
+
+
+MAX_LOSS = 1e6  # a finite loss above this is divergence (as in `rattr_jax.training.train`)
+
+
+def _vectorized(config: C.StudyConfig, spec: C.MethodSpec) -> bool:
+  """Whether the seeds of ``spec`` are trained as one vmapped program (`train_many`)."""
+  if spec.objective == "senn" or len(config.seeds) < 2:
+    return False
+  v = config.vectorize_seeds
+  return v == "always" or (v == "auto" and config.model in C.VECTORIZE_WINS)
+
+
+def _train_group(config: C.StudyConfig, spec: C.MethodSpec, seeds: list[int], data) -> dict:
+  """The seeds of one method trained as one program (`rattr_jax.training.train_many`).
+
+  Every seed starts from its own initialisation and sees its own data order; the models
+  train on the first ``data.max_train`` training images (no validation split) with the
+  method's terms and optimizer. There are no per-epoch checkpoints: a group killed
+  mid-way is retrained from the start. Each model's ``train_time`` is the group's wall
+  time divided by the number of seeds. A model whose epoch-mean loss is not finite, or
+  above `MAX_LOSS`, is reported as stopped (vmapped models do not affect each other).
+  """
+  import types
+  from rattr_jax import training
+  cfgs = [_train_config(config, spec, s) for s in seeds]
+  models = [_build_model(c, data) for c in cfgs]
+  n = config.data.max_train or len(data.x_train)
+  x = np.asarray(data.x_train[:n], np.float32)
+  y = np.asarray(data.y_train[:n], np.int32)
+  c0 = cfgs[0]
+  tx, _ = training.make_optimizer(c0.optimizer, len(x) // c0.batch_size, c0.epochs)
+  t0 = time.perf_counter()
+  res = training.train_many(models, tx, c0.terms, x, y, epochs=c0.epochs,
+                            batch_size=c0.batch_size, seeds=list(seeds))
+  losses = np.asarray(res.losses, np.float64)
+  dt = (time.perf_counter() - t0) / len(seeds)
+  out = {}
+  for i, seed in enumerate(seeds):
+    loss = losses[i]
+    means = ", ".join(f"{v:.4g}" for v in loss)
+    model, status = None, "completed"
+    message = f"Trained {c0.epochs} epochs with {len(seeds)} seeds in one program."
+    if not np.all(np.isfinite(loss)):
+      status = "nan"
+      message = (f"Non-finite training loss (epoch means: {means}); training stopped "
+                 f"(seeds trained as one program; the others are unaffected).")
+    elif np.any(np.abs(loss) > MAX_LOSS):
+      status = "diverged"
+      message = (f"Training diverged: epoch-mean loss above {MAX_LOSS:g} ({means}). "
+                 f"Try a smaller learning rate.")
+    else:
+      model = res.model(i)
+    out[seed] = types.SimpleNamespace(status=status, message=message, model=model,
+                                      train_time=dt, epochs=c0.epochs)
+  return out
+
+
+def _model_dir(out: str, config: C.StudyConfig, spec: C.MethodSpec, seed: int) -> str:
+  return os.path.join(out, "models",
+                      f"{spec.label}-s{seed}-{_model_key(config, spec, seed)[:8]}")
 
 
 def _build_model(cfg, data):
@@ -270,9 +333,10 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
     t0 = time.perf_counter()
     todo = [(s, seed) for s in config.methods for seed in config.seeds]
     st = prog.stage("train", len(todo))
+    group: dict = {}  # seeds trained together, waiting for their turn in the loop
     for spec, seed in todo:
       key = _model_key(config, spec, seed)
-      path = os.path.join(out, "models", f"{spec.label}-s{seed}-{key[:8]}")
+      path = _model_dir(out, config, spec, seed)
       done_file = os.path.join(path, "DONE.json")
       if "train" in forced and os.path.exists(path) and path not in redone:
         if main:
@@ -294,14 +358,26 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
           trained[run.name] = (functools.partial(_restore_model, cfg, data, path), spec)
         st.advance(f"{spec.label} s{seed}", cached=True)
         continue
-      res = training.train(cfg, dataset=data, out_dir=path, resume=resume, progress=False)
-      train_time = float(sum(h.get("seconds", 0.0) for h in res.history))
+      if _vectorized(config, spec):
+        if (spec.label, seed) not in group:
+          done_now = R.agree([main and os.path.exists(os.path.join(
+              _model_dir(out, config, spec, s), "DONE.json")) for s in config.seeds])
+          pending = [s for s, d in zip(config.seeds, done_now) if not d]
+          group.update({(spec.label, s): r for s, r in
+                        _train_group(config, spec, pending, data).items()})
+        res = group.pop((spec.label, seed))
+        train_time, epochs, extra = res.train_time, res.epochs, {"vectorized_seeds": True}
+      else:
+        res = training.train(cfg, dataset=data, out_dir=path, resume=resume, progress=False)
+        train_time = float(sum(h.get("seconds", 0.0) for h in res.history))
+        epochs, extra = len(res.history), {}
       run = ModelRun(spec.label, seed, key, path, res.status, res.message, train_time)
+      os.makedirs(path, exist_ok=True)
       if res.status == "completed":
         _save_model(res.model, path)
       if main:
         R.write_json(done_file, {"status": res.status, "message": res.message,
-                                 "train_time": train_time, "epochs": len(res.history)})
+                                 "train_time": train_time, "epochs": epochs, **extra})
       runs.append(run)
       if res.status != "completed":
         failures.append({"model": run.name, "message": res.message})
