@@ -261,8 +261,11 @@ if mode == "ok":
   sys.exit(0)
 if mode == "fail" and pid == 2:
   sys.exit(7)
-signal.signal(signal.SIGTERM, lambda *a: (open(os.path.join(sys.argv[2], f"term{pid}"), "w").close(),
-                                          sys.exit(143)))
+if mode == "ignore":  # like a process of a jax.distributed job (SIGTERM = preemption notice)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+else:
+  signal.signal(signal.SIGTERM, lambda *a: (open(os.path.join(sys.argv[2], f"term{pid}"), "w").close(),
+                                            sys.exit(143)))
 open(os.path.join(sys.argv[2], f"started{pid}"), "w").close()
 time.sleep(120)
 """
@@ -299,6 +302,22 @@ def test_launch_forwards_sigterm(tmp_path):
   assert p.wait(timeout=60) == 143
   assert sorted(f for f in os.listdir(tmp_path) if f.startswith("term")) == [
       "term0", "term1", "term2"]
+
+
+def test_launch_kills_processes_that_ignore_sigterm(tmp_path):
+  code = ("import sys; from rattr_jax import distributed as _launch; "
+          "from rattr_jax.distributed import _launch as L; L.GRACE_SECONDS = 1.0; "
+          f"sys.exit(_launch.launch([sys.executable, '-c', {_CHILD!r}, 'ignore', {str(tmp_path)!r}], "
+          "num_processes=3, devices_per_process=2))")
+  p = subprocess.Popen([sys.executable, "-c", code], env=subprocess_env(1), cwd=ROOT)
+  deadline = time.monotonic() + 60
+  while len([f for f in os.listdir(tmp_path) if f.startswith("started")]) < 3:
+    assert time.monotonic() < deadline and p.poll() is None
+    time.sleep(0.1)
+  t0 = time.monotonic()
+  p.send_signal(signal.SIGTERM)
+  assert p.wait(timeout=60) == 143  # the children sleep 120 s: they were killed
+  assert time.monotonic() - t0 < 30
 
 
 def test_launch_cli_rejects_bad_input(capsys):

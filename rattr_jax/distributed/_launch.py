@@ -17,7 +17,9 @@ from collections.abc import Mapping, Sequence
 
 from rattr_jax.distributed import _multihost as M
 
-#: Seconds between SIGTERM and SIGKILL when stopping the other processes.
+#: Seconds between SIGTERM and SIGKILL when stopping the other processes, and between a
+#: forwarded SIGINT/SIGTERM and SIGKILL for processes that do not exit on it (a process in
+#: which `jax.distributed` runs may keep going on SIGTERM: it is JAX's preemption notice).
 GRACE_SECONDS = 10.0
 
 
@@ -57,7 +59,7 @@ def launch(command: Sequence[str], *, num_processes: int, devices_per_process: i
   ``JAX_NUM_CPU_DEVICES`` and ``RATTR_HEARTBEAT_TIMEOUT``; the command must
   call `initialize` (``python -m rattr_jax.distributed <rattr command>``
   does). SIGINT and SIGTERM received by the launcher are forwarded to every
-  process. When one process exits with an error the others are terminated
+  process; those still running `GRACE_SECONDS` later are killed. When one process exits with an error the others are terminated
   (SIGTERM, then SIGKILL after `GRACE_SECONDS`).
 
   Returns:
@@ -74,8 +76,11 @@ def launch(command: Sequence[str], *, num_processes: int, devices_per_process: i
   procs: list[subprocess.Popen] = []
   received: list[int] = []
 
+  signalled: list[float] = []
+
   def forward(signum, _frame):
     received.append(signum)
+    signalled.append(time.monotonic())
     for p in procs:
       if p.poll() is None:
         try:
@@ -92,7 +97,11 @@ def launch(command: Sequence[str], *, num_processes: int, devices_per_process: i
           env=process_env(i, num_processes, coordinator, devices_per_process=devices_per_process,
                           heartbeat_timeout=heartbeat_timeout, base=env)))
     while any(p.poll() is None for p in procs):
-      if failed is None:
+      if signalled and time.monotonic() - signalled[0] > GRACE_SECONDS:
+        for p in procs:
+          if p.poll() is None:
+            p.kill()
+      if failed is None and not received:
         for p in procs:
           rc = p.poll()
           if rc not in (None, 0):
@@ -101,10 +110,10 @@ def launch(command: Sequence[str], *, num_processes: int, devices_per_process: i
         if failed is not None:
           _stop(procs)
       time.sleep(poll_seconds)
+    if failed is None and received:  # stopped by a signal: its status, as a shell reports it
+      failed = 128 + received[0]
     if failed is None:
       failed = next((_exit_code(p.returncode) for p in procs if p.returncode != 0), None)
-    if failed is None and received:
-      failed = 128 + received[0]
     return 0 if failed is None else failed
   finally:
     _stop(procs)
