@@ -462,5 +462,5 @@ def test_dense_hessian_matches_closed_form(x64):
   fn, a = _quadratic(n=10)
   x = _randn(1, 4, 10)
   t = jnp.array([0, 1, 2, 1])
-  np.testing.assert_allclose(C.dense_hessian(fn, x, t, batch_size=4), a[np.asarray(t)],
+  np.testing.assert_allclose(C.dense_hessian(fn, x, t, chunk_size=4), a[np.asarray(t)],
                              atol=1e-12)

@@ -64,7 +64,7 @@ def _patch_mask(offset, shape, k):
 
 
 # ----------------------------------------------------------- constraints ----
-# Examples differ in traced values (weights, inputs, epsilon, bounds) and in
+# Examples differ in traced values (weights, inputs, epsilon, input range) and in
 # two (patch_size, stride) pairs, so the solver compiles at most twice.
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 2**16), geometry=st.sampled_from([(2, 2), (3, 1)]),
@@ -300,8 +300,12 @@ def test_bad_input_raises_value_error():
     A.decoy_saliency(fn, x, 0, aggregation="median", **ok)
   with pytest.raises(ValueError, match="base"):
     A.decoy_saliency(fn, x, 0, base="lrp", **ok)
-  with pytest.raises(ValueError, match="bounds"):
+  with pytest.raises(ValueError, match="`x` must lie inside `input_range`"):
     A.decoy_saliency(fn, x + 2.0, 0, **ok)
+  with pytest.raises(ValueError, match="`input_range` must satisfy lo < hi"):
+    A.decoy_saliency(fn, x, 0, input_range=(1.0, 0.0), **ok)
+  with pytest.raises(TypeError):
+    A.decoy_saliency(fn, x, 0, bounds=(0.0, 1.0), **ok)  # the old name is gone
   with pytest.raises(ValueError, match="key"):
     A.decoy_saliency(fn, x, 0, layer=lambda z: z, key=None)
   model = models.create_model("cnn", input_shape=(8, 8, 1), num_classes=3, seed=0)

@@ -49,7 +49,7 @@ def test_influence_predicts_upweighting_retrain(x64):
   lam = 0.05
   theta = _newton_fit(jnp.zeros((4, 3), jnp.float64), phi, y, lam, jnp.ones(40))
   last = I.LastLayer(lambda z: z, theta[:-1], theta[-1])
-  state = I.fit_influence(last, phi, y, damping=lam, batch_size=None)
+  state = I.fit_influence(last, phi, y, damping=lam, chunk_size=None)
   x_t = jax.random.normal(key, (2, 3), jnp.float64)
   t = jnp.array([0, 2])
   scores = I.influence(state, x_t, t)

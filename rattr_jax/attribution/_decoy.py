@@ -172,7 +172,7 @@ def decoy_saliency(fn: Callable, x: Float[Array, "B H W C"], target: Target, *,
                    base: Any = "gradient",
                    aggregation: str = "range", patch_size: int = 3,
                    stride: int | None = None, epsilon: float = 0.1,
-                   bounds: tuple[float, float] | None = (0.0, 1.0), max_change: Any = None,
+                   input_range: tuple[float, float] | None = (0.0, 1.0), max_change: Any = None,
                    num_steps: int = 100, step_size: float = 0.05,
                    init_multiplier: float = 1.0, growth: float = 1.02,
                    init_scale: float = 0.01, chunk_size: int | None = 256,
@@ -190,7 +190,7 @@ def decoy_saliency(fn: Callable, x: Float[Array, "B H W C"], target: Target, *,
 
   Args:
     fn: model, mapping a batch ``[B, H, W, C]`` to logits ``[B, C']``.
-    x: images ``[B, H, W, C]`` (NHWC) inside ``bounds``.
+    x: images ``[B, H, W, C]`` (NHWC) inside ``input_range``.
     target: class index, an int or an int array ``[B]``.
     layer: ``F_l``, a function ``features(x) -> [B, ...]`` (any model), or the
       name of a layer of ``model`` (`rattr_jax.models.layer_names`; an unknown
@@ -204,7 +204,7 @@ def decoy_saliency(fn: Callable, x: Float[Array, "B H W C"], target: Target, *,
       called under `lax.map` on one decoy at a time, with the same key for
       every decoy).
     aggregation: ``"range"`` (DANCE) or ``"mean"`` (the paper's ablation).
-    patch_size, stride, epsilon, bounds, max_change, num_steps, step_size,
+    patch_size, stride, epsilon, input_range, max_change, num_steps, step_size,
       init_multiplier, growth, init_scale: decoy generation, see
       `rattr_jax.attribution.generate_decoys`.
     chunk_size: decoy problems solved (and decoys explained) at once; bounds
@@ -253,7 +253,7 @@ def decoy_saliency(fn: Callable, x: Float[Array, "B H W C"], target: Target, *,
                      "name of `model`) unless precomputed `decoys` are passed.")
   patch_size, stride = S.check_geometry(x, patch_size, stride)
   features = S.resolve_features(layer, model, x)
-  lo, hi = S.check_bounds(bounds, x)
+  lo, hi = S.check_bounds(input_range, x)
   mc = S.check_max_change(max_change, x)
   num_steps = V.check_positive_int(num_steps, name="num_steps")
   hyper = S.make_hyper(x, epsilon=epsilon, step_size=step_size,

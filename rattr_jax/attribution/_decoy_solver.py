@@ -357,28 +357,29 @@ def check_geometry(x: jax.Array, patch_size: Any, stride: Any) -> tuple[int, int
   return patch_size, stride
 
 
-def check_bounds(bounds: Any, x: jax.Array):
+def check_bounds(input_range: Any, x: jax.Array):
   """Returns ``(lo, hi)`` as arrays (or None) and checks ``lo <= x <= hi``."""
-  if bounds is None:
+  if input_range is None:
     return None, None
   try:
-    lo, hi = bounds
+    lo, hi = input_range
   except (TypeError, ValueError):
-    raise ValueError(f"`bounds` must be None or a pair (lo, hi); got {bounds!r}.") from None
+    raise ValueError(f"`input_range` must be None or a pair (lo, hi); got "
+                     f"{input_range!r}.") from None
   lo = None if lo is None else jnp.asarray(lo, x.dtype)
   hi = None if hi is None else jnp.asarray(hi, x.dtype)
   for v, nm in ((lo, "lo"), (hi, "hi")):
     if v is not None and v.ndim != 0:
-      raise ValueError(f"`bounds` {nm} must be a scalar; got shape {tuple(v.shape)}.")
+      raise ValueError(f"`input_range` {nm} must be a scalar; got shape {tuple(v.shape)}.")
   if lo is not None and hi is not None and V.is_concrete(lo) and V.is_concrete(hi):
     if not float(lo) < float(hi):
-      raise ValueError(f"`bounds` must satisfy lo < hi; got {bounds!r}.")
+      raise ValueError(f"`input_range` must satisfy lo < hi; got {input_range!r}.")
   if V.is_concrete(x):
     xn = np.asarray(x)
     if (lo is not None and V.is_concrete(lo) and xn.min() < float(lo)) or (
         hi is not None and V.is_concrete(hi) and xn.max() > float(hi)):
-      raise ValueError(f"`x` must lie inside `bounds` {tuple(bounds)}; got values in "
-                       f"[{xn.min():.4g}, {xn.max():.4g}]. Pass bounds=None for no range "
+      raise ValueError(f"`x` must lie inside `input_range` {tuple(input_range)}; got values in "
+                       f"[{xn.min():.4g}, {xn.max():.4g}]. Pass input_range=None for no range "
                        "constraint.")
   return lo, hi
 
@@ -406,7 +407,7 @@ def make_hyper(x, *, epsilon, step_size, init_multiplier, growth, init_scale) ->
 
 def generate_decoys(layer: Any, x: jax.Array, *, key: jax.Array, model: Any = None,
                     patch_size: int = 3, stride: int | None = None, epsilon: float = 0.1,
-                    bounds: tuple[float, float] | None = (0.0, 1.0), max_change: Any = None,
+                    input_range: tuple[float, float] | None = (0.0, 1.0), max_change: Any = None,
                     num_steps: int = 100, step_size: float = 0.05,
                     init_multiplier: float = 1.0, growth: float = 1.02,
                     init_scale: float = 0.01, chunk_size: int | None = 256) -> DecoyResult:
@@ -418,7 +419,7 @@ def generate_decoys(layer: Any, x: jax.Array, *, key: jax.Array, model: Any = No
     layer: the feature map ``F_l``: a function ``features(x) -> [B, ...]`` (any
       model) or the name of a layer of ``model`` (see
       `rattr_jax.models.layer_names`).
-    x: images ``[B, H, W, C]`` (NHWC) inside ``bounds``.
+    x: images ``[B, H, W, C]`` (NHWC) inside ``input_range``.
     key: PRNG key for the random start inside each patch (required).
     model: the Flax NNX model when ``layer`` is a name.
     patch_size: side ``K`` of the square patch (all channels).
@@ -426,7 +427,7 @@ def generate_decoys(layer: Any, x: jax.Array, *, key: jax.Array, model: Any = No
       last patch flush with the border is added when needed (`patch_offsets`).
     epsilon: tolerance of ``||F_l(decoy) - F_l(x)||_inf``, in the units of
       layer ``l``; ``0`` allows only changes invisible to ``F_l``.
-    bounds: valid input range ``(lo, hi)``, or ``None``.
+    input_range: valid input range ``(lo, hi)``, or ``None``.
     max_change: optional per-feature bound ``|decoy_i - x_i| <= max_change_i``
       (the paper's ``C2 delta_i``): a scalar, ``[H, W, C]`` or ``[B, H, W, C]``.
     num_steps: projected-Adam steps per problem.
@@ -448,7 +449,7 @@ def generate_decoys(layer: Any, x: jax.Array, *, key: jax.Array, model: Any = No
   V.check_key(key)
   patch_size, stride = check_geometry(x, patch_size, stride)
   features = resolve_features(layer, model, x)
-  lo, hi = check_bounds(bounds, x)
+  lo, hi = check_bounds(input_range, x)
   mc = check_max_change(max_change, x)
   num_steps = V.check_positive_int(num_steps, name="num_steps")
   chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")

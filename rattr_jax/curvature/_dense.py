@@ -13,8 +13,8 @@ from rattr_jax._typing import Target
 from rattr_jax.curvature import _hvp
 
 
-@jit_with_callables(static_argnames=("objective", "mode", "batch_size"))
-def _dense_hessian(fn, x, t, objective, mode, batch_size):
+@jit_with_callables(static_argnames=("objective", "mode", "chunk_size"))
+def _dense_hessian(fn, x, t, objective, mode, chunk_size):
   bsz = x.shape[0]
   n = _hvp.num_features(x)
   _, op = _hvp.input_hessian_operator(fn, x, t, objective, mode)
@@ -23,14 +23,14 @@ def _dense_hessian(fn, x, t, objective, mode, batch_size):
   def column(e):  # the same basis vector for every example
     return op(jnp.broadcast_to(e, (bsz, n)).reshape(x.shape)).reshape(bsz, n)
 
-  cols = jax.lax.map(column, eye, batch_size=batch_size)             # [n, B, n]
+  cols = jax.lax.map(column, eye, batch_size=chunk_size)             # [n, B, n]
   h = jnp.transpose(cols, (1, 2, 0))
   return 0.5 * (h + jnp.swapaxes(h, 1, 2))
 
 
 def dense_hessian(fn: Callable, x: jax.Array, target: Target, *, objective: str = "logit",
                   mode: str = "auto", max_features: int = 4096,
-                  batch_size: int | None = 64) -> jax.Array:
+                  chunk_size: int | None = 64) -> jax.Array:
   """The full input Hessian ``[B, n, n]`` of each example (explicit small-input option).
 
   Built column by column from ``n`` batched Hessian-vector products and
@@ -45,18 +45,18 @@ def dense_hessian(fn: Callable, x: jax.Array, target: Target, *, objective: str 
     objective: ``"logit"`` or ``"loss"``.
     mode: as in `hvp`.
     max_features: the largest ``n`` accepted.
-    batch_size: columns computed at once.
+    chunk_size: columns computed at once.
 
   Returns:
     ``[B, n, n]`` with ``n`` the flattened feature index of ``x[b]``.
   """
   x, t, mode = _hvp.prepare(fn, x, target, objective, mode)
   max_features = V.check_positive_int(max_features, name="max_features")
-  batch_size = V.check_optional_positive_int(batch_size, name="batch_size")
+  chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")
   n = _hvp.num_features(x)
   if n > max_features:
     raise ValueError(
         f"`x` has {n} features per example, more than `max_features` ({max_features}); a dense "
         "Hessian would need B*n^2 floats. Use the matrix-free functions (hvp, hessian_eigs) or "
         "raise `max_features` explicitly.")
-  return _dense_hessian(fn, x, t, objective, mode, batch_size)
+  return _dense_hessian(fn, x, t, objective, mode, chunk_size)

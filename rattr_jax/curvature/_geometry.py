@@ -170,17 +170,17 @@ def effective_rank_from_density(density, kind: str) -> jax.Array:
 
 
 @jit_with_callables(static_argnames=("num_samples", "num_iters", "objective", "mode",
-                                     "batch_size", "kind"))
-def _effective_rank(fn, x, t, key, num_samples, num_iters, objective, mode, batch_size, kind):
+                                     "chunk_size", "kind"))
+def _effective_rank(fn, x, t, key, num_samples, num_iters, objective, mode, chunk_size, kind):
   dens = _spectrum._spectral_density(fn, x, t, key, num_samples, num_iters, objective, mode,
-                                     batch_size)
+                                     chunk_size)
   return effective_rank_from_density(dens, kind)
 
 
 def effective_rank(fn: Callable, x: jax.Array, target: Target, *, key: jax.Array,
                    num_samples: int = 4, num_iters: int = 30, kind: str = "entropy",
                    objective: str = "logit", mode: str = "auto",
-                   batch_size: int | None = None) -> jax.Array:
+                   chunk_size: int | None = None) -> jax.Array:
   """Effective rank of each example's input Hessian, from SLQ traces.
 
   With eigenvalues ``lambda_i``:
@@ -208,7 +208,7 @@ def effective_rank(fn: Callable, x: jax.Array, target: Target, *, key: jax.Array
     kind: ``"entropy"``, ``"stable"`` or ``"participation"``.
     objective: ``"logit"`` or ``"loss"``.
     mode: as in `hvp`.
-    batch_size: probes processed at once.
+    chunk_size: probes processed at once.
 
   Returns:
     ``[B]`` effective ranks in ``[0, n]``.
@@ -220,10 +220,10 @@ def effective_rank(fn: Callable, x: jax.Array, target: Target, *, key: jax.Array
   x, t, mode = _hvp.prepare(fn, x, target, objective, mode)
   num_samples = V.check_positive_int(num_samples, name="num_samples")
   _, num_iters = _spectrum.check_iters(None, num_iters, _hvp.num_features(x))
-  batch_size = V.check_optional_positive_int(batch_size, name="batch_size")
+  chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")
   V.check_choice(kind, EFFECTIVE_RANKS, name="kind")
   key = V.check_key(key)
-  return _effective_rank(fn, x, t, key, num_samples, num_iters, objective, mode, batch_size,
+  return _effective_rank(fn, x, t, key, num_samples, num_iters, objective, mode, chunk_size,
                          kind)
 
 

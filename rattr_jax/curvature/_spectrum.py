@@ -99,7 +99,7 @@ def hessian_eigs(fn: Callable, x: jax.Array, target: Target, *, k: int, num_iter
 
 
 def slq(matvec: Callable, shape: tuple[int, int], dtype, key: jax.Array, num_samples: int,
-        num_iters: int, batch_size: int | None) -> tuple[jax.Array, jax.Array]:
+        num_iters: int, chunk_size: int | None) -> tuple[jax.Array, jax.Array]:
   """Nodes and weights ``[B, S, m]`` from ``num_samples`` Rademacher probes."""
   keys = jax.random.split(key, num_samples)
 
@@ -110,23 +110,23 @@ def slq(matvec: Callable, shape: tuple[int, int], dtype, key: jax.Array, num_sam
     theta, s = _lanczos.tridiagonal_eigh(tri)
     return theta, s[:, 0, :] ** 2
 
-  nodes, weights = jax.lax.map(one, keys, batch_size=batch_size)     # [S, B, m]
+  nodes, weights = jax.lax.map(one, keys, batch_size=chunk_size)     # [S, B, m]
   return jnp.swapaxes(nodes, 0, 1), jnp.swapaxes(weights, 0, 1)
 
 
 @jit_with_callables(static_argnames=("num_samples", "num_iters", "objective", "mode",
-                                     "batch_size"))
-def _spectral_density(fn, x, t, key, num_samples, num_iters, objective, mode, batch_size):
+                                     "chunk_size"))
+def _spectral_density(fn, x, t, key, num_samples, num_iters, objective, mode, chunk_size):
   _, op = _hvp.input_hessian_operator(fn, x, t, objective, mode)
   n = _hvp.num_features(x)
   nodes, weights = slq(_hvp.flat_operator(op, x.shape), (x.shape[0], n), x.dtype, key,
-                       num_samples, num_iters, batch_size)
+                       num_samples, num_iters, chunk_size)
   return SpectralDensity(nodes, weights, n)
 
 
 def spectral_density(fn: Callable, x: jax.Array, target: Target, *, key: jax.Array,
                      num_samples: int = 4, num_iters: int = 30, objective: str = "logit",
-                     mode: str = "auto", batch_size: int | None = None) -> SpectralDensity:
+                     mode: str = "auto", chunk_size: int | None = None) -> SpectralDensity:
   """Stochastic Lanczos quadrature (SLQ) of each example's Hessian spectrum.
 
   Each of ``num_samples`` Rademacher probes runs ``num_iters`` Lanczos steps;
@@ -143,7 +143,7 @@ def spectral_density(fn: Callable, x: jax.Array, target: Target, *, key: jax.Arr
     num_iters: Lanczos steps per probe, ``<= n``.
     objective: ``"logit"`` or ``"loss"``.
     mode: as in `hvp`.
-    batch_size: probes processed at once (memory bound); ``None`` for all.
+    chunk_size: probes processed at once (memory bound); ``None`` for all.
 
   Returns:
     A `SpectralDensity` with ``nodes``/``weights`` ``[B, num_samples,
@@ -158,9 +158,9 @@ def spectral_density(fn: Callable, x: jax.Array, target: Target, *, key: jax.Arr
   x, t, mode = _hvp.prepare(fn, x, target, objective, mode)
   num_samples = V.check_positive_int(num_samples, name="num_samples")
   _, num_iters = check_iters(None, num_iters, _hvp.num_features(x))
-  batch_size = V.check_optional_positive_int(batch_size, name="batch_size")
+  chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")
   key = V.check_key(key)
-  return _spectral_density(fn, x, t, key, num_samples, num_iters, objective, mode, batch_size)
+  return _spectral_density(fn, x, t, key, num_samples, num_iters, objective, mode, chunk_size)
 
 
 # ----------------------------------------------------------------------------

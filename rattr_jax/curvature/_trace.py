@@ -15,7 +15,7 @@ from rattr_jax.curvature._results import StochasticEstimate
 
 
 def probe_products(op: Callable, x: jax.Array, key: jax.Array, num_samples: int,
-                   batch_size: int | None) -> tuple[jax.Array, jax.Array]:
+                   chunk_size: int | None) -> tuple[jax.Array, jax.Array]:
   """``v^T H v`` and ``||H v||^2`` per example for Rademacher probes, ``[B, S]`` each."""
   axes = tuple(range(1, x.ndim))
 
@@ -24,7 +24,7 @@ def probe_products(op: Callable, x: jax.Array, key: jax.Array, num_samples: int,
     hv = op(v)
     return jnp.sum(v * hv, axis=axes), jnp.sum(hv * hv, axis=axes)
 
-  quad, sq = jax.lax.map(one, jax.random.split(key, num_samples), batch_size=batch_size)
+  quad, sq = jax.lax.map(one, jax.random.split(key, num_samples), batch_size=chunk_size)
   return quad.T, sq.T
 
 
@@ -37,11 +37,11 @@ def mean_and_stderr(samples: jax.Array) -> tuple[jax.Array, jax.Array]:
   return mean, jnp.std(samples, axis=-1, ddof=1) / jnp.sqrt(s)
 
 
-@jit_with_callables(static_argnames=("num_samples", "objective", "mode", "batch_size"))
-def _estimate(fn, x, t, key, num_samples, objective, mode, batch_size):
+@jit_with_callables(static_argnames=("num_samples", "objective", "mode", "chunk_size"))
+def _estimate(fn, x, t, key, num_samples, objective, mode, chunk_size):
   """Both estimates from the same probes (one compilation serves both functions)."""
   _, op = _hvp.input_hessian_operator(fn, x, t, objective, mode)
-  quad, sq = probe_products(op, x, key, num_samples, batch_size)
+  quad, sq = probe_products(op, x, key, num_samples, chunk_size)
   mean, se = mean_and_stderr(quad)
   trace = StochasticEstimate(mean, se, quad)
   mean, se = mean_and_stderr(sq)
@@ -51,17 +51,17 @@ def _estimate(fn, x, t, key, num_samples, objective, mode, batch_size):
   return trace, StochasticEstimate(norm, se_norm, sq)
 
 
-def _prepare(fn, x, target, key, num_samples, objective, mode, batch_size):
+def _prepare(fn, x, target, key, num_samples, objective, mode, chunk_size):
   x, t, mode = _hvp.prepare(fn, x, target, objective, mode)
   num_samples = V.check_positive_int(num_samples, name="num_samples")
-  batch_size = V.check_optional_positive_int(batch_size, name="batch_size")
+  chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")
   key = V.check_key(key)
-  return x, t, key, num_samples, mode, batch_size
+  return x, t, key, num_samples, mode, chunk_size
 
 
 def hutchinson_trace(fn: Callable, x: jax.Array, target: Target, *, key: jax.Array,
                      num_samples: int = 16, objective: str = "logit", mode: str = "auto",
-                     batch_size: int | None = None) -> StochasticEstimate:
+                     chunk_size: int | None = None) -> StochasticEstimate:
   """Hutchinson estimate of ``tr H_b`` (the Laplacian of the target logit).
 
   ``tr H = E[v^T H v]`` for Rademacher ``v``; the estimate is the mean of
@@ -76,7 +76,7 @@ def hutchinson_trace(fn: Callable, x: jax.Array, target: Target, *, key: jax.Arr
     num_samples: number of probes, ``> 0``.
     objective: ``"logit"`` or ``"loss"``.
     mode: as in `hvp`.
-    batch_size: probes processed at once; ``None`` for all.
+    chunk_size: probes processed at once; ``None`` for all.
 
   Returns:
     A `StochasticEstimate` (``estimate``, ``stderr``, ``samples`` ``[B, S]``).
@@ -86,14 +86,14 @@ def hutchinson_trace(fn: Callable, x: jax.Array, target: Target, *, key: jax.Arr
     Hutchinson, "A stochastic estimator of the trace of the influence matrix
     for Laplacian smoothing splines", 1989.
   """
-  x, t, key, num_samples, mode, batch_size = _prepare(fn, x, target, key, num_samples,
-                                                      objective, mode, batch_size)
-  return _estimate(fn, x, t, key, num_samples, objective, mode, batch_size)[0]
+  x, t, key, num_samples, mode, chunk_size = _prepare(fn, x, target, key, num_samples,
+                                                      objective, mode, chunk_size)
+  return _estimate(fn, x, t, key, num_samples, objective, mode, chunk_size)[0]
 
 
 def hessian_frobenius_norm(fn: Callable, x: jax.Array, target: Target, *, key: jax.Array,
                            num_samples: int = 16, objective: str = "logit",
-                           mode: str = "auto", batch_size: int | None = None
+                           mode: str = "auto", chunk_size: int | None = None
                            ) -> StochasticEstimate:
   """Hutchinson estimate of ``||H_b||_F``.
 
@@ -111,7 +111,7 @@ def hessian_frobenius_norm(fn: Callable, x: jax.Array, target: Target, *, key: j
     num_samples: number of probes, ``> 0``.
     objective: ``"logit"`` or ``"loss"``.
     mode: as in `hvp`.
-    batch_size: probes processed at once; ``None`` for all.
+    chunk_size: probes processed at once; ``None`` for all.
 
   Returns:
     A `StochasticEstimate` of the norm.
@@ -121,6 +121,6 @@ def hessian_frobenius_norm(fn: Callable, x: jax.Array, target: Target, *, key: j
     the trace of an implicit symmetric positive semi-definite matrix", J. ACM
     2011.
   """
-  x, t, key, num_samples, mode, batch_size = _prepare(fn, x, target, key, num_samples,
-                                                      objective, mode, batch_size)
-  return _estimate(fn, x, t, key, num_samples, objective, mode, batch_size)[1]
+  x, t, key, num_samples, mode, chunk_size = _prepare(fn, x, target, key, num_samples,
+                                                      objective, mode, chunk_size)
+  return _estimate(fn, x, t, key, num_samples, objective, mode, chunk_size)[1]

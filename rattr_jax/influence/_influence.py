@@ -65,17 +65,17 @@ def hessian_from_features(w_aug: jax.Array, phi: jax.Array) -> jax.Array:
   return h.reshape(dc, dc)
 
 
-def features(features_fn: Callable, x: jax.Array, batch_size: int | None) -> jax.Array:
-  """``features_fn`` over ``x`` in chunks of ``batch_size`` (jitted, `lax.map`)."""
-  if batch_size is None or batch_size >= x.shape[0]:
+def features(features_fn: Callable, x: jax.Array, chunk_size: int | None) -> jax.Array:
+  """``features_fn`` over ``x`` in chunks of ``chunk_size`` (jitted, `lax.map`)."""
+  if chunk_size is None or chunk_size >= x.shape[0]:
     return jax.jit(features_fn)(x)
   n = x.shape[0]
-  nb = -(-n // batch_size)
-  pad = nb * batch_size - n
+  nb = -(-n // chunk_size)
+  pad = nb * chunk_size - n
   xp = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)], axis=0) if pad else x
   out = jax.jit(lambda z: jax.lax.map(features_fn, z))(
-      xp.reshape((nb, batch_size) + x.shape[1:]))
-  return out.reshape((nb * batch_size,) + out.shape[2:])[:n]
+      xp.reshape((nb, chunk_size) + x.shape[1:]))
+  return out.reshape((nb * chunk_size,) + out.shape[2:])[:n]
 
 
 @struct.dataclass
@@ -115,7 +115,7 @@ def _fit(w_aug, phi, y, damping):
 
 
 def fit_influence(last: LastLayer, x_train, y_train, *, damping: float = 0.01,
-                  batch_size: int | None = 500) -> InfluenceState:
+                  chunk_size: int | None = 500) -> InfluenceState:
   """Fits the exact damped last-layer Hessian and the training directions.
 
   Cost: one feature pass over the training set, an ``O(N D^2 C^2)`` Hessian
@@ -126,7 +126,7 @@ def fit_influence(last: LastLayer, x_train, y_train, *, damping: float = 0.01,
     x_train: ``[N, *F]`` training inputs.
     y_train: ``[N]`` int training labels.
     damping: ``lambda > 0`` added to the Hessian's diagonal.
-    batch_size: training inputs per feature chunk (memory bound).
+    chunk_size: training inputs per feature chunk (memory bound).
 
   Returns:
     `InfluenceState`.
@@ -141,12 +141,12 @@ def fit_influence(last: LastLayer, x_train, y_train, *, damping: float = 0.01,
     raise ValueError(f"`y_train` must be an int array [N] = [{x_train.shape[0]}]; got "
                      f"shape {tuple(y.shape)} and dtype {y.dtype}.")
   V.check_positive(damping, name="damping")
-  batch_size = V.check_optional_positive_int(batch_size, name="batch_size")
+  chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")
   w_aug = _weights(last)
   num_classes = w_aug.shape[1]
   if V.is_concrete(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
     raise ValueError(f"`y_train` must lie in [0, {num_classes}).")
-  phi = features(last.features_fn, x_train, batch_size)
+  phi = features(last.features_fn, x_train, chunk_size)
   if phi.ndim != 2 or phi.shape[1] + 1 != w_aug.shape[0]:
     raise ValueError(f"`last.features_fn` must return [N, {w_aug.shape[0] - 1}] features; "
                      f"got {tuple(phi.shape)}.")
