@@ -46,7 +46,7 @@ VECTORIZE = ("auto", "always", "never")
 VECTORIZE_WINS = ("mlp",)
 STAGES = ("train", "explain", "attack", "score", "aggregate", "report")
 
-# Training-method keys passed through to `rattr_jax.training.MethodConfig`.
+# Training-method keys passed to `rattr_jax.training.method_terms` (set on every term that has the field).
 _METHOD_KEYS = {"epsilon": float, "lambda_l2": float, "lambda_cos": float, "perturbation": str,
                 "lam": float, "num_samples": int, "hessian_mode": str, "layers": tuple,
                 "form": str, "sensitivity_perturbation": str, "num_projections": int,
