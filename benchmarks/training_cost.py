@@ -8,9 +8,12 @@ eps 4/255 and (0.01, 1.0); Hessian lambda 1e-3, one probe; PGD / TRADES
 eps 8/255, 10 steps of 2/255; FGSM eps 8/255). Medians over repeats, methods
 timed round-robin.
 
-Peer (with the `bench` extra): a plain PyTorch implementation of the same
-gradient-alignment step (and a CE step) on the same architecture and the same
-weights, in the same run, round-robin with the JAX steps.
+Peers (with the `bench` extra): plain PyTorch steps of CE, gradient alignment,
+Hessian norm, activation sensitivity and PGD-AT (`torch_steps`) on the same
+architecture, weights and batch, round-robin with the JAX steps in the same
+process; ``torch_over_jax`` holds the paired per-repeat ratios (median, min,
+max) and ``peer_check`` shows that each torch regularizer equals rattr_jax's on
+the same random draw.
 
 Fused steps: `TrainStep.run` (the `lax.scan` over steps that `train()` uses)
 against `TrainStep.step`, per step, for CE and gradient alignment at batch 32
@@ -29,7 +32,11 @@ XLA flag (``--with-flag``): a second child with the YNN flag in XLA_FLAGS
 (read when the backend starts) times CE and gradient alignment again, single
 and fused, so the flag's effect stays on record.
 
-Usage: python benchmarks/training_cost.py [--quick] [--with-flag]
+Several models per program (``--many mlp,cnn,lenet``): `train_many`'s vmapped
+program against S sequential fused runs, S in ``--many-s`` (`many_rows`).
+
+Usage: python benchmarks/training_cost.py [--quick] [--with-flag [--flag F]]
+       [--methods ce,pgd,...] [--many mlp,cnn,lenet [--many-s 2,4,8]] [--out NAME.json]
 """
 
 from __future__ import annotations
