@@ -259,6 +259,7 @@ max_train = 128
 seeds = [3, 4]
 epochs = 1
 batch_size = 32
+vectorize_seeds = "never"  # every model trained data-parallel over the job's devices
 [methods.softplus]
 objective = "ce"
 activation = "softplus:3"

@@ -164,8 +164,12 @@ def _save_model(model, path: str) -> None:
   if R.is_main() and os.path.exists(target):
     shutil.rmtree(target)
   R.barrier("final-cleared")
+  state = nnx.state(model)
+  import jax
+  if jax.process_count() > 1:  # host values (every process has the same): process 0 writes
+    state = jax.tree_util.tree_map(np.asarray, jax.device_get(state))
   with ocp.StandardCheckpointer() as ck:  # every process calls it: orbax syncs, process 0 writes
-    ck.save(target, nnx.state(model))
+    ck.save(target, state)
     ck.wait_until_finished()
 
 
