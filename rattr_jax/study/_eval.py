@@ -287,38 +287,60 @@ def random_attribution(x, *, key) -> np.ndarray:
 
 
 # ------------------------------------------------------------------- diagnostics
+# Model diagnostics are per-example computations too: data-parallel over the mesh, with
+# keys folded by example index (the same values whatever the devices or processes).
+def _correct(fn, x, y):
+  return jnp.argmax(fn(x), -1) == y
+
+
+def _pgd_correct(fn, x, y, *, key, epsilon: float, num_steps: int):
+  x_adv = regularizers.pgd_adversary(fn, x, y, key=key, epsilon=epsilon,
+                                     step_size=2.5 * epsilon / num_steps, num_steps=num_steps)
+  return jnp.argmax(fn(x_adv), -1) == y
+
+
+def _geometry(fn, x, t, *, key, iters: int, samples: int):
+  g = attribution.gradient(fn, x, t)
+  eigs = curvature.hessian_eigs(fn, x, t, k=1, num_iters=iters, key=key)
+  fro = curvature.hessian_frobenius_norm(fn, x, t, key=jax.random.fold_in(key, 1),
+                                         num_samples=samples)
+  return {"gradient_norm": jnp.sqrt(jnp.sum(g.reshape(g.shape[0], -1) ** 2, -1)),
+          "hessian_top_eig": jnp.abs(eigs.magnitude_eigenvalues[:, 0]),
+          "hessian_frobenius": fro.estimate}
+
+
+def _argmax(fn, x):
+  return jnp.argmax(fn(x), -1)
+
+
+def predictions(fn, x) -> np.ndarray:
+  """Predicted classes ``[N]``."""
+  return per_example(_argmax, fn, x, batch_argnums=(1,)).astype(np.int32)
+
+
 def accuracy(fn, x, y) -> np.ndarray:
-  jf = jax.jit(fn)
-  out = [np.asarray(jnp.argmax(jf(jnp.asarray(x[i:j])), -1) == jnp.asarray(y[i:j]))
-         for i, j in _chunks(len(x), 500)]
-  return np.concatenate(out).astype(np.float64)
+  """Per-example correctness (1.0 / 0.0)."""
+  return per_example(_correct, fn, x, np.asarray(y, np.int32),
+                     batch_argnums=(1, 2)).astype(np.float64)
 
 
 def robust_accuracy(fn, x, y, *, epsilon: float, num_steps: int, restarts: int,
                     key) -> np.ndarray:
   """Per-example PGD robust correctness: L-inf PGD on the cross-entropy with
   ``restarts`` random starts of ``num_steps`` steps of ``2.5 epsilon / num_steps``;
-  an example counts as robust if no restart flips it."""
-  xj, yj = jnp.asarray(x), jnp.asarray(y)
-  ok = np.array(jnp.argmax(fn(xj), -1) == yj)
+  an example counts as robust if it is classified correctly and no restart flips it."""
+  y = np.asarray(y, np.int32)
+  ok = accuracy(fn, x, y) > 0
   for r in range(restarts):
-    x_adv = regularizers.pgd_adversary(fn, xj, yj, key=jax.random.fold_in(key, r),
-                                       epsilon=epsilon, step_size=2.5 * epsilon / num_steps,
-                                       num_steps=num_steps)
-    ok &= np.asarray(jnp.argmax(fn(x_adv), -1) == yj)
+    ok &= per_example(_pgd_correct, fn, x, y, batch_argnums=(1, 2),
+                      key=jax.random.fold_in(key, r), epsilon=float(epsilon),
+                      num_steps=int(num_steps)).astype(bool)
   return ok.astype(np.float64)
 
 
 def geometry(fn, x, t, *, iters: int, samples: int, key) -> dict[str, np.ndarray]:
   """The input-gradient norm, the input Hessian's spectral norm (its largest |eigenvalue|,
   Lanczos) and the Hutchinson estimate of its Frobenius norm, of the target logit."""
-  xj, tj = jnp.asarray(x), jnp.asarray(t)
-  g = attribution.gradient(fn, xj, tj)
-  out = {"gradient_norm": np.asarray(jnp.sqrt(jnp.sum(g.reshape(len(x), -1) ** 2, -1)),
-                                     np.float64)}
-  eigs = curvature.hessian_eigs(fn, xj, tj, k=1, num_iters=iters, key=key)
-  out["hessian_top_eig"] = np.abs(np.asarray(eigs.magnitude_eigenvalues[:, 0], np.float64))
-  fro = curvature.hessian_frobenius_norm(fn, xj, tj, key=jax.random.fold_in(key, 1),
-                                         num_samples=samples)
-  out["hessian_frobenius"] = np.asarray(fro.estimate, np.float64)
-  return out
+  out = per_example(_geometry, fn, x, np.asarray(t, np.int32), batch_argnums=(1, 2), key=key,
+                    iters=int(iters), samples=int(samples))
+  return {k: np.asarray(v, np.float64) for k, v in out.items()}

@@ -261,8 +261,10 @@ def _senn_metrics(config, label) -> list[str]:
 
 
 def _diagnostics_payload(config, run_key, label) -> dict:
+  # version 2: PGD starts and Hessian probes keyed per example (data-parallel diagnostics)
   payload = {"model": run_key, "diagnostics": dataclasses.asdict(config.diagnostics),
-             "sanity": list(config.metrics.sanity), "curve": config.metrics.curve_steps}
+             "sanity": list(config.metrics.sanity), "curve": config.metrics.curve_steps,
+             "version": 2}
   senn = _senn_metrics(config, label)
   if senn:
     m = config.metrics
@@ -427,9 +429,7 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
     a = config.attacks
     todo = [(r, en, an, eps) for r in ok_runs for en in a.explainers for an in a.names
             for eps in a.epsilons]
-    labels = _Lazy(lambda name: np.concatenate(
-        [np.asarray(np.argmax(fns[name][0](x_eval[i:j]), -1))
-         for i, j in E._chunks(len(x_eval))]).astype(np.int32))
+    labels = _Lazy(lambda name: E.predictions(fns[name][0], x_eval))
     st = prog.stage("attack", len(todo))
     for r, en, an, eps in todo:
       es = config.explainer(en)
