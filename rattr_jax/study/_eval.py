@@ -33,7 +33,8 @@ HIGHER_IS_BETTER = {
     "topk_intersection": True, "spearman": True, "pearson": True, "ssim": True, "cosine": True,
     "center_shift": False, "max_sensitivity": False, "local_lipschitz": False,
     "insertion": True, "deletion": False, "infidelity": False,
-    "senn_faithfulness": True, "senn_stability": False, "random_map_insertion": True, "random_map_deletion": False,
+    "senn_faithfulness": True, "senn_stability": False, "random_map_insertion": True,
+    "random_map_deletion": False,
     "parameter_randomization": False, "accuracy": True, "robust_accuracy": True,
     "train_time": False, "gradient_norm": False, "hessian_top_eig": False,
     "hessian_frobenius": False, "label_kept": True,
@@ -133,9 +134,8 @@ def to_map(attr) -> jax.Array:
   return maps.saliency_map(attr, reduce="abs_sum", normalize="sum_to_one")
 
 
-def _chunks(n: int, size: int | None = None):
-  size = size or CHUNK
-  return [(i, min(i + size, n)) for i in range(0, n, size)]
+def _chunks(n: int):
+  return [(i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
 
 
 def _attr(f, fn, x, t, *, key):

@@ -498,17 +498,13 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
         key = E.unit_key("diagnostics", r.seed)
         vals = {"accuracy": E.accuracy(fn, data.x_test, data.y_test)}
         nd = min(dg.num_examples, len(x_eval))
-        ra = np.full(len(x_eval), np.nan)
-        ra[:nd] = E.robust_accuracy(fn, x_eval[:nd], y_eval[:nd], epsilon=dg.pgd_epsilon,
-                                    num_steps=dg.pgd_steps, restarts=dg.pgd_restarts, key=key)
-        vals["robust_accuracy"] = ra
-        geo = E.geometry(Mo.as_fn(model, conv_impl="lax"), x_eval[:nd], y_eval[:nd],
-                         iters=dg.hessian_iters, samples=dg.hutchinson_samples,
-                         key=jax.random.fold_in(key, 1))
-        for k, v in geo.items():
-          full = np.full(len(x_eval), np.nan)
-          full[:nd] = v
-          vals[k] = full
+        sub = {"robust_accuracy": E.robust_accuracy(
+            fn, x_eval[:nd], y_eval[:nd], epsilon=dg.pgd_epsilon, num_steps=dg.pgd_steps,
+            restarts=dg.pgd_restarts, key=key)}
+        sub.update(E.geometry(Mo.as_fn(model, conv_impl="lax"), x_eval[:nd], y_eval[:nd],
+                              iters=dg.hessian_iters, samples=dg.hutchinson_samples,
+                              key=jax.random.fold_in(key, 1)))
+        vals.update(E.pad(sub, len(x_eval)))
         if "random_map" in ms.sanity:
           rnd = E.random_attribution(x_eval, key=jax.random.fold_in(key, 2))
           f = E.faithfulness(fn, rnd, x_eval, y_eval, names=("insertion", "deletion"),
