@@ -336,7 +336,9 @@ def test_saliency_fidelity_closed_form():
   lin = linear_model(jax.random.key(14), 12, 4)
   x = jax.random.uniform(jax.random.key(15), (3, 2, 2, 3))
   sal = jax.random.uniform(jax.random.key(16), (3, 2, 2))
-  got = np.asarray(metrics.saliency_fidelity(lin, x, sal, 1))
+  # A non-negative map repeated over channels is its own max_abs pixel map.
+  smaps = explainers.precomputed(jnp.broadcast_to(sal[..., None], x.shape))
+  got = np.asarray(metrics.saliency_fidelity(lin, smaps, x, 1, normalize="none"))
   xn, sn = np.asarray(x, np.float64), np.asarray(sal, np.float64)
   w, b = np.asarray(lin.W, np.float64), np.asarray(lin.b, np.float64)
 
@@ -346,15 +348,26 @@ def test_saliency_fidelity_closed_form():
 
   expect = -(log_p1(sn[..., None] * xn) - log_p1(sn.mean((1, 2))[:, None, None, None] * xn))
   np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-5)
-  # A full-shape map broadcast equals the [B, H, W] map; a constant map gives 0.
-  full = jnp.broadcast_to(sal[..., None], x.shape)
-  np.testing.assert_allclose(np.asarray(metrics.saliency_fidelity(lin, x, full, 1)), got,
-                             rtol=1e-5, atol=1e-6)
-  const = jnp.full((3, 2, 2), 0.7)
-  np.testing.assert_allclose(np.asarray(metrics.saliency_fidelity(lin, x, const, 1)), 0.0,
+  # Element-wise maps (reduce="none") weight each channel by its own value.
+  got_el = np.asarray(metrics.saliency_fidelity(lin, smaps, x, 1, reduce="none",
+                                                normalize="none"))
+  np.testing.assert_allclose(got_el, got, rtol=1e-5, atol=1e-6)
+  # A constant map gives 0; the default post-processing (winsorize to [0, 1])
+  # equals fidelity of the post-processed map.
+  const = explainers.precomputed(jnp.full(x.shape, 0.7))
+  np.testing.assert_allclose(np.asarray(metrics.saliency_fidelity(lin, const, x, 1)), 0.0,
                              atol=1e-6)
-  with pytest.raises(ValueError, match="saliency"):
-    metrics.saliency_fidelity(lin, x, sal[:, :1], 1)
+  grad = explainers.get("gradient")
+  post = maps.saliency_map(grad(lin, x, 1), reduce="max_abs", normalize="winsorize")
+  np.testing.assert_allclose(
+      np.asarray(metrics.saliency_fidelity(lin, grad, x, 1)),
+      np.asarray(metrics.saliency_fidelity(
+          lin, explainers.precomputed(jnp.broadcast_to(post[..., None], x.shape)), x, 1,
+          normalize="none")), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="explainer"):
+    metrics.saliency_fidelity(lin, explainers.precomputed(sal), x, 1)
+  with pytest.raises(ValueError, match="normalize"):
+    metrics.saliency_fidelity(lin, grad, x, 1, normalize="bogus")
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""SENN training presets and a compact jitted trainer (one `lax.scan` per epoch).
+"""SENN training presets and `fit_senn` (the training engine on the SENN objective).
 
 The presets follow the paper and its reproductions (notes section 1.3 and fact
 4): MNIST with the convolutional autoencoder (k = 5), the LeNet parametrizer,
@@ -185,41 +185,21 @@ def concept_statistics(model: SENN, x: np.ndarray, y: np.ndarray | None = None, 
   return out
 
 
-def _make_epoch(graphdef, opt, convention: str, num_projections: int | None):
-  def loss_fn(state, xb, yb, key, lambdas):
-    m = nnx.merge(graphdef, state)
-    total, out = L.senn_loss_impl(m, xb, yb, lambda_robustness=lambdas[0],
-                                  lambda_reconstruction=lambdas[1],
-                                  lambda_sparsity=lambdas[2], convention=convention,
-                                  key=key, num_projections=num_projections)
-    acc = jnp.mean(jnp.argmax(out.logits, -1) == yb)
-    return total, (out.terms, acc)
-
-  @jax.jit
-  def epoch(state, opt_state, xs, ys, key, lambdas):
-    def step(carry, batch):
-      st, os_ = carry
-      xb, yb, k = batch
-      (_, (terms, acc)), g = jax.value_and_grad(loss_fn, has_aux=True)(st, xb, yb, k, lambdas)
-      upd, os_ = opt.update(g, os_, st)
-      return (optax.apply_updates(st, upd), os_), (terms, acc)
-
-    keys = jax.random.split(key, xs.shape[0])
-    (state, opt_state), (terms, acc) = jax.lax.scan(step, (state, opt_state), (xs, ys, keys))
-    return state, opt_state, jax.tree_util.tree_map(jnp.mean, terms), jnp.mean(acc)
-
-  return epoch
-
-
 def fit_senn(model: SENN, x: np.ndarray, y: np.ndarray, config: SENNConfig, *,
              x_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
              progress: Callable[[int, dict[str, float]], None] | None = None
              ) -> tuple[SENN, SENNHistory]:
   """Trains a SENN with Adam on the full SENN objective (`senn_loss`).
 
-  One jitted `lax.scan` over the minibatches of each epoch; the loss weights
-  are traced, so a sweep over ``lambda_robustness`` compiles once per
-  architecture. Shuffling and dropout keys derive from ``config.seed``.
+  Runs on the library's one training engine
+  (`rattr_jax.training.make_train_step` with the ``"senn"`` term,
+  `SENNObjective`): one jitted `lax.scan` over the minibatches of each
+  epoch, donated state, the same step `rattr train --model senn` and
+  `train_with_engine` compile. The loss weights are part of the compiled
+  step, so a sweep over ``lambda_robustness`` compiles once per value.
+  Shuffling (epoch ``e`` is the ``e``-th permutation of
+  ``np.random.default_rng(config.seed)``), dropout and residual-probe keys
+  derive from ``config.seed``.
 
   Args:
     model: an untrained (or partly trained) SENN, e.g. ``config.build(...)``.
@@ -231,47 +211,55 @@ def fit_senn(model: SENN, x: np.ndarray, y: np.ndarray, config: SENNConfig, *,
 
   Returns:
     ``(trained_model, history)``.
+
+  Raises:
+    FloatingPointError: a non-finite loss or gradient (training stops at the
+      first one; the step is not applied).
   """
+  from rattr_jax import training
+  from rattr_jax.senn._engine import SENNObjective
   x = V.check_batch(np.asarray(x), name="x")
   bs = config.batch_size
   if len(x) < bs:
     raise ValueError(f"`batch_size` ({bs}) exceeds the number of training examples ({len(x)}).")
-  graphdef, state = nnx.split(model)
-  opt = optax.adam(config.learning_rate)
-  opt_state = opt.init(state)
-  epoch_fn = _make_epoch(graphdef, opt, config.convention, config.num_projections)
-  lambdas = jnp.asarray([config.lambda_robustness, config.lambda_reconstruction,
-                         config.lambda_sparsity], x.dtype)
-  rng = np.random.default_rng(config.seed)
-  key = jax.random.key(config.seed)
-  hist = SENNHistory()
-  n = (len(x) // bs) * bs
+  term = SENNObjective(lambda_robustness=config.lambda_robustness,
+                       lambda_reconstruction=config.lambda_reconstruction,
+                       lambda_sparsity=config.lambda_sparsity, convention=config.convention,
+                       num_projections=config.num_projections)
+  ts = training.make_train_step(model, optax.adam(config.learning_rate), [term],
+                                seed=config.seed)
+  state = ts.init(config.seed)
   xn, yn = np.asarray(x), np.asarray(y).astype(np.int32)
+  x_dev, y_dev = jnp.asarray(xn), jnp.asarray(yn)
+  steps = len(xn) // bs
+  rng = np.random.default_rng(config.seed)
+  hist = SENNHistory()
+  parts = {"loss": "senn", "prediction": "senn_ce", "robustness": "senn_robustness",
+           "reconstruction": "senn_reconstruction", "sparsity": "senn_sparsity",
+           "train_accuracy": "acc"}
   for e in range(config.epochs):
     t0 = time.perf_counter()
-    idx = rng.permutation(len(xn))[:n]
-    xs = jnp.asarray(xn[idx]).reshape((-1, bs) + xn.shape[1:])
-    ys = jnp.asarray(yn[idx]).reshape(-1, bs)
-    state, opt_state, terms, acc = epoch_fn(state, opt_state, xs, ys,
-                                            jax.random.fold_in(key, e), lambdas)
-    terms = jax.device_get(terms)
-    hist.loss.append(float(terms.total))
-    hist.prediction.append(float(terms.prediction))
-    hist.robustness.append(float(terms.robustness))
-    hist.reconstruction.append(float(terms.reconstruction))
-    hist.sparsity.append(float(terms.sparsity))
-    hist.train_accuracy.append(float(acc))
+    idx = rng.permutation(len(xn))[:steps * bs].reshape(steps, bs)
+    state, met = ts.run(state, x_dev, y_dev, jnp.asarray(idx, jnp.int32))
+    met = jax.device_get(met)
+    ok = np.asarray(met["finite"], bool)
+    if not ok.all():
+      bad = int(np.argmin(ok))
+      raise FloatingPointError(
+          f"SENN training diverged: loss {float(met['loss'][bad])} at epoch {e}, step {bad}.")
+    for field, name in parts.items():
+      getattr(hist, field).append(float(np.mean(met[name])))
     if x_val is not None:
-      stats = concept_statistics(nnx.merge(graphdef, state), x_val, y_val)
+      stats = concept_statistics(ts.model_of(state), x_val, y_val)
       hist.val_accuracy.append(stats.get("accuracy", float("nan")))
       hist.val_reconstruction.append(stats["reconstruction"])
       hist.concept_variance.append(stats["concept_variance"].tolist())
     hist.seconds.append(time.perf_counter() - t0)
-    if not np.isfinite(hist.loss[-1]):
-      raise FloatingPointError(f"SENN training diverged: loss {hist.loss[-1]} at epoch {e}.")
     if progress is not None:
       progress(e, {k: v[-1] for k, v in hist.as_dict().items() if v})
-  return nnx.merge(graphdef, state), hist
+  out = ts.model_of(state)
+  nnx.update(out, jax.tree_util.tree_map(jnp.asarray, nnx.state(out)))  # device arrays
+  return out, hist
 
 
 def train_senn(config: SENNConfig, *, data=None, data_dir=None,
