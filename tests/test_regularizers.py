@@ -392,7 +392,7 @@ def test_activation_sensitivity_param_grads_fd(x64, form, pert):
   def loss(p):
     return R.activation_sensitivity(nnx.merge(graphdef, p["s"]), x, y, layers=["hidden.1"],
                                     key=jax.random.key(5), epsilon=0.05, form=form,
-                                    perturbation=pert, num_steps=2, clip=None)
+                                    perturbation=pert, num_steps=2, input_range=None)
 
   g = jax.grad(loss)(params)
   leaves = jax.tree_util.tree_leaves(g)
@@ -455,7 +455,7 @@ def test_inner_attacks_stay_in_ball_and_box():
   assert ce(advs["fgsm"]) > ce(x)
   # Per-feature epsilon broadcast and no box.
   eps_f = jnp.linspace(0.0, 0.2, 16)
-  xa = R.pgd_adversary(fn, x, y, key=key, epsilon=eps_f, num_steps=3, clip=None)
+  xa = R.pgd_adversary(fn, x, y, key=key, epsilon=eps_f, num_steps=3, input_range=None)
   assert bool(jnp.all(jnp.abs(xa - x) <= eps_f + 1e-6))
 
 
@@ -486,7 +486,7 @@ def test_trades_zero_epsilon_is_cross_entropy():
   x, y = _data()
   fn = lambda z: _mlp(p, z)  # noqa: E731
   ce = jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(fn(x)), y[:, None], 1))
-  got = R.trades(fn, x, y, key=jax.random.key(0), epsilon=0.0, num_steps=2, clip=None)
+  got = R.trades(fn, x, y, key=jax.random.key(0), epsilon=0.0, num_steps=2, input_range=None)
   # The 0.001 N(0, I) start is projected back onto the zero-radius ball.
   np.testing.assert_allclose(got, ce, rtol=1e-6)
 

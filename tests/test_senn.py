@@ -242,7 +242,7 @@ def test_stability_of_constant_theta_is_zero_and_matches_direct_ratio():
   model = S.create_senn(input_shape=(5,), num_classes=3, hidden=(4,))
   pred = jnp.argmax(model(x), -1)
   est = S.senn_stability(model, x, key=jax.random.key(1), epsilon=0.1, num_steps=10,
-                         num_restarts=4, clip=None)
+                         num_restarts=4, input_range=None)
   d = 0.1 * jax.random.normal(jax.random.key(2), x.shape) / np.sqrt(5)
   th = lambda z: jnp.take_along_axis(model.relevances(z), pred[:, None, None], 2)[:, :-1, 0]
   ratio = jnp.linalg.norm(th(x + d) - th(x), axis=1) / jnp.linalg.norm(d, axis=1)

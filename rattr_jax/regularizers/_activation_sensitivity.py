@@ -37,6 +37,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from rattr_jax import _validation as V
+from rattr_jax import core
 from rattr_jax._typing import Target
 from rattr_jax.models import _features
 from rattr_jax.models._functional import as_fn
@@ -49,7 +50,7 @@ NORMS = ("l1", "l2")
 
 def sensitivity_delta(fn: Callable, x: jax.Array, t: jax.Array, *, key: jax.Array,
                       epsilon: jax.Array, perturbation: str, num_steps: int = 5,
-                      step_size: Any = None, clip=None) -> jax.Array:
+                      step_size: Any = None, input_range=None) -> jax.Array:
   """The input perturbation ``delta`` (a constant) of the perturbation form."""
   if perturbation in ("uniform", "gaussian"):
     return jax.lax.stop_gradient(
@@ -57,11 +58,12 @@ def sensitivity_delta(fn: Callable, x: jax.Array, t: jax.Array, *, key: jax.Arra
   if perturbation == "fgsm":
     step = 1.25 * epsilon if step_size is None else step_size
     x_adv = _adversarial.fgsm_adversary_core(fn, x, t, key=key, epsilon=epsilon,
-                                             step_size=step, clip=clip)
+                                             step_size=step, input_range=input_range)
   else:
     step = 2.5 * epsilon / num_steps if step_size is None else step_size
     x_adv = _adversarial.pgd_adversary_core(fn, x, t, key=key, epsilon=epsilon,
-                                            step_size=step, num_steps=num_steps, clip=clip)
+                                            step_size=step, num_steps=num_steps,
+                                            input_range=input_range)
   return jax.lax.stop_gradient(x_adv - x)
 
 
@@ -112,7 +114,7 @@ def activation_sensitivity_values(features: Callable, fn: Callable, x: jax.Array
                                   epsilon: jax.Array, num_steps: int = 5, step_size: Any = None,
                                   num_samples: int = 1, num_projections: int = 1,
                                   layer_weights: Sequence[float], neuron_weights=None,
-                                  norm: str = "l1", clip=None) -> jax.Array:
+                                  norm: str = "l1", input_range=None) -> jax.Array:
   """Unvalidated core: ``features(x) -> tuple of [B, ...]``, ``fn`` attacked (eval mode)."""
   if form == "jacobian":
     return jacobian_values(features, x, key=key, layer_weights=layer_weights,
@@ -120,7 +122,7 @@ def activation_sensitivity_values(features: Callable, fn: Callable, x: jax.Array
 
   def one(k):
     delta = sensitivity_delta(fn, x, t, key=k, epsilon=epsilon, perturbation=perturbation,
-                              num_steps=num_steps, step_size=step_size, clip=clip)
+                              num_steps=num_steps, step_size=step_size, input_range=input_range)
     return perturbation_values(features, x, delta, layer_weights=layer_weights,
                                neuron_weights=neuron_weights, norm=norm)
 
@@ -195,7 +197,8 @@ def activation_sensitivity(model: nnx.Module, x: Float[Array, "B ..."],
                            num_projections: int = 1,
                            layer_weights: Sequence[float] | None = None,
                            neuron_weights: Sequence[Any] | None = None, norm: str = "l1",
-                           clip: tuple[float, float] | None = (0.0, 1.0), train: bool = False,
+                           input_range: tuple[float, float] | None = (0.0, 1.0),
+                           train: bool = False,
                            reduction: str = "mean") -> jax.Array:
   """Sensitivity of hidden activations to small input perturbations (reconstruction).
 
@@ -230,7 +233,7 @@ def activation_sensitivity(model: nnx.Module, x: Float[Array, "B ..."],
       array per layer broadcastable to that layer's per-example shape (e.g.
       ``[C]`` for a conv layer), e.g. from `neuron_sensitivity`.
     norm: ``"l1"`` (mean absolute change) or ``"l2"`` (mean squared change).
-    clip: data range for adversarial perturbations, or ``None``.
+    input_range: data range for adversarial perturbations, or ``None``.
     train: read features in training mode (BatchNorm batch statistics).
     reduction: ``"mean"`` over the batch or ``"none"`` (``[B]``).
 
@@ -248,31 +251,32 @@ def activation_sensitivity(model: nnx.Module, x: Float[Array, "B ..."],
   fn, x, t, layers, eps, num_steps, num_samples, num_projections, lw, nw = _check_args(
       model, x, target, layers, key, form, perturbation, epsilon, num_steps, num_samples,
       num_projections, layer_weights, neuron_weights, norm, reduction)
-  clip = _common.check_clip(clip)
+  input_range = core.check_input_range(input_range)
   features = _features.feature_fn(model, layers, train=train)
   vals = _activation_sensitivity_jit(features, fn, x, t, key, eps, step_size, nw, form=form,
                                      perturbation=perturbation, num_steps=num_steps,
                                      num_samples=num_samples, num_projections=num_projections,
-                                     layer_weights=lw, norm=norm, clip=clip)
+                                     layer_weights=lw, norm=norm, input_range=input_range)
   return _common.reduce(vals, reduction)
 
 
-@functools.partial(jax.jit, static_argnames=("form", "perturbation", "num_steps", "num_samples", "num_projections",
-                          "layer_weights", "norm", "clip"))
+@functools.partial(jax.jit, static_argnames=("form", "perturbation", "num_steps", "num_samples",
+                                             "num_projections", "layer_weights", "norm",
+                                             "input_range"))
 def _activation_sensitivity_jit(features, fn, x, t, key, eps, step_size, nw, *, form, perturbation,
                                 num_steps, num_samples, num_projections, layer_weights, norm,
-                                clip):
+                                input_range):
   return activation_sensitivity_values(
       features, fn, x, t, key=key, form=form, perturbation=perturbation, epsilon=eps,
       num_steps=num_steps, step_size=step_size, num_samples=num_samples,
       num_projections=num_projections, layer_weights=layer_weights, neuron_weights=nw,
-      norm=norm, clip=clip)
+      norm=norm, input_range=input_range)
 
 
 def neuron_sensitivity(model: nnx.Module, x: Float[Array, "B ..."], target: Target | None = None,
                        *, layers: str | Sequence[str], key: jax.Array,
                        perturbation: str = "uniform", epsilon: Any = 0.1, num_steps: int = 5,
-                       step_size: Any = None, clip: tuple[float, float] | None = (0.0, 1.0),
+                       step_size: Any = None, input_range: tuple[float, float] | None = (0.0, 1.0),
                        spatial_mean: bool = True, normalize: bool = True) -> tuple[jax.Array, ...]:
   """Per-neuron sensitivity ``sigma_j = mean_b |a_j(x_b + delta_b) - a_j(x_b)|`` (Zhang et al.).
 
@@ -281,7 +285,7 @@ def neuron_sensitivity(model: nnx.Module, x: Float[Array, "B ..."], target: Targ
 
   Args:
     model, x, target, layers, key, perturbation, epsilon, num_steps, step_size,
-    clip: as in `activation_sensitivity`.
+    input_range: as in `activation_sensitivity`.
     spatial_mean: average conv feature maps ``[B, H, W, C]`` over space, giving
       per-channel sensitivities ``[C]`` (MindArmour's convention).
     normalize: divide by the mean so that the weights average to 1 per layer.
@@ -293,17 +297,18 @@ def neuron_sensitivity(model: nnx.Module, x: Float[Array, "B ..."], target: Targ
   fn, x, t, layers, eps, num_steps, *_ = _check_args(
       model, x, target, layers, key, "perturbation", perturbation, epsilon, num_steps, 1, 1,
       None, None, "l1", "mean")
-  clip = _common.check_clip(clip)
+  input_range = core.check_input_range(input_range)
   features = _features.feature_fn(model, layers)
   return _neuron_sensitivity_jit(features, fn, x, t, key, eps, step_size,
-                                 perturbation=perturbation, num_steps=num_steps, clip=clip,
+                                 perturbation=perturbation, num_steps=num_steps,
+                                 input_range=input_range,
                                  spatial_mean=spatial_mean, normalize=normalize)
 
 
 def neuron_sensitivity_core(features, fn, x, t, key, eps, step_size, *, perturbation, num_steps,
-                            clip, spatial_mean=True, normalize=True):
+                            input_range, spatial_mean=True, normalize=True):
   delta = sensitivity_delta(fn, x, t, key=key, epsilon=eps, perturbation=perturbation,
-                            num_steps=num_steps, step_size=step_size, clip=clip)
+                            num_steps=num_steps, step_size=step_size, input_range=input_range)
   out = []
   for a, b in zip(features(x), features(x + delta)):
     s = jnp.mean(jnp.abs(b - a), axis=0)
@@ -315,9 +320,11 @@ def neuron_sensitivity_core(features, fn, x, t, key, eps, step_size, *, perturba
   return tuple(out)
 
 
-@functools.partial(jax.jit, static_argnames=("perturbation", "num_steps", "clip", "spatial_mean", "normalize"))
+@functools.partial(jax.jit, static_argnames=("perturbation", "num_steps", "input_range",
+                                             "spatial_mean", "normalize"))
 def _neuron_sensitivity_jit(features, fn, x, t, key, eps, step_size, *, perturbation, num_steps,
-                            clip, spatial_mean, normalize):
+                            input_range, spatial_mean, normalize):
   return neuron_sensitivity_core(features, fn, x, t, key, eps, step_size,
-                                 perturbation=perturbation, num_steps=num_steps, clip=clip,
+                                 perturbation=perturbation, num_steps=num_steps,
+                                 input_range=input_range,
                                  spatial_mean=spatial_mean, normalize=normalize)

@@ -24,9 +24,9 @@ from rattr_jax._typing import Target
 from rattr_jax.regularizers import _common
 
 
-def _project(x_adv, x, epsilon, clip):
-  """The L-infinity `rattr_jax.core.ThreatModel` projection (ball of ``epsilon``, box ``clip``)."""
-  return core.ThreatModel(epsilon=epsilon, norm="linf", input_range=clip).project(x_adv, x)
+def _project(x_adv, x, epsilon, input_range):
+  """The L-inf `core.ThreatModel` projection (radius ``epsilon``, box ``input_range``)."""
+  return core.ThreatModel(epsilon=epsilon, norm="linf", input_range=input_range).project(x_adv, x)
 
 
 def _ce_grad(fn, z, t):
@@ -43,35 +43,36 @@ def _kl_rows(p_logits, q_logits):
 # --------------------------------------------------------------------------- cores
 
 
-def fgsm_adversary_core(fn, x, t, *, key, epsilon, step_size, random_start=True, clip=(0.0, 1.0)):
+def fgsm_adversary_core(fn, x, t, *, key, epsilon, step_size, random_start=True,
+                        input_range=(0.0, 1.0)):
   """Unvalidated core of `fgsm_adversary`."""
   if random_start:
     delta = _common.random_delta(key, x.shape, x.dtype, epsilon, "uniform")
-    x0 = _project(x + delta, x, epsilon, clip)
+    x0 = _project(x + delta, x, epsilon, input_range)
   else:
     x0 = x
   g = _ce_grad(fn, x0, t)
-  return jax.lax.stop_gradient(_project(x0 + step_size * jnp.sign(g), x, epsilon, clip))
+  return jax.lax.stop_gradient(_project(x0 + step_size * jnp.sign(g), x, epsilon, input_range))
 
 
 def pgd_adversary_core(fn, x, t, *, key, epsilon, step_size, num_steps, random_start=True,
-                       clip=(0.0, 1.0)):
+                       input_range=(0.0, 1.0)):
   """Unvalidated core of `pgd_adversary`."""
   x = jax.lax.stop_gradient(x)
   if random_start:
     delta = _common.random_delta(key, x.shape, x.dtype, epsilon, "uniform")
-    x0 = _project(x + delta, x, epsilon, clip)
+    x0 = _project(x + delta, x, epsilon, input_range)
   else:
     x0 = x
 
   def body(_, z):
     g = _ce_grad(fn, z, t)
-    return _project(z + step_size * jnp.sign(g), x, epsilon, clip)
+    return _project(z + step_size * jnp.sign(g), x, epsilon, input_range)
 
   return jax.lax.stop_gradient(jax.lax.fori_loop(0, num_steps, body, x0))
 
 
-def trades_adversary_core(fn, x, *, key, epsilon, step_size, num_steps, clip=(0.0, 1.0)):
+def trades_adversary_core(fn, x, *, key, epsilon, step_size, num_steps, input_range=(0.0, 1.0)):
   """Unvalidated core of `trades_adversary`."""
   x = jax.lax.stop_gradient(x)
   p_logits = jax.lax.stop_gradient(fn(x))
@@ -79,7 +80,7 @@ def trades_adversary_core(fn, x, *, key, epsilon, step_size, num_steps, clip=(0.
 
   def body(_, z):
     g = jax.grad(lambda w: jnp.sum(_kl_rows(p_logits, fn(w))))(z)
-    return _project(z + step_size * jnp.sign(g), x, epsilon, clip)
+    return _project(z + step_size * jnp.sign(g), x, epsilon, input_range)
 
   return jax.lax.stop_gradient(jax.lax.fori_loop(0, num_steps, body, x0))
 
@@ -87,11 +88,11 @@ def trades_adversary_core(fn, x, *, key, epsilon, step_size, num_steps, clip=(0.
 # --------------------------------------------------------------------------- validation
 
 
-def _check_common(fn, x, target, key, epsilon, clip):
+def _check_common(fn, x, target, key, epsilon, input_range):
   x, t = _common.prepare(fn, x, target)
   V.check_key(key)
   eps = _common.check_epsilon(epsilon, x)
-  return x, t, eps, _common.check_clip(clip)
+  return x, t, eps, core.check_input_range(input_range)
 
 
 def _step(step_size, x, default):
@@ -104,20 +105,20 @@ def _step(step_size, x, default):
 # --------------------------------------------------------------------------- attacks
 
 
-@jit_with_callables(static_argnames=("random_start", "clip"))
-def _fgsm_adversary(fn, x, t, key, epsilon, step_size, random_start, clip):
+@jit_with_callables(static_argnames=("random_start", "input_range"))
+def _fgsm_adversary(fn, x, t, key, epsilon, step_size, random_start, input_range):
   return fgsm_adversary_core(fn, x, t, key=key, epsilon=epsilon, step_size=step_size,
-                             random_start=random_start, clip=clip)
+                             random_start=random_start, input_range=input_range)
 
 
 def fgsm_adversary(fn: Callable, x: Float[Array, "B ..."], target: Target, *, key: jax.Array,
                    epsilon: Any, step_size: Any = None, random_start: bool = True,
-                   clip: tuple[float, float] | None = (0.0, 1.0)) -> jax.Array:
+                   input_range: tuple[float, float] | None = (0.0, 1.0)) -> jax.Array:
   """One FGSM step with a random start, the inner attack of fast adversarial training.
 
   ``delta_0 ~ U[-eps, eps]``, then ``x_adv = P(x + delta_0 + step_size *
   sign(grad_x CE))``, where ``P`` projects onto the l-inf ball of radius
-  ``epsilon`` around ``x`` and onto the box ``clip``.
+  ``epsilon`` around ``x`` and onto the box ``input_range``.
 
   Args:
     fn: model ``[B, *F] -> [B, C]`` (inference mode).
@@ -127,7 +128,7 @@ def fgsm_adversary(fn: Callable, x: Float[Array, "B ..."], target: Target, *, ke
     epsilon: l-inf radius (traced), scalar or broadcastable to ``x[0]``.
     step_size: FGSM step; default ``1.25 * epsilon`` (Wong et al.).
     random_start: start from a uniform point of the ball.
-    clip: data range ``(min, max)``, or ``None`` for no box.
+    input_range: data range ``(min, max)``, or ``None`` for no box.
 
   Returns:
     ``x_adv [B, *F]`` (a constant for autodiff), inside the ball and box.
@@ -136,22 +137,22 @@ def fgsm_adversary(fn: Callable, x: Float[Array, "B ..."], target: Target, *, ke
     Wong, Rice, Kolter, "Fast is better than free: Revisiting adversarial
     training", ICLR 2020. https://arxiv.org/abs/2001.03994
   """
-  x, t, eps, clip = _check_common(fn, x, target, key, epsilon, clip)
+  x, t, eps, input_range = _check_common(fn, x, target, key, epsilon, input_range)
   return _fgsm_adversary(fn=fn, x=x, t=t, key=key, epsilon=eps,
                          step_size=_step(step_size, x, 1.25 * eps),
-                         random_start=bool(random_start), clip=clip)
+                         random_start=bool(random_start), input_range=input_range)
 
 
-@jit_with_callables(static_argnames=("num_steps", "random_start", "clip"))
-def _pgd_adversary(fn, x, t, key, epsilon, step_size, num_steps, random_start, clip):
+@jit_with_callables(static_argnames=("num_steps", "random_start", "input_range"))
+def _pgd_adversary(fn, x, t, key, epsilon, step_size, num_steps, random_start, input_range):
   return pgd_adversary_core(fn, x, t, key=key, epsilon=epsilon, step_size=step_size,
-                            num_steps=num_steps, random_start=random_start, clip=clip)
+                            num_steps=num_steps, random_start=random_start, input_range=input_range)
 
 
 def pgd_adversary(fn: Callable, x: Float[Array, "B ..."], target: Target, *, key: jax.Array,
                   epsilon: Any, step_size: Any = None, num_steps: int = 10,
                   random_start: bool = True,
-                  clip: tuple[float, float] | None = (0.0, 1.0)) -> jax.Array:
+                  input_range: tuple[float, float] | None = (0.0, 1.0)) -> jax.Array:
   """l-inf PGD on the cross-entropy (Madry et al.), the inner attack of PGD-AT.
 
   ``num_steps`` signed-gradient ascent steps of size ``step_size`` from a
@@ -167,7 +168,7 @@ def pgd_adversary(fn: Callable, x: Float[Array, "B ..."], target: Target, *, key
     step_size: ascent step (traced); default ``2.5 * epsilon / num_steps``.
     num_steps: number of steps (static).
     random_start: start from a uniform point of the ball.
-    clip: data range, or ``None``.
+    input_range: data range, or ``None``.
 
   Returns:
     ``x_adv [B, *F]`` (a constant for autodiff).
@@ -176,22 +177,23 @@ def pgd_adversary(fn: Callable, x: Float[Array, "B ..."], target: Target, *, key
     Madry et al., "Towards Deep Learning Models Resistant to Adversarial
     Attacks", ICLR 2018. https://arxiv.org/abs/1706.06083
   """
-  x, t, eps, clip = _check_common(fn, x, target, key, epsilon, clip)
+  x, t, eps, input_range = _check_common(fn, x, target, key, epsilon, input_range)
   num_steps = V.check_positive_int(num_steps, name="num_steps")
   return _pgd_adversary(fn=fn, x=x, t=t, key=key, epsilon=eps,
                         step_size=_step(step_size, x, 2.5 * eps / num_steps),
-                        num_steps=num_steps, random_start=bool(random_start), clip=clip)
+                        num_steps=num_steps, random_start=bool(random_start),
+                        input_range=input_range)
 
 
-@jit_with_callables(static_argnames=("num_steps", "clip"))
-def _trades_adversary(fn, x, key, epsilon, step_size, num_steps, clip):
+@jit_with_callables(static_argnames=("num_steps", "input_range"))
+def _trades_adversary(fn, x, key, epsilon, step_size, num_steps, input_range):
   return trades_adversary_core(fn, x, key=key, epsilon=epsilon, step_size=step_size,
-                               num_steps=num_steps, clip=clip)
+                               num_steps=num_steps, input_range=input_range)
 
 
 def trades_adversary(fn: Callable, x: Float[Array, "B ..."], *, key: jax.Array, epsilon: Any,
                      step_size: Any = None, num_steps: int = 10,
-                     clip: tuple[float, float] | None = (0.0, 1.0)) -> jax.Array:
+                     input_range: tuple[float, float] | None = (0.0, 1.0)) -> jax.Array:
   """The TRADES inner attack: l-inf PGD maximising ``KL(p(x) || p(x_adv))``.
 
   Starts at ``x + 0.001 N(0, I)`` as in the reference code; needs no labels.
@@ -203,7 +205,7 @@ def trades_adversary(fn: Callable, x: Float[Array, "B ..."], *, key: jax.Array, 
     epsilon: l-inf radius (traced).
     step_size: ascent step; default ``2.5 * epsilon / num_steps``.
     num_steps: number of steps (static).
-    clip: data range, or ``None``.
+    input_range: data range, or ``None``.
 
   Returns:
     ``x_adv [B, *F]`` (a constant for autodiff).
@@ -216,11 +218,11 @@ def trades_adversary(fn: Callable, x: Float[Array, "B ..."], *, key: jax.Array, 
   V.num_classes_of(fn, x)
   V.check_key(key)
   eps = _common.check_epsilon(epsilon, x)
-  clip = _common.check_clip(clip)
+  input_range = core.check_input_range(input_range)
   num_steps = V.check_positive_int(num_steps, name="num_steps")
   return _trades_adversary(fn=fn, x=x, key=key, epsilon=eps,
                            step_size=_step(step_size, x, 2.5 * eps / num_steps),
-                           num_steps=num_steps, clip=clip)
+                           num_steps=num_steps, input_range=input_range)
 
 
 # --------------------------------------------------------------------------- losses
@@ -235,13 +237,13 @@ def _attack_fn(fn, attack_fn, x):
 
 def fgsm_training(fn: Callable, x: Float[Array, "B ..."], target: Target, *, key: jax.Array,
                   epsilon: Any, step_size: Any = None, attack_fn: Callable | None = None,
-                  clip: tuple[float, float] | None = (0.0, 1.0),
+                  input_range: tuple[float, float] | None = (0.0, 1.0),
                   reduction: str = "mean") -> jax.Array:
   """Fast adversarial-training loss: ``CE(fn(x_adv), y)`` with `fgsm_adversary`.
 
   Args:
     fn: model being trained, ``[B, *F] -> [B, C]``.
-    x, target, key, epsilon, step_size, clip: as in `fgsm_adversary`.
+    x, target, key, epsilon, step_size, input_range: as in `fgsm_adversary`.
     attack_fn: function attacked (default ``fn``); pass the inference-mode
       model for BatchNorm networks.
     reduction: ``"mean"`` or ``"none"``.
@@ -249,34 +251,35 @@ def fgsm_training(fn: Callable, x: Float[Array, "B ..."], target: Target, *, key
   Returns:
     Scalar (or ``[B]``) adversarial cross-entropy. Lower is better.
   """
-  x, t, eps, clip = _check_common(fn, x, target, key, epsilon, clip)
+  x, t, eps, input_range = _check_common(fn, x, target, key, epsilon, input_range)
   V.check_choice(reduction, _common.REDUCTIONS, name="reduction")
   afn = _attack_fn(fn, attack_fn, x)
-  x_adv = fgsm_adversary(afn, x, t, key=key, epsilon=eps, step_size=step_size, clip=clip)
+  x_adv = fgsm_adversary(afn, x, t, key=key, epsilon=eps, step_size=step_size,
+                         input_range=input_range)
   return _common.reduce(_common.cross_entropy(fn(x_adv), t), reduction)
 
 
 def pgd_training(fn: Callable, x: Float[Array, "B ..."], target: Target, *, key: jax.Array,
                  epsilon: Any, step_size: Any = None, num_steps: int = 10,
                  attack_fn: Callable | None = None,
-                 clip: tuple[float, float] | None = (0.0, 1.0),
+                 input_range: tuple[float, float] | None = (0.0, 1.0),
                  reduction: str = "mean") -> jax.Array:
   """PGD adversarial-training loss (Madry et al.): ``CE(fn(x_adv), y)``.
 
   Args:
     fn: model being trained.
-    x, target, key, epsilon, step_size, num_steps, clip: as in `pgd_adversary`.
+    x, target, key, epsilon, step_size, num_steps, input_range: as in `pgd_adversary`.
     attack_fn: function attacked (default ``fn``).
     reduction: ``"mean"`` or ``"none"``.
 
   Returns:
     Scalar (or ``[B]``) adversarial cross-entropy. Lower is better.
   """
-  x, t, eps, clip = _check_common(fn, x, target, key, epsilon, clip)
+  x, t, eps, input_range = _check_common(fn, x, target, key, epsilon, input_range)
   V.check_choice(reduction, _common.REDUCTIONS, name="reduction")
   afn = _attack_fn(fn, attack_fn, x)
   x_adv = pgd_adversary(afn, x, t, key=key, epsilon=eps, step_size=step_size,
-                        num_steps=num_steps, clip=clip)
+                        num_steps=num_steps, input_range=input_range)
   return _common.reduce(_common.cross_entropy(fn(x_adv), t), reduction)
 
 
@@ -288,7 +291,7 @@ def trades_terms(fn, x, t, x_adv):
 
 def trades(fn: Callable, x: Float[Array, "B ..."], target: Target, *, key: jax.Array,
            epsilon: Any, beta: Any = 6.0, step_size: Any = None, num_steps: int = 10,
-           attack_fn: Callable | None = None, clip: tuple[float, float] | None = (0.0, 1.0),
+           attack_fn: Callable | None = None, input_range: tuple[float, float] | None = (0.0, 1.0),
            reduction: str = "mean") -> jax.Array:
   """TRADES loss: ``CE(fn(x), y) + beta * KL(p(x) || p(x_adv))``.
 
@@ -297,7 +300,7 @@ def trades(fn: Callable, x: Float[Array, "B ..."], target: Target, *, key: jax.A
 
   Args:
     fn: model being trained.
-    x, target, key, epsilon, step_size, num_steps, clip: as in `trades_adversary`.
+    x, target, key, epsilon, step_size, num_steps, input_range: as in `trades_adversary`.
     beta: robustness weight (>= 0, traced); 6 in the paper.
     attack_fn: function attacked (default ``fn``).
     reduction: ``"mean"`` or ``"none"``.
@@ -308,11 +311,11 @@ def trades(fn: Callable, x: Float[Array, "B ..."], target: Target, *, key: jax.A
   References:
     Zhang et al., ICML 2019. https://arxiv.org/abs/1901.08573
   """
-  x, t, eps, clip = _check_common(fn, x, target, key, epsilon, clip)
+  x, t, eps, input_range = _check_common(fn, x, target, key, epsilon, input_range)
   V.check_nonnegative(beta, name="beta")
   V.check_choice(reduction, _common.REDUCTIONS, name="reduction")
   afn = _attack_fn(fn, attack_fn, x)
   x_adv = trades_adversary(afn, x, key=key, epsilon=eps, step_size=step_size,
-                           num_steps=num_steps, clip=clip)
+                           num_steps=num_steps, input_range=input_range)
   ce, kl = trades_terms(fn, x, t, x_adv)
   return _common.reduce(ce + beta * kl, reduction)

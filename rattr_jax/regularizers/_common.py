@@ -40,18 +40,6 @@ def check_epsilon(epsilon: Any, x: jax.Array, *, name: str = "epsilon") -> jax.A
   return e
 
 
-def check_clip(clip: Any, *, name: str = "clip") -> tuple[float, float] | None:
-  if clip is None:
-    return None
-  try:
-    lo, hi = (float(c) for c in clip)
-  except (TypeError, ValueError):
-    raise ValueError(f"`{name}` must be None or a pair (min, max); got {clip!r}.") from None
-  if not lo < hi:
-    raise ValueError(f"`{name}` must satisfy min < max; got {clip!r}.")
-  return lo, hi
-
-
 def reduce(values: jax.Array, reduction: str) -> jax.Array:
   return jnp.mean(values) if reduction == "mean" else values
 

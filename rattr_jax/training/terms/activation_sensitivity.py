@@ -60,7 +60,7 @@ class ActivationSensitivity(Term):
         perturbation=self.perturbation, epsilon=jnp.asarray(self.epsilon, batch.x.dtype),
         num_steps=self.num_steps, step_size=self.step_size, num_samples=self.num_samples,
         num_projections=self.num_projections, layer_weights=(1.0,) * len(self.layers),
-        neuron_weights=nw, clip=_CLIP)
+        neuron_weights=nw, input_range=_CLIP)
     return jnp.mean(v), {}
 
   def refresh(self):
@@ -71,5 +71,5 @@ class ActivationSensitivity(Term):
       return _as.neuron_sensitivity_core(
           feature_fn(model, self.layers), as_fn(model), x, y, key,
           jnp.asarray(self.epsilon, x.dtype), self.step_size, perturbation=self.perturbation,
-          num_steps=self.num_steps, clip=_CLIP)
+          num_steps=self.num_steps, input_range=_CLIP)
     return refresh

@@ -36,7 +36,7 @@ class FGSM(Term):
     eps = jnp.asarray(self.epsilon, batch.x.dtype)
     step = 1.25 * eps if self.step_size is None else self.step_size
     x_adv = _adv.fgsm_adversary_core(ctx.eval_fn, batch.x, batch.y, key=key, epsilon=eps,
-                                     step_size=step, clip=_CLIP)
+                                     step_size=step, input_range=_CLIP)
     logits = ctx.fn(x_adv)
     return (jnp.mean(_common.cross_entropy(logits, batch.y)),
             {"adv_acc": accuracy(logits, batch.y)})

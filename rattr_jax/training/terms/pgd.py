@@ -35,7 +35,7 @@ class PGD(Term):
     eps = jnp.asarray(self.epsilon, batch.x.dtype)
     step = 2.5 * eps / self.num_steps if self.step_size is None else self.step_size
     x_adv = _adv.pgd_adversary_core(ctx.eval_fn, batch.x, batch.y, key=key, epsilon=eps,
-                                    step_size=step, num_steps=self.num_steps, clip=_CLIP)
+                                    step_size=step, num_steps=self.num_steps, input_range=_CLIP)
     logits = ctx.fn(x_adv)
     return (jnp.mean(_common.cross_entropy(logits, batch.y)),
             {"adv_acc": accuracy(logits, batch.y)})
