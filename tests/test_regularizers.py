@@ -155,6 +155,42 @@ def test_gradient_alignment_matches_reference(x64):
   np.testing.assert_allclose(got, _ga_reference(p, x, y, key, 0.3, 0.7, 1.3), rtol=1e-10)
 
 
+def test_alignment_distances_are_the_parts_of_gradient_alignment(x64):
+  """lambda_l2 * l2 + lambda_cos * cosd == gradient_alignment; explainer=None is the gradient;
+  the same values inside jit + grad (how training terms call it)."""
+  p = _init_mlp(jax.random.key(0), dtype=jnp.float64)
+  x, y = _data(jnp.float64)
+  key = jax.random.key(3)
+  fn = lambda z: _mlp(p, z)  # noqa: E731
+  for pert in ("uniform", "grad_sign"):
+    d = R.alignment_distances(fn, gradient, x, y, key=key, epsilon=0.3, perturbation=pert)
+    assert d.l2.shape == d.cosd.shape == (x.shape[0],)
+    assert float(jnp.min(d.cosd)) >= 0.0 and float(jnp.max(d.cosd)) <= 1.0
+    ga = R.gradient_alignment(fn, gradient, x, y, key=key, epsilon=0.3, lambda_l2=0.7,
+                              lambda_cos=1.3, perturbation=pert, reduction="none")
+    np.testing.assert_allclose(0.7 * d.l2 + 1.3 * d.cosd, ga, rtol=1e-12)
+    d0 = R.alignment_distances(fn, None, x, y, key=key, epsilon=0.3, perturbation=pert)
+    np.testing.assert_allclose(d0.l2, d.l2, rtol=1e-12)
+    np.testing.assert_allclose(d0.cosd, d.cosd, rtol=1e-12)
+
+  def loss(q, xx, yy, k):
+    dd = R.alignment_distances(lambda z: _mlp(q, z), None, xx, yy, key=k, epsilon=0.3)
+    return jnp.mean(0.7 * dd.l2 + 1.3 * dd.cosd)
+
+  def ref(q, xx, yy, k):
+    return R.gradient_alignment(lambda z: _mlp(q, z), gradient, xx, yy, key=k, epsilon=0.3,
+                                lambda_l2=0.7, lambda_cos=1.3)
+
+  g_jit = jax.jit(jax.grad(loss))(p, x, y, key)
+  g_ref = jax.grad(ref)(p, x, y, key)
+  for k in p:
+    np.testing.assert_allclose(g_jit[k], g_ref[k], rtol=1e-9, atol=1e-12)
+  with pytest.raises(ValueError, match="perturbation"):
+    R.alignment_distances(fn, None, x, y, key=key, epsilon=0.3, perturbation="bogus")
+  with pytest.raises(ValueError, match="explainer"):
+    R.alignment_distances(fn, 3, x, y, key=key, epsilon=0.3)
+
+
 def test_gradient_alignment_zero_at_zero_epsilon():
   p = _init_mlp(jax.random.key(0))
   x, y = _data()
@@ -288,11 +324,10 @@ def test_hessian_norm_param_grads_fd(x64):
 
 def test_hessian_norm_auto_mode_with_fast_conv(cnn):
   """The custom-VJP fast conv has no jvp: "auto" falls back to reverse-over-reverse."""
-  from rattr_jax.regularizers._hessian_norm import resolve_mode
   x = jnp.zeros((2, 8, 8, 1))
   t = jnp.zeros((2,), jnp.int32)
-  assert resolve_mode(models.as_fn(cnn, conv_impl="fast"), x, t) == "reverse_over_reverse"
-  assert resolve_mode(models.as_fn(cnn, conv_impl="lax"), x, t) == "forward_over_reverse"
+  assert R.hessian_mode(models.as_fn(cnn, conv_impl="fast"), x, t) == "reverse_over_reverse"
+  assert R.hessian_mode(models.as_fn(cnn, conv_impl="lax"), x, t) == "forward_over_reverse"
 
 
 # --------------------------------------------------------------------------- input-gradient norm

@@ -15,12 +15,19 @@ from rattr_jax.regularizers._adversarial import pgd_adversary
 from rattr_jax.regularizers._adversarial import pgd_training
 from rattr_jax.regularizers._adversarial import trades
 from rattr_jax.regularizers._adversarial import trades_adversary
+from rattr_jax.regularizers._gradient_alignment import alignment_distances
+from rattr_jax.regularizers._gradient_alignment import AlignmentTerms
 from rattr_jax.regularizers._gradient_alignment import gradient_alignment
+from rattr_jax.regularizers._gradient_alignment import PERTURBATIONS as ALIGNMENT_PERTURBATIONS
+from rattr_jax.regularizers._hessian_norm import hessian_mode
 from rattr_jax.regularizers._hessian_norm import hessian_norm
+from rattr_jax.regularizers._hessian_norm import MODES as HESSIAN_MODES
 from rattr_jax.regularizers._input_gradient_norm import input_gradient_norm
+from rattr_jax.regularizers._input_gradient_norm import OF as GRADIENT_OF
 
 __all__ = [
     "activation_sensitivity", "neuron_sensitivity", "fgsm_adversary", "fgsm_training",
     "pgd_adversary", "pgd_training", "trades", "trades_adversary", "gradient_alignment",
-    "hessian_norm", "input_gradient_norm",
+    "hessian_norm", "input_gradient_norm", "alignment_distances", "AlignmentTerms",
+    "ALIGNMENT_PERTURBATIONS", "hessian_mode", "HESSIAN_MODES", "GRADIENT_OF",
 ]

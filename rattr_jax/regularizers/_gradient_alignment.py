@@ -161,3 +161,46 @@ def gradient_alignment(fn: Callable, explainer: Explainer, x: Float[Array, "B ..
                              perturbation=perturbation,
                              stop_gradient_source=bool(stop_gradient_source),
                              reduction=reduction)
+
+
+@jit_with_callables(callables=("fn", "explainer"),
+                    static_argnames=("perturbation", "stop_gradient_source"))
+def _alignment_distances(fn, explainer, x, t, key, epsilon, perturbation, stop_gradient_source):
+  return alignment_terms(fn, x, t, key=key, epsilon=epsilon, perturbation=perturbation,
+                         stop_gradient_source=stop_gradient_source, explainer=explainer)
+
+
+def alignment_distances(fn: Callable, explainer: Explainer | None, x: Float[Array, "B ..."],
+                        target: Target, *, key: jax.Array, epsilon: Any = 4 / 255,
+                        perturbation: str = "uniform",
+                        stop_gradient_source: bool = True) -> AlignmentTerms:
+  """The two per-example distances that `gradient_alignment` weights.
+
+  ``gradient_alignment(..., reduction="none") == lambda_l2 * d.l2 + lambda_cos
+  * d.cosd`` for ``d = alignment_distances(...)`` with the same arguments
+  (training terms log both parts). Works inside a traced loss: the checks
+  below look at shapes and Python settings only.
+
+  Args:
+    fn, x, target, key, epsilon, perturbation, stop_gradient_source: as in
+      `gradient_alignment`.
+    explainer: as in `gradient_alignment`; ``None`` is the gradient of the
+      target logit (`rattr_jax.attribution.gradient`).
+
+  Returns:
+    `AlignmentTerms` with ``l2`` and ``cosd``, each ``[B]``.
+
+  References:
+    Joo, Seo, Ko, Kim, Kim, "Towards More Robust Interpretation via Local
+    Gradient Alignment", AAAI 2023. https://arxiv.org/abs/2211.15900
+  """
+  x, t = _common.prepare(fn, x, target)
+  V.check_key(key)
+  if explainer is not None:
+    core.check_explainer(explainer, fn, x, t, core.call_key(key, 0), allow_precomputed=False,
+                         what="alignment_distances")
+  eps = _common.check_epsilon(epsilon, x)
+  V.check_choice(perturbation, PERTURBATIONS, name="perturbation")
+  return _alignment_distances(fn=fn, explainer=explainer, x=x, t=t, key=key, epsilon=eps,
+                              perturbation=perturbation,
+                              stop_gradient_source=bool(stop_gradient_source))

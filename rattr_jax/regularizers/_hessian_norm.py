@@ -30,19 +30,27 @@ def target_hvp(fn: Callable, x: jax.Array, t: jax.Array, v: jax.Array,
   """
   grad_fn = lambda z: core.target_gradient(fn, z, t)  # noqa: E731
   if mode == "auto":
-    mode = resolve_mode(fn, x, t)
+    mode = _resolve_mode(fn, x, t)
   if mode == "forward_over_reverse":
     return jax.jvp(grad_fn, (x,), (v,))[1]
   return jax.grad(lambda z: jnp.sum(grad_fn(z) * v))(x)
 
 
-def resolve_mode(fn: Callable, x: jax.Array, t: jax.Array) -> str:
-  """``forward_over_reverse`` if ``fn`` supports `jax.jvp`, else ``reverse_over_reverse``.
+def hessian_mode(fn: Callable, x: jax.Array, target: Target) -> str:
+  """The HVP mode ``hessian_norm(mode="auto")`` picks for ``fn`` at inputs shaped like ``x``.
+
+  ``forward_over_reverse`` if ``fn`` supports `jax.jvp`, else ``reverse_over_reverse``.
+  Call it outside a trace (training terms resolve it once, before compiling).
 
   Decided by lowering (no FLOPs; the error surfaces only at lowering) and
   cached per function structure and shape: a model with a `jax.custom_vjp`
   layer (the fast CPU convolution) has no forward-mode rule.
   """
+  x, t = _common.prepare(fn, x, target)
+  return _resolve_mode(fn, x, t)
+
+
+def _resolve_mode(fn: Callable, x: jax.Array, t: jax.Array) -> str:
   _, static = _jit.partition(fn)
   cache_key = (static, tuple(x.shape), str(x.dtype))
   try:
@@ -129,6 +137,6 @@ def hessian_norm(fn: Callable, x: Float[Array, "B ..."], target: Target, *,
   V.check_choice(mode, MODES, name="mode")
   V.check_choice(reduction, _common.REDUCTIONS, name="reduction")
   if mode == "auto":
-    mode = resolve_mode(fn, x, t)
+    mode = _resolve_mode(fn, x, t)
   return _hessian_norm(fn=fn, x=x, t=t, key=key, num_samples=num_samples, mode=mode,
                        reduction=reduction)

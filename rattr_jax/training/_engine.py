@@ -43,7 +43,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rattr_jax import distributed
 from rattr_jax.models import _functional
-from rattr_jax.regularizers import _common
+from rattr_jax.training.terms.cross_entropy import cross_entropy
 from rattr_jax.training._term import Term
 from rattr_jax.training._terms import Batch, LossTerm, TermContext
 
@@ -297,7 +297,7 @@ def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation,
     """Inference-mode ``(sum of CE, number correct)`` over ``x`` (padded rows: y = -1)."""
     logits = eval_model(state.params, state.rest)(shard_batch(x))
     valid = y >= 0
-    ce = _common.cross_entropy(logits, jnp.maximum(y, 0))
+    ce = cross_entropy(logits, jnp.maximum(y, 0))
     correct = (jnp.argmax(logits, -1) == y) & valid
     return jnp.sum(jnp.where(valid, ce, 0.0)), jnp.sum(correct)
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+import optax
 
-from rattr_jax.regularizers import _common
 from rattr_jax.training._term import register_term, Term
 from rattr_jax.training._terms import LossTerm
+
+
+def cross_entropy(logits, y):
+  """Per-example softmax cross-entropy ``[B]`` with integer labels."""
+  return optax.losses.softmax_cross_entropy_with_integer_labels(logits, y)
 
 
 @register_term
@@ -20,7 +25,7 @@ class CrossEntropy(Term):
 
   def loss(self, ctx, batch, key):
     del key
-    return jnp.mean(_common.cross_entropy(ctx.logits, batch.y)), {}
+    return jnp.mean(cross_entropy(ctx.logits, batch.y)), {}
 
 
 def cross_entropy_term(weight: float = 1.0) -> LossTerm:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from rattr_jax.regularizers import _adversarial as _adv
-from rattr_jax.regularizers import _common
+from rattr_jax import regularizers
 from rattr_jax.training._term import check_radius, register_term, Term
+from rattr_jax.training.terms.cross_entropy import cross_entropy
 
 _CLIP = (0.0, 1.0)
 
@@ -33,10 +33,9 @@ class FGSM(Term):
     check_radius(self, "epsilon")
 
   def loss(self, ctx, batch, key):
-    eps = jnp.asarray(self.epsilon, batch.x.dtype)
-    step = 1.25 * eps if self.step_size is None else self.step_size
-    x_adv = _adv.fgsm_adversary_core(ctx.eval_fn, batch.x, batch.y, key=key, epsilon=eps,
-                                     step_size=step, input_range=_CLIP)
+    x_adv = regularizers.fgsm_adversary(ctx.eval_fn, batch.x, batch.y, key=key,
+                                        epsilon=self.epsilon, step_size=self.step_size,
+                                        input_range=_CLIP)
     logits = ctx.fn(x_adv)
-    return (jnp.mean(_common.cross_entropy(logits, batch.y)),
+    return (jnp.mean(cross_entropy(logits, batch.y)),
             {"adv_acc": accuracy(logits, batch.y)})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import struct
 
-from rattr_jax.regularizers import _gradient_alignment as _ga
+from rattr_jax import regularizers
 from rattr_jax.training._term import check_radius, register_term, Term
 
 
@@ -26,7 +26,7 @@ class GradientAlignment(Term):
   """
 
   name = "gradient_alignment"
-  choices = {"perturbation": _ga.PERTURBATIONS}
+  choices = {"perturbation": regularizers.ALIGNMENT_PERTURBATIONS}
 
   epsilon: float = 0.1
   lambda_l2: float = 0.01
@@ -47,10 +47,8 @@ class GradientAlignment(Term):
     return d
 
   def loss(self, ctx, batch, key):
-    terms = _ga.alignment_terms(ctx.fn, batch.x, batch.y, key=key,
-                                epsilon=jnp.asarray(self.epsilon, batch.x.dtype),
-                                perturbation=self.perturbation,
-                                stop_gradient_source=self.stop_gradient_source,
-                                explainer=self.explainer)
+    terms = regularizers.alignment_distances(ctx.fn, self.explainer, batch.x, batch.y, key=key,
+                                             epsilon=self.epsilon, perturbation=self.perturbation,
+                                             stop_gradient_source=self.stop_gradient_source)
     l2, cosd = jnp.mean(terms.l2), jnp.mean(terms.cosd)
     return self.lambda_l2 * l2 + self.lambda_cos * cosd, {"ga_l2": l2, "ga_cos": cosd}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from rattr_jax.models import as_fn
-from rattr_jax.regularizers import _hessian_norm as _hn
+from rattr_jax import regularizers
 from rattr_jax.training._term import register_term, Term
 
 
@@ -23,7 +23,7 @@ class HessianNorm(Term):
 
   name = "hessian_norm"
   weight_field = "lam"
-  choices = {"mode": _hn.MODES}
+  choices = {"mode": regularizers.HESSIAN_MODES}
   aliases = {"hessian_mode": "mode"}
 
   lam: float = 1e-3
@@ -37,12 +37,11 @@ class HessianNorm(Term):
     if conv_impl == "auto":
       from rattr_jax.training._engine import default_conv_impls
       conv_impl = default_conv_impls()[0]
-    mode = _hn.resolve_mode(as_fn(setup.model, conv_impl=conv_impl), jnp.asarray(setup.x),
+    mode = regularizers.hessian_mode(as_fn(setup.model, conv_impl=conv_impl), jnp.asarray(setup.x),
                             jnp.asarray(setup.y))
     return self.replace(mode=mode)
 
   def loss(self, ctx, batch, key):
     mode = "reverse_over_reverse" if self.mode == "auto" else self.mode
-    v = _hn.hessian_norm_values(ctx.fn, batch.x, batch.y, key=key,
-                                num_samples=self.num_samples, mode=mode)
-    return jnp.mean(v), {}
+    return regularizers.hessian_norm(ctx.fn, batch.x, batch.y, key=key,
+                                     num_samples=self.num_samples, mode=mode), {}

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 
-from rattr_jax.regularizers import _input_gradient_norm as _ig
+from rattr_jax import regularizers
 from rattr_jax.training._term import register_term, Term
 
 
@@ -15,7 +14,7 @@ class InputGradientNorm(Term):
 
   name = "input_gradient_norm"
   weight_field = "lam"
-  choices = {"of": _ig.OF}
+  choices = {"of": regularizers.GRADIENT_OF}
   aliases = {"gradient_of": "of"}
 
   lam: float = 1.0
@@ -23,4 +22,4 @@ class InputGradientNorm(Term):
 
   def loss(self, ctx, batch, key):
     del key
-    return jnp.mean(_ig.input_gradient_norm_values(ctx.fn, batch.x, batch.y, of=self.of)), {}
+    return regularizers.input_gradient_norm(ctx.fn, batch.x, batch.y, of=self.of), {}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from rattr_jax.regularizers import _adversarial as _adv
-from rattr_jax.regularizers import _common
+from rattr_jax import regularizers
 from rattr_jax.training._term import check_radius, register_term, Term
+from rattr_jax.training.terms.cross_entropy import cross_entropy
 from rattr_jax.training.terms.fgsm import accuracy
 
 _CLIP = (0.0, 1.0)
@@ -32,10 +32,9 @@ class PGD(Term):
     check_radius(self, "epsilon")
 
   def loss(self, ctx, batch, key):
-    eps = jnp.asarray(self.epsilon, batch.x.dtype)
-    step = 2.5 * eps / self.num_steps if self.step_size is None else self.step_size
-    x_adv = _adv.pgd_adversary_core(ctx.eval_fn, batch.x, batch.y, key=key, epsilon=eps,
-                                    step_size=step, num_steps=self.num_steps, input_range=_CLIP)
+    x_adv = regularizers.pgd_adversary(ctx.eval_fn, batch.x, batch.y, key=key,
+                                       epsilon=self.epsilon, step_size=self.step_size,
+                                       num_steps=self.num_steps, input_range=_CLIP)
     logits = ctx.fn(x_adv)
-    return (jnp.mean(_common.cross_entropy(logits, batch.y)),
+    return (jnp.mean(cross_entropy(logits, batch.y)),
             {"adv_acc": accuracy(logits, batch.y)})

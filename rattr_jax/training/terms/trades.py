@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import optax
 
-from rattr_jax.regularizers import _adversarial as _adv
+from rattr_jax import regularizers
 from rattr_jax.training._term import check_radius, register_term, Term
 from rattr_jax.training.terms.fgsm import accuracy
 
@@ -35,9 +37,11 @@ class TRADES(Term):
     check_radius(self, "epsilon")
 
   def loss(self, ctx, batch, key):
-    eps = jnp.asarray(self.epsilon, batch.x.dtype)
-    step = 2.5 * eps / self.num_steps if self.step_size is None else self.step_size
-    x_adv = _adv.trades_adversary_core(ctx.eval_fn, batch.x, key=key, epsilon=eps,
-                                       step_size=step, num_steps=self.num_steps, input_range=_CLIP)
+    x_adv = regularizers.trades_adversary(ctx.eval_fn, batch.x, key=key, epsilon=self.epsilon,
+                                          step_size=self.step_size, num_steps=self.num_steps,
+                                          input_range=_CLIP)
     logits = ctx.fn(x_adv)
-    return jnp.mean(_adv._kl_rows(ctx.logits, logits)), {"adv_acc": accuracy(logits, batch.y)}
+    # KL(p(x) || p(x_adv)) per example, from log-probabilities.
+    kl = optax.losses.kl_divergence_with_log_targets(jax.nn.log_softmax(logits, -1),
+                                                     jax.nn.log_softmax(ctx.logits, -1))
+    return jnp.mean(kl), {"adv_acc": accuracy(logits, batch.y)}
