@@ -199,3 +199,53 @@ def test_readme_metric_example_closed_forms(readme):
   a = np.arange(n, dtype=np.float64)
   expected = [(n - 1) / n, 0.0, np.sum((2 * np.arange(1, n + 1) - n - 1) * a) / (n * a.sum())]
   np.testing.assert_allclose(g, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "resnet18"])
+def test_clean_pass_features_equal_a_separate_feature_pass(kind):
+  """Activation sensitivity reads its clean features from the engine's clean pass
+  (`models.call_with_features`): loss, parameters and BatchNorm statistics after a step
+  equal those of the same term computing the clean features in a pass of its own."""
+  import dataclasses
+  if kind == "cnn":
+    m = models.create_model("cnn", input_shape=(28, 28, 1), num_classes=10, widths=(4, 4, 8))
+    x = jax.random.uniform(jax.random.key(0), (6, 28, 28, 1))
+    layers = ("conv2", "fc1")
+  else:  # BatchNorm: the clean pass also updates the running statistics
+    m = models.create_model("resnet18", input_shape=(8, 8, 3), num_classes=10,
+                            widths=(4, 4, 4, 4))
+    x = jax.random.uniform(jax.random.key(0), (6, 8, 8, 3))
+    layers = ("blocks.0",)
+  y = jnp.arange(6, dtype=jnp.int32) % 10
+  term = training.make_term("activation_sensitivity", layers=layers, epsilon=0.1, lam=2.0)
+  shared = term.loss_term()
+  assert shared.clean_layers == layers
+  separate = dataclasses.replace(shared, clean_layers=())
+  ce = training.make_term("ce")
+  out = []
+  for t in (shared, separate):
+    ts = training.make_train_step(m, optax.sgd(0.1), [ce, t], seed=3)
+    state, met = ts.step(ts.init(3), x, y)
+    out.append((met, state))
+  (m1, s1), (m2, s2) = out
+  np.testing.assert_allclose(m1["activation_sensitivity"], m2["activation_sensitivity"],
+                             rtol=1e-5, atol=1e-7)
+  assert float(m1["activation_sensitivity"]) > 0
+  for a, b in zip(jax.tree_util.tree_leaves((s1.params, s1.rest)),
+                  jax.tree_util.tree_leaves((s2.params, s2.rest))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6)
+  # The Jacobian form differentiates the features at x itself: no clean-pass features.
+  jac = training.make_term("activation_sensitivity", layers=layers, form="jacobian")
+  assert jac.loss_term().clean_layers == ()
+
+
+def test_call_with_features_is_the_model_call_plus_feature_fn():
+  m = models.create_model("cnn", input_shape=(28, 28, 1), num_classes=10, widths=(4, 4, 8))
+  x = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
+  logits, (c2, f1) = models.call_with_features(m, x, ("conv2", "fc1"))
+  np.testing.assert_allclose(logits, m(x), rtol=1e-6)
+  ref = models.feature_fn(m, ("conv2", "fc1"))(x)
+  np.testing.assert_allclose(c2, ref[0], rtol=1e-6)
+  np.testing.assert_allclose(f1, ref[1], rtol=1e-6)
+  with pytest.raises(ValueError, match="available layer names"):
+    models.call_with_features(m, x, "nope")

@@ -144,6 +144,31 @@ def _as_layers(layer) -> tuple[str, ...]:
   return layers
 
 
+def call_with_features(model: nnx.Module, x: jax.Array, layer: str | Sequence[str]) -> tuple:
+  """Calls ``model(x)`` in place and returns ``(logits, features)`` of hidden layers.
+
+  Unlike `feature_fn`, the call runs on ``model`` in place, in its current
+  mode: a training-mode BatchNorm updates ``model``'s statistics exactly as
+  ``model(x)`` does. The training engine uses it for the clean pass, so a
+  term that needs the clean hidden features (activation sensitivity) shares
+  that forward pass and its backward pass.
+
+  Args:
+    model: any Flax NNX module mapping ``[B, *F]`` to logits.
+    x: inputs ``[B, *F]``.
+    layer: one layer name, or a sequence of names (see `layer_names`).
+
+  Returns:
+    ``(logits, features)``: features as in `feature_fn` (an array for one
+    name, a tuple for a sequence).
+  """
+  single = isinstance(layer, str)
+  layers = _as_layers(layer)
+  logits, inter = nnx.capture(model, nnx.Intermediate, method_outputs=nnx.Intermediate)(x)
+  feats = _select(_flatten_intermediates(inter), layers, _module_names(model))
+  return logits, (feats[0] if single else feats)
+
+
 def feature_fn(model: nnx.Module, layer: str | Sequence[str], *, train: bool = False,
                activation=None, conv_impl: str | None = None,
                with_logits: bool = False) -> Callable[[jax.Array], Any]:

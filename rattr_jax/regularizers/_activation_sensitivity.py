@@ -73,9 +73,13 @@ def _weighted(change, omega):
 
 def perturbation_values(features: Callable, x: jax.Array, delta: jax.Array, *,
                         layer_weights: Sequence[float], neuron_weights=None,
-                        norm: str = "l1") -> jax.Array:
-  """``[B]`` values of the perturbation form for a given ``delta``."""
-  clean = features(x)
+                        norm: str = "l1", clean=None) -> jax.Array:
+  """``[B]`` values of the perturbation form for a given ``delta``.
+
+  ``clean``: the features of ``x`` when the caller has them (the training
+  engine's clean pass), else computed here.
+  """
+  clean = features(x) if clean is None else clean
   pert = features(jax.lax.stop_gradient(x + delta))
   total = jnp.zeros(x.shape[:1], x.dtype)
   for i, (a, b) in enumerate(zip(clean, pert)):
@@ -114,8 +118,13 @@ def activation_sensitivity_values(features: Callable, fn: Callable, x: jax.Array
                                   epsilon: jax.Array, num_steps: int = 5, step_size: Any = None,
                                   num_samples: int = 1, num_projections: int = 1,
                                   layer_weights: Sequence[float], neuron_weights=None,
-                                  norm: str = "l1", input_range=None) -> jax.Array:
-  """Unvalidated core: ``features(x) -> tuple of [B, ...]``, ``fn`` attacked (eval mode)."""
+                                  norm: str = "l1", input_range=None,
+                                  clean=None) -> jax.Array:
+  """Unvalidated core: ``features(x) -> tuple of [B, ...]``, ``fn`` attacked (eval mode).
+
+  ``clean``: precomputed ``features(x)`` for the perturbation form (ignored by
+  the Jacobian form, which differentiates ``features`` at ``x``).
+  """
   if form == "jacobian":
     return jacobian_values(features, x, key=key, layer_weights=layer_weights,
                            neuron_weights=neuron_weights, num_projections=num_projections)
@@ -124,7 +133,7 @@ def activation_sensitivity_values(features: Callable, fn: Callable, x: jax.Array
     delta = sensitivity_delta(fn, x, t, key=k, epsilon=epsilon, perturbation=perturbation,
                               num_steps=num_steps, step_size=step_size, input_range=input_range)
     return perturbation_values(features, x, delta, layer_weights=layer_weights,
-                               neuron_weights=neuron_weights, norm=norm)
+                               neuron_weights=neuron_weights, norm=norm, clean=clean)
 
   if num_samples == 1:
     return one(key)

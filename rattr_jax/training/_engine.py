@@ -43,6 +43,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rattr_jax import distributed
 from rattr_jax.models import _functional
+from rattr_jax.models import call_with_features
 from rattr_jax.training.terms.cross_entropy import cross_entropy
 from rattr_jax.training._term import Term
 from rattr_jax.training._terms import Batch, LossTerm, TermContext
@@ -222,6 +223,7 @@ def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation,
     return nnx.merge(graphdef_eval, params, rest)
 
   refreshers = [(t.name, t.refresh) for t in terms if t.refresh is not None]
+  clean_layers = tuple(dict.fromkeys(layer for t in terms for layer in t.clean_layers))
 
   def compute_aux(params, rest, x, y, key):
     out = {}
@@ -247,11 +249,15 @@ def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation,
 
   def loss_fn(params, state, x, y, key):
     m = nnx.merge(graphdef_train, params, jax.tree_util.tree_map(lambda a: a, state.rest))
-    logits = m(x)
+    if clean_layers:  # one clean pass for the logits and the hidden features terms read
+      logits, feats = call_with_features(m, x, clean_layers)
+      features = dict(zip(clean_layers, feats))
+    else:
+      logits, features = m(x), {}
     new_rest = nnx.split(m, nnx.Param, ...)[2]
     ctx = TermContext(params=params, rest=state.rest, graphdef_train=graphdef_train,
                       graphdef_eval=graphdef_eval, logits=logits, step=state.step,
-                      aux=state.aux)
+                      aux=state.aux, features=features)
     batch = Batch(x, y)
     total = jnp.zeros((), jnp.float32)
     metrics = {}

@@ -87,6 +87,10 @@ class Term(struct.PyTreeNode):
     """``(value, metrics)`` on one batch; see the module docstring."""
     raise NotImplementedError(f"Term {self.name!r} does not define `loss`.")
 
+  def clean_layers(self) -> tuple[str, ...]:
+    """Hidden layers this term reads from the clean pass (``ctx.features``); default none."""
+    return ()
+
   def refresh(self) -> Callable[..., Any] | None:
     """Optional ``refresh(model, x, y, key) -> pytree``, run each epoch (``ctx.aux[name]``)."""
     return None
@@ -95,7 +99,7 @@ class Term(struct.PyTreeNode):
     """The engine's `LossTerm` of this term (validated; prepared when ``setup`` is given)."""
     check_term(self)
     t = self if setup is None else self.prepare(setup)
-    return LossTerm(t.name, t.loss, t.weight, t.refresh())
+    return LossTerm(t.name, t.loss, t.weight, t.refresh(), tuple(t.clean_layers()))
 
   def to_dict(self) -> dict[str, Any]:
     """``{"term": name, field: value, ...}`` (JSON-serialisable)."""

@@ -55,6 +55,8 @@ class TermContext:
     step: the global step (traced int).
     aux: per-term auxiliary data refreshed each epoch (``aux[term.name]``).
     name: the name of the term being evaluated (`own_aux` is its entry of ``aux``).
+    features: ``{layer: [B, ...]}`` hidden outputs of the clean pass, for the
+      layers the objective's terms list in ``clean_layers``.
   """
 
   params: Any
@@ -65,6 +67,7 @@ class TermContext:
   step: jax.Array
   aux: dict
   name: str = ""
+  features: Any = dataclasses.field(default_factory=dict)
 
   @property
   def own_aux(self) -> Any:
@@ -99,12 +102,17 @@ class LossTerm:
     refresh: optional ``refresh(model, x, y, key) -> pytree``, run (jitted) at
       the start of every epoch on a fixed-size batch of training data with
       the current inference-mode model; the result is ``ctx.aux[name]``.
+    clean_layers: hidden layers whose outputs the term reads from the clean
+      pass (``ctx.features[layer]``); the engine captures them in the pass
+      that computes ``ctx.logits``, so the term shares its forward and
+      backward work.
   """
 
   name: str
   fn: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
   weight: float = 1.0
   refresh: Callable[..., Any] | None = None
+  clean_layers: tuple[str, ...] = ()
 
   def __post_init__(self):
     if not isinstance(self.weight, (int, float)) or isinstance(self.weight, bool) or \

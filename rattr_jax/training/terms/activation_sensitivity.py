@@ -11,6 +11,13 @@ from rattr_jax.training._term import check_radius, register_term, Term
 _CLIP = (0.0, 1.0)
 
 
+def _clean_features(ctx, layers):
+  """The clean pass's features of ``layers`` when the engine captured them, else ``None``."""
+  if all(name in ctx.features for name in layers):
+    return tuple(ctx.features[name] for name in layers)
+  return None
+
+
 @register_term
 class ActivationSensitivity(Term):
   """``lam`` times the activation sensitivity of ``layers``
@@ -48,6 +55,10 @@ class ActivationSensitivity(Term):
   def check(self):
     check_radius(self, "epsilon")
 
+  def clean_layers(self):
+    # The perturbation form compares features(x + delta) with the clean pass's features.
+    return self.layers if self.form == "perturbation" else ()
+
   def prepare(self, setup):
     _features.check_layers(setup.model, self.layers, jnp.asarray(setup.x))
     return self
@@ -60,7 +71,8 @@ class ActivationSensitivity(Term):
         perturbation=self.perturbation, epsilon=jnp.asarray(self.epsilon, batch.x.dtype),
         num_steps=self.num_steps, step_size=self.step_size, num_samples=self.num_samples,
         num_projections=self.num_projections, layer_weights=(1.0,) * len(self.layers),
-        neuron_weights=nw, input_range=_CLIP)
+        neuron_weights=nw, input_range=_CLIP,
+        clean=_clean_features(ctx, self.layers))
     return jnp.mean(v), {}
 
   def refresh(self):
