@@ -64,18 +64,31 @@ def _mesh_cached():
 
 
 @functools.lru_cache(maxsize=None)
-def _runner(f, batch_argnums):
-  return dist.per_example(f, mesh(), batch_argnums=batch_argnums)
+def _runner(f, batch_argnums, chunk_size=None):
+  return dist.per_example(f, mesh(), batch_argnums=batch_argnums, chunk_size=chunk_size)
 
 
-def per_example(f, *args, batch_argnums, key=None, **kwargs):
+def example_chunk(spec) -> int | None:
+  """Examples per device computed at once by the score stage's robustness metrics.
+
+  ``None`` (all of a chunk's examples vectorised) for every explainer but DANCE. A
+  DANCE map solves one decoy problem per patch; max-sensitivity regenerates the
+  decoys at every noisy input, and vectorising that over 32 images held 20 GB on
+  the mnist preset. DANCE examples are therefore mapped one at a time (the values
+  do not depend on it, `rattr_jax.distributed.per_example`).
+  """
+  return 1 if spec.name == "decoy" else None
+
+
+def per_example(f, *args, batch_argnums, key=None, example_chunk=None, **kwargs):
   """``f`` on each example, data-parallel over the mesh, in chunks of `CHUNK` examples.
 
   Example ``i`` gets ``fold_in(key, i)`` (``i`` its index in the evaluation set), so
   every value is the same whatever the chunking, the device count or the process
-  count. Returns host numpy arrays (gathered on every process).
+  count. Returns host numpy arrays (gathered on every process). ``example_chunk``:
+  examples per device computed at once (`example_chunk`; ``None``: all of them).
   """
-  run = _runner(f, batch_argnums)
+  run = _runner(f, batch_argnums, example_chunk)
   n = np.shape(args[batch_argnums[-1]])[0]
   outs = []
   for i, j in _chunks(n):
@@ -204,7 +217,7 @@ def attack(fn, surrogate, ex, x, t, *, name: str, epsilon: float, num_steps: int
 
 # ----------------------------------------------------------------------- metrics
 def robustness(fn, ex, x, t, *, names, epsilon: float, num_samples: int, lipschitz_steps: int,
-               key) -> dict[str, np.ndarray]:
+               key, example_chunk: int | None = None) -> dict[str, np.ndarray]:
   """Max-sensitivity (uniform noise in the L-inf box of radius ``epsilon``; relative L2
   change of the explanation) and the local
   Lipschitz estimate (projected gradient ascent in the L2 ball of radius
@@ -214,14 +227,14 @@ def robustness(fn, ex, x, t, *, names, epsilon: float, num_samples: int, lipschi
     out["max_sensitivity"] = per_example(
         M.max_sensitivity, fn, ex, x, t, batch_argnums=(2, 3), key=jax.random.fold_in(key, 1),
         num_samples=num_samples, epsilon=epsilon, norm="l2", noise="uniform",
-        input_range=(0.0, 1.0)).astype(np.float64)
+        input_range=(0.0, 1.0), example_chunk=example_chunk).astype(np.float64)
   if "local_lipschitz" in names:
     d = float(np.prod(x.shape[1:]))
     out["local_lipschitz"] = per_example(
         M.local_lipschitz_estimate, fn, ex, x, t, batch_argnums=(2, 3),
         key=jax.random.fold_in(key, 2), epsilon=float(epsilon * np.sqrt(d)),
         method="gradient_ascent", num_steps=lipschitz_steps,
-        num_restarts=1).astype(np.float64)
+        num_restarts=1, example_chunk=example_chunk).astype(np.float64)
   return out
 
 

@@ -475,7 +475,8 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
           rob = [m for m in ms.robustness if es.name != "decoy" or m != "local_lipschitz"]
           vals = E.robustness(fn, ex, xs, ys, names=rob,
                               epsilon=ms.robustness_epsilon, num_samples=ms.num_samples,
-                              lipschitz_steps=ms.lipschitz_steps, key=key)
+                              lipschitz_steps=ms.lipschitz_steps, key=key,
+                              example_chunk=E.example_chunk(es))
           vals.update(E.faithfulness(fn, attributions[(r.name, es.name)], xs, ys,
                                      names=ms.faithfulness, curve_steps=ms.curve_steps,
                                      num_samples=ms.num_samples,
