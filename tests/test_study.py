@@ -437,3 +437,33 @@ def test_study_dance_and_senn_scores(tmp_path):
   d = vals("ce", "decoy", "max_sensitivity")
   assert dance["n"] == 5 and dance["mean_a"] == pytest.approx(np.mean([d[i] for i in range(5)]))
   assert dance["status"] in ("reproduced", "not reproduced", "inconclusive")
+
+
+def test_mass_center_attack_on_a_smooth_model_leaves_x():
+  """The centre-of-mass objective has zero gradient at x_adv = x. A smooth model attacked
+  exactly (no surrogate) never leaves x from x; the study starts it from a random-sign
+  corner, which moves the map's centre (label kept, inside the ball)."""
+  import jax
+  import jax.numpy as jnp
+  from rattr_jax import attacks, explainers, metrics, models
+  from rattr_jax.study import _eval as E
+  model = models.create_model("cnn", input_shape=(28, 28, 1), num_classes=10, widths=(4, 4, 8),
+                              activation="softplus:3")
+  fn = models.as_fn(model)
+  x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+  t = jnp.argmax(fn(x), -1)
+  grad = explainers.get("gradient")
+  cfg = attacks.AttackConfig(epsilon=0.1, step_size=0.05, num_steps=4, select_on="measure")
+  stuck = attacks.mass_center_attack(fn, grad, x, t, key=jax.random.key(1), config=cfg)
+  assert float(jnp.max(jnp.abs(stuck.x_adv - x))) == 0.0
+  assert E.mass_center_random_start("mass_center", None)
+  assert not E.mass_center_random_start("mass_center", fn)
+  assert not E.mass_center_random_start("topk", None)
+  x_adv = E.attack(fn, None, grad, np.asarray(x), np.asarray(t), name="mass_center",
+                   epsilon=0.1, num_steps=4, step_size=0.05, k=20, select_on="measure",
+                   key=jax.random.key(1))
+  assert np.max(np.abs(x_adv - np.asarray(x))) <= 0.1 + 1e-6
+  assert np.all(np.asarray(jnp.argmax(fn(jnp.asarray(x_adv)), -1)) == np.asarray(t))
+  m0 = E.to_map(grad(fn, x, t))
+  m1 = E.to_map(grad(fn, jnp.asarray(x_adv), t))
+  assert float(np.mean(np.asarray(metrics.center_shift(jnp.asarray(m0), jnp.asarray(m1))))) > 0

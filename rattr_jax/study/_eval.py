@@ -188,9 +188,26 @@ def _mask(shape) -> np.ndarray:
   return m
 
 
+def mass_center_random_start(name: str, surrogate) -> bool:
+  """Whether the study's centre-of-mass attack starts from a random-sign corner.
+
+  Its objective ``||C(I(x_adv)) - C(I(x))||^2`` is at its minimum at ``x_adv = x``,
+  so its gradient there is exactly zero. Ghorbani et al. attack ReLU networks
+  through a surrogate, whose map's centre differs from the real map's and gives a
+  gradient; a smooth model attacked exactly would never leave ``x`` (signed step
+  ``sign(0) = 0``). With a random start ``x`` is still scored first and kept if
+  no iterate beats it.
+  """
+  return name == "mass_center" and surrogate is None
+
+
 def attack(fn, surrogate, ex, x, t, *, name: str, epsilon: float, num_steps: int,
            step_size: float | None, k: int, select_on: str, key) -> np.ndarray:
-  """Runs one attack on ``x`` and returns ``x_adv`` (label kept by construction)."""
+  """Runs one attack on ``x`` and returns ``x_adv`` (label kept by construction).
+
+  The centre-of-mass attack on a model attacked exactly (``surrogate=None``: smooth
+  activations) starts from a random-sign corner of the ball (`mass_center_random_start`).
+  """
   step = step_size if step_size is not None else 2.5 * epsilon / num_steps
   sel = select_on
   if name == "frame":
@@ -199,7 +216,8 @@ def attack(fn, surrogate, ex, x, t, *, name: str, epsilon: float, num_steps: int
                       surrogate=surrogate)
     return np.asarray(res.x_adv)
   cfg = A.AttackConfig(epsilon=epsilon, step_size=step, num_steps=num_steps, k=k,
-                       select_on=sel)
+                       select_on=sel,
+                       random_start=mass_center_random_start(name, surrogate))
   kw = {}
   if name == "random_sign":
     f = A.random_sign_attack

@@ -216,9 +216,20 @@ def _functions(trained, name, config):
     model = model()
     trained[name] = (model, spec)
   fn = Mo.as_fn(model)
-  smooth = _is_smooth(spec.activation) or spec.objective == "senn"
-  sur = None if smooth else Mo.surrogate_fn(model, beta=config.attacks.surrogate_beta)
+  beta = config.attacks.surrogate_beta
+  sur = None if _attacked_exactly(spec) else Mo.surrogate_fn(model, beta=beta)
   return fn, sur, model
+
+
+def _attacked_exactly(spec) -> bool:
+  """Smooth models (and SENN) are attacked on themselves, ReLU models through a surrogate."""
+  return _is_smooth(spec.activation) or spec.objective == "senn"
+
+
+def _random_start(config, label: str, attack: str) -> bool:
+  """`E.mass_center_random_start` for a method, known before its model is loaded."""
+  return E.mass_center_random_start(
+      attack, None if _attacked_exactly(config.method(label)) else "surrogate")
 
 
 def _is_smooth(activation: str) -> bool:
@@ -238,13 +249,16 @@ def _load_data(config: C.StudyConfig):
   return data
 
 
-def _attack_payload(config, run_key, es, attack, eps) -> dict:
+def _attack_payload(config, run_key, es, attack, eps, random_start=False) -> dict:
   """What an attack unit's result depends on (its file is named by this hash)."""
   a = config.attacks
-  return {"model": run_key, "explainer": dataclasses.asdict(es), "attack": attack,
-          "epsilon": eps, "num_steps": a.num_steps, "step_size": a.step_size, "k": a.k,
-          "beta": a.surrogate_beta, "select_on": a.select_on,
-          "similarity": list(config.metrics.similarity)}
+  out = {"model": run_key, "explainer": dataclasses.asdict(es), "attack": attack,
+         "epsilon": eps, "num_steps": a.num_steps, "step_size": a.step_size, "k": a.k,
+         "beta": a.surrogate_beta, "select_on": a.select_on,
+         "similarity": list(config.metrics.similarity)}
+  if random_start:  # only then, so the other units keep their names
+    out["random_start"] = True
+  return out
 
 
 def _score_payload(config, run_key, es) -> dict:
@@ -433,7 +447,8 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
     st = prog.stage("attack", len(todo))
     for r, en, an, eps in todo:
       es = config.explainer(en)
-      p = unit_path("attack", _attack_payload(config, r.key, es, an, eps))
+      p = unit_path("attack", _attack_payload(config, r.key, es, an, eps,
+                                              _random_start(config, r.label, an)))
       if not cached(p, "attack"):
         fn, sur, model = fns[r.name]
         ex = E.model_explainer(es, model)
@@ -640,7 +655,8 @@ def _plan(config, ok_runs, unit_path) -> list[dict]:
       for an in a.names:
         for eps in a.epsilons:
           plan.append({**row, "kind": "attack", "explainer": en, "attack": an, "epsilon": eps,
-                       "path": unit_path("attack", _attack_payload(config, r.key, es, an, eps))})
+                       "path": unit_path("attack", _attack_payload(
+                           config, r.key, es, an, eps, _random_start(config, r.label, an)))})
     for es in config.explainers:
       plan.append({**row, "kind": "score", "explainer": es.name, "attack": "", "epsilon": None,
                    "path": unit_path("score", _score_payload(config, r.key, es))})
