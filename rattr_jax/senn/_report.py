@@ -99,7 +99,7 @@ def evaluate_senn(model, data, settings: EvalSettings, *, key) -> dict[str, Any]
   k1, k2 = jax.random.split(key)
   for name, den, k in (("stability", "concepts", k1), ("stability_vs_input", "input", k2)):
     run = functools.partial(senn_stability, model, x, epsilon=eps, denominator=den,
-                            batch_size=settings.batch_size)
+                            chunk_size=settings.batch_size)
     v = _max_estimate(run, settings, k)
     out[name] = _summary(v)
   f = np.asarray(senn_faithfulness(model, x))
