@@ -24,27 +24,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "rattr_jax"
 
-_VIEW = ("rattr_jax.models needs a public eval-mode view / feature API (models._functional._view, "
-         "models._features); models is another session's area in issue 15")
-_TRAIN = ("the activation-sensitivity term calls the regularizer's unvalidated core with the "
-          "hidden features of the traced model (models' feature API is private, see _VIEW)")
-_CLI = "cli reaches into private modules of the packages it drives (another session's area)"
-
 #: (importing module, imported private module): not fixed yet, with the reason.
 ALLOWED_PRIVATE: dict[tuple[str, str], str] = {
-    ("rattr_jax.attacks._dombrowski", "rattr_jax.models._functional"): _VIEW,
-    ("rattr_jax.influence._last_layer", "rattr_jax.models._functional"): _VIEW,
-    ("rattr_jax.regularizers._activation_sensitivity", "rattr_jax.models._features"): _VIEW,
-    ("rattr_jax.regularizers._activation_sensitivity", "rattr_jax.models._functional"): _VIEW,
-    ("rattr_jax.cli._explain", "rattr_jax.attribution._decoy"): _CLI,
-    ("rattr_jax.cli._senn_report", "rattr_jax.senn._aggregators"): _CLI,
-    ("rattr_jax.cli._senn_report", "rattr_jax.senn._figures"): _CLI,
-    ("rattr_jax.cli._senn_report", "rattr_jax.senn._report"): _CLI,
-    ("rattr_jax.training._config", "rattr_jax.models._activation"): _VIEW,
-    ("rattr_jax.training._engine", "rattr_jax.models._functional"): _VIEW,
-    ("rattr_jax.training.terms.activation_sensitivity", "rattr_jax.models._features"): _VIEW,
-    ("rattr_jax.training.terms.activation_sensitivity",
-     "rattr_jax.regularizers._activation_sensitivity"): _TRAIN,
 }
 
 #: Package edges allowed although they close a cycle (with the reason).

@@ -284,3 +284,19 @@ def test_enable_compilation_cache_writes_and_reuses_entries(tmp_path):
   import rattr_jax
   with pytest.raises(ValueError, match="min_compile_time_secs"):
     rattr_jax.enable_compilation_cache(str(tmp_path), min_compile_time_secs=-1)
+
+
+def test_view_shares_weights_and_leaves_the_model_alone():
+  from flax import nnx
+  m = models.create_model("cnn", input_shape=(8, 8, 1), num_classes=3, seed=0, widths=(4, 8, 16))
+  x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+  before = models.as_fn(m)(x)
+  v = models.view(m, train=True, activation="softplus:5")
+  assert type(v) is type(m)
+  # Same parameter arrays, another activation: other logits; the model itself unchanged.
+  pv = jax.tree_util.tree_leaves(nnx.state(v, nnx.Param))
+  pm = jax.tree_util.tree_leaves(nnx.state(m, nnx.Param))
+  assert all(a is b or np.array_equal(a, b) for a, b in zip(pv, pm))
+  assert not np.allclose(v(x), before)
+  np.testing.assert_array_equal(models.as_fn(m)(x), before)
+  np.testing.assert_array_equal(models.view(m)(x), before)

@@ -457,6 +457,54 @@ def test_activation_sensitivity_bad_layer_and_args():
                              perturbation="pgd")
 
 
+@pytest.mark.parametrize("form,pert", [("perturbation", "uniform"), ("perturbation", "fgsm"),
+                                       ("perturbation", "pgd"), ("jacobian", "uniform")])
+def test_feature_sensitivity_is_activation_sensitivity_of_the_features(x64, form, pert):
+  graphdef, state = _nnx_mlp64()
+  m = nnx.merge(graphdef, state)
+  x, y = _data(jnp.float64)
+  layers = ["hidden.0", "hidden.1"]
+  kw = dict(key=jax.random.key(4), form=form, perturbation=pert, epsilon=0.2, num_steps=3,
+            layer_weights=(1.0, 0.5), neuron_weights=(jnp.linspace(0.5, 2.0, 6), jnp.linspace(2.0, 0.1, 5)))
+  want = R.activation_sensitivity(m, x, y, layers=layers, reduction="none", **kw)
+  feats, fn = feature_fn(m, layers), models.as_fn(m)
+  got = R.feature_sensitivity(feats, fn, x, y, **kw)
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+  jitted = jax.jit(lambda z, t: R.feature_sensitivity(feats, fn, z, t, **kw))(x, y)
+  np.testing.assert_allclose(jitted, want, rtol=1e-12)
+  # The caller's clean features replace the clean pass (same values).
+  with_clean = R.feature_sensitivity(feats, fn, x, y, clean=feats(x), **kw)
+  np.testing.assert_allclose(with_clean, want, rtol=1e-12)
+
+
+def test_feature_sensitivity_one_layer_and_bad_args():
+  m = models.MLP(4, 3, hidden=(6, 5), rngs=nnx.Rngs(0))
+  x, y = _data()
+  fn, key = models.as_fn(m), jax.random.key(0)
+  one = R.feature_sensitivity(feature_fn(m, "hidden.1"), fn, x, y, key=key)
+  want = R.activation_sensitivity(m, x, y, layers="hidden.1", key=key, reduction="none")
+  np.testing.assert_allclose(one, want, rtol=1e-6)
+  with pytest.raises(ValueError, match="`form`"):
+    R.feature_sensitivity(feature_fn(m, "hidden.1"), fn, x, y, key=key, form="x")
+  with pytest.raises(ValueError, match="`layer_weights`"):
+    R.feature_sensitivity(feature_fn(m, "hidden.1"), fn, x, y, key=key, layer_weights=(1.0, 1.0))
+  with pytest.raises(ValueError, match="`neuron_weights`"):
+    R.feature_sensitivity(feature_fn(m, "hidden.1"), fn, x, y, key=key,
+                          neuron_weights=(None, None))
+  with pytest.raises(ValueError, match="`num_samples`"):
+    R.feature_sensitivity(feature_fn(m, "hidden.1"), fn, x, y, key=key, num_samples=0)
+
+
+def test_feature_neuron_sensitivity_is_neuron_sensitivity(cnn):
+  x = jax.random.uniform(jax.random.key(0), (4, 8, 8, 1))
+  kw = dict(key=jax.random.key(1), epsilon=0.1, perturbation="fgsm")
+  want = R.neuron_sensitivity(cnn, x, jnp.arange(4), layers=["conv2", "fc1"], **kw)
+  got = R.feature_neuron_sensitivity(feature_fn(cnn, ["conv2", "fc1"]), models.as_fn(cnn), x,
+                                     jnp.arange(4), **kw)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_neuron_sensitivity_shapes_and_mean(cnn):
   x = jax.random.uniform(jax.random.key(0), (4, 8, 8, 1))
   s = R.neuron_sensitivity(cnn, x, jnp.arange(4), layers=["conv2", "fc1"],

@@ -58,8 +58,8 @@ def softplus_family(model: nnx.Module, *, conv_impl: str | None = None):
     model: an NNX module mapping ``[B, *F]`` to ``[B, C]``.
     conv_impl: optional convolution-implementation override.
   """
-  from rattr_jax.models._functional import _view
-  graphdef, state = nnx.split(_view(model, conv_impl=conv_impl))
+  from rattr_jax.models import view
+  graphdef, state = nnx.split(view(model, conv_impl=conv_impl))
 
   def family(x, beta):
     m = nnx.merge(graphdef, state)

@@ -300,11 +300,3 @@ def default_layer(model: Any) -> str:
   if not names:
     raise ValueError("`model` has no submodules to use as the decoy layer.")
   return names[1] if len(names) > 1 else names[0]
-
-
-def cli_explainer(model: Any, *, base: str = "gradient", layer: str | None = None,
-                  epsilon: float = 1.0, num_steps: int = 100) -> Callable:
-  """The ``decoy`` entry of ``rattr explain``: a DANCE explainer over ``base`` at `default_layer`."""
-  layer = resolve_layer(default_layer(model) if layer is None else layer, model)
-  return core.BoundExplainer("decoy", decoy_attribution,
-                             dict(layer=layer, base=base, epsilon=epsilon, num_steps=num_steps))

@@ -104,8 +104,12 @@ def run(args) -> int:
   table = explainers(num_steps=args.num_steps, num_samples=args.num_samples)
   shown = list(methods)
   if "decoy" in methods:  # needs the model (its layer conv2 / second submodule)
-    from rattr_jax.attribution import _decoy
-    table["decoy"] = _decoy.cli_explainer(model)
+    from rattr_jax import attribution
+    from rattr_jax import core
+    layer = attribution.decoy_layer(attribution.decoy_default_layer(model), model)
+    table["decoy"] = core.BoundExplainer(
+        "decoy", attribution.decoy_attribution,
+        dict(layer=layer, base="gradient", epsilon=1.0, num_steps=100))
     if "gradient" not in shown:  # DANCE's base map, drawn beside the decoy map
       shown.insert(shown.index("decoy"), "gradient")
 

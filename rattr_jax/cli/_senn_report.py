@@ -97,9 +97,9 @@ def run(args) -> int:
   import numpy as np
 
   from rattr_jax.data import load_dataset
-  from rattr_jax.senn import _figures as F
-  from rattr_jax.senn import _report as R
-  from rattr_jax.senn._aggregators import Aggregator
+  from rattr_jax.senn import Aggregator
+  from rattr_jax.senn import report as R
+  F = R  # the figures are in the same public module
 
   lambdas = [float(v) for v in args.lambdas]
   con = _common.console()

@@ -48,7 +48,7 @@ def last_layer(model: nnx.Module, *, name: str | None = None) -> LastLayer:
   Raises:
     ValueError: no such `nnx.Linear` attribute.
   """
-  from rattr_jax.models._functional import _view
+  from rattr_jax.models import view as model_view
   if name is None:
     linear = [k for k, v in vars(model).items() if isinstance(v, nnx.Linear)]
     if not linear:
@@ -59,7 +59,7 @@ def last_layer(model: nnx.Module, *, name: str | None = None) -> LastLayer:
     raise ValueError(f"`name` {name!r} is not an nnx.Linear attribute of the model.")
   if layer.bias is None:
     raise ValueError(f"the output layer {name!r} must have a bias.")
-  view = _view(model)
+  view = model_view(model)
   setattr(view, name, _Identity())
   graphdef, state = nnx.split(view)
   features_fn = jax.tree_util.Partial(lambda st, x: nnx.merge(graphdef, st)(x), state)

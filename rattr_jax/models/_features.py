@@ -86,7 +86,7 @@ def layer_names(model: nnx.Module, x: jax.Array | jax.ShapeDtypeStruct | None = 
   """
   if x is None:
     return _module_names(model)
-  graphdef, state = nnx.split(_functional._view(model))
+  graphdef, state = nnx.split(_functional.view(model))
   spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
   names: list[str] = []
 
@@ -197,7 +197,7 @@ def feature_fn(model: nnx.Module, layer: str | Sequence[str], *, train: bool = F
   """
   single = isinstance(layer, str)
   layers = _as_layers(layer)
-  m = _functional._view(model, activation=activation, conv_impl=conv_impl, train=train)
+  m = _functional.view(model, activation=activation, conv_impl=conv_impl, train=train)
   modules = _module_names(m)
   graphdef, state = nnx.split(m)
   return jax.tree_util.Partial(_FeatureApply(graphdef, layers, modules, single, with_logits),

@@ -7,6 +7,8 @@
   activation replaced by softplus-beta, *on the same weights*. Explanation
   attacks on ReLU networks take the gradient of their objective through it,
   since a ReLU network's saliency map is piecewise constant in ``x``.
+* `view(model, train=...)` returns a copy sharing the weights, in inference or
+  training mode, optionally with another activation or convolution.
 * `functional(model)` returns ``(apply, state)`` with ``apply(state, x)``, for
   code that must pass the weights as arguments (training, parameter
   derivatives, sharding).
@@ -29,7 +31,26 @@ from rattr_jax.models._activation import Activation, as_activation
 from rattr_jax.models import _conv
 
 
-def _view(model: nnx.Module, *, activation=None, conv_impl=None, train: bool = False):
+def view(model: nnx.Module, *, train: bool = False, activation=None,
+         conv_impl: str | None = None) -> nnx.Module:
+  """A copy of ``model`` sharing its weights, in inference or training mode.
+
+  The model itself is not changed (its mode, activation and convolution
+  implementation stay as they are); the copy holds the same parameter arrays.
+
+  Args:
+    model: an NNX module.
+    train: ``True`` for training mode (BatchNorm batch statistics, dropout on),
+      ``False`` (default) for inference mode.
+    activation: optional replacement for every ``activation`` attribute (e.g.
+      ``Activation.softplus(10)`` or ``"softplus"``).
+    conv_impl: optional convolution implementation for every
+      `rattr_jax.models.Conv2D` (one of `rattr_jax.models.CONV_IMPLS`, or
+      ``"auto"``).
+
+  Returns:
+    The copy (an ``nnx.Module`` of the same class).
+  """
   graphdef, state = nnx.split(model)
   m = nnx.merge(graphdef, state)
   if train:
@@ -62,7 +83,7 @@ def functional(model: nnx.Module, *, activation=None, conv_impl: str | None = No
       mode ``apply`` returns ``(logits, new_state)`` so statistics updates are
       explicit; in inference mode it returns logits only.
   """
-  m = _view(model, activation=activation, conv_impl=conv_impl, train=train)
+  m = view(model, activation=activation, conv_impl=conv_impl, train=train)
   graphdef, state = nnx.split(m)
 
   if train:
@@ -97,7 +118,7 @@ def as_fn(model: nnx.Module, *, activation=None,
     >>> fn = as_fn(model)                       # doctest: +SKIP
     >>> sal = gradient(fn, x, target=3)         # doctest: +SKIP
   """
-  m = _view(model, activation=activation, conv_impl=conv_impl)
+  m = view(model, activation=activation, conv_impl=conv_impl)
   graphdef, state = nnx.split(m)
   leaves, treedef = jax.tree_util.tree_flatten(state)
   # The weights as a flat list (a native pytree: flattening it on every call

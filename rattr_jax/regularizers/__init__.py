@@ -8,6 +8,10 @@ model itself, to read hidden layers by name.
 """
 
 from rattr_jax.regularizers._activation_sensitivity import activation_sensitivity
+from rattr_jax.regularizers._activation_sensitivity import feature_neuron_sensitivity
+from rattr_jax.regularizers._activation_sensitivity import feature_sensitivity
+from rattr_jax.regularizers._activation_sensitivity import FORMS as SENSITIVITY_FORMS
+from rattr_jax.regularizers._activation_sensitivity import PERTURBATIONS as SENSITIVITY_PERTURBATIONS
 from rattr_jax.regularizers._activation_sensitivity import neuron_sensitivity
 from rattr_jax.regularizers._adversarial import fgsm_adversary
 from rattr_jax.regularizers._adversarial import fgsm_training
@@ -26,7 +30,8 @@ from rattr_jax.regularizers._input_gradient_norm import input_gradient_norm
 from rattr_jax.regularizers._input_gradient_norm import OF as GRADIENT_OF
 
 __all__ = [
-    "activation_sensitivity", "neuron_sensitivity", "fgsm_adversary", "fgsm_training",
+    "activation_sensitivity", "neuron_sensitivity", "feature_sensitivity",
+    "feature_neuron_sensitivity", "SENSITIVITY_FORMS", "SENSITIVITY_PERTURBATIONS", "fgsm_adversary", "fgsm_training",
     "pgd_adversary", "pgd_training", "trades", "trades_adversary", "gradient_alignment",
     "hessian_norm", "input_gradient_norm", "alignment_distances", "AlignmentTerms",
     "ALIGNMENT_PERTURBATIONS", "hessian_mode", "HESSIAN_MODES", "GRADIENT_OF",

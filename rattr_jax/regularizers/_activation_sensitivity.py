@@ -39,8 +39,7 @@ from jaxtyping import Array, Float
 from rattr_jax import _validation as V
 from rattr_jax import core
 from rattr_jax._typing import Target
-from rattr_jax.models import _features
-from rattr_jax.models._functional import as_fn
+from rattr_jax.models import as_fn, check_layers, feature_fn
 from rattr_jax.regularizers import _adversarial, _common
 
 FORMS = ("perturbation", "jacobian")
@@ -55,15 +54,13 @@ def sensitivity_delta(fn: Callable, x: jax.Array, t: jax.Array, *, key: jax.Arra
   if perturbation in ("uniform", "gaussian"):
     return jax.lax.stop_gradient(
         _common.random_delta(key, x.shape, x.dtype, epsilon, perturbation))
+  # The public adversaries, with their own default steps (1.25 eps; 2.5 eps / num_steps).
   if perturbation == "fgsm":
-    step = 1.25 * epsilon if step_size is None else step_size
-    x_adv = _adversarial.fgsm_adversary_core(fn, x, t, key=key, epsilon=epsilon,
-                                             step_size=step, input_range=input_range)
+    x_adv = _adversarial.fgsm_adversary(fn, x, t, key=key, epsilon=epsilon, step_size=step_size,
+                                        input_range=input_range)
   else:
-    step = 2.5 * epsilon / num_steps if step_size is None else step_size
-    x_adv = _adversarial.pgd_adversary_core(fn, x, t, key=key, epsilon=epsilon,
-                                            step_size=step, num_steps=num_steps,
-                                            input_range=input_range)
+    x_adv = _adversarial.pgd_adversary(fn, x, t, key=key, epsilon=epsilon, step_size=step_size,
+                                       num_steps=num_steps, input_range=input_range)
   return jax.lax.stop_gradient(x_adv - x)
 
 
@@ -141,6 +138,99 @@ def activation_sensitivity_values(features: Callable, fn: Callable, x: jax.Array
   return jnp.mean(jax.vmap(one)(keys), axis=0)
 
 
+def _as_tuple_features(features: Callable) -> Callable:
+  def f(z):
+    out = features(z)
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+  return f
+
+
+def feature_sensitivity(features: Callable, fn: Callable, x: Float[Array, "B ..."],
+                        target: Target | None = None, *, key: jax.Array,
+                        form: str = "perturbation", perturbation: str = "uniform",
+                        epsilon: Any = 0.1, num_steps: int = 5, step_size: Any = None,
+                        num_samples: int = 1, num_projections: int = 1,
+                        layer_weights: Sequence[float] | None = None,
+                        neuron_weights: Sequence[Any] | None = None, norm: str = "l1",
+                        input_range: tuple[float, float] | None = (0.0, 1.0),
+                        clean: Sequence[jax.Array] | None = None) -> jax.Array:
+  """`activation_sensitivity` of a feature function: ``[B]`` per-example values.
+
+  The building block for losses that already hold the model's pieces, e.g. a
+  training term with the engine's traced model (`rattr_jax.training`): it takes
+  the hidden features and the classifier as functions instead of an NNX model,
+  does not jit (the caller's ``jit`` compiles it), and accepts the clean
+  features the caller has already computed. Its checks work on tracers.
+
+  Args:
+    features: ``features(x) -> [B, ...]`` or a tuple of them (one per layer),
+      e.g. ``rattr_jax.models.feature_fn(model, layers)``.
+    fn: the classifier ``[B, *F] -> [B, C]`` that FGSM/PGD perturbations attack
+      (inference mode).
+    x, target, key, form, perturbation, epsilon, num_steps, step_size,
+    num_samples, num_projections, layer_weights, neuron_weights, norm,
+    input_range: as in `activation_sensitivity` (``neuron_weights`` unchecked
+      against the layer shapes here).
+    clean: ``features(x)`` when the caller has it (the perturbation form then
+      runs ``features`` once, on ``x + delta``); ignored by the Jacobian form.
+
+  Returns:
+    ``[B]`` per-example values.
+  """
+  x, t = _common.prepare(fn, x, 0 if target is None else target)
+  V.check_key(key)
+  V.check_choice(form, FORMS, name="form")
+  V.check_choice(perturbation, PERTURBATIONS, name="perturbation")
+  V.check_choice(norm, NORMS, name="norm")
+  eps = _common.check_epsilon(epsilon, x)
+  num_steps = V.check_positive_int(num_steps, name="num_steps")
+  num_samples = V.check_positive_int(num_samples, name="num_samples")
+  num_projections = V.check_positive_int(num_projections, name="num_projections")
+  input_range = core.check_input_range(input_range)
+  feats = _as_tuple_features(features)
+  n = len(jax.eval_shape(feats, jax.ShapeDtypeStruct(x.shape, x.dtype)))
+  lw = check_layer_weights(layer_weights, ("layer",) * n)
+  nw = None if neuron_weights is None else tuple(neuron_weights)
+  if nw is not None and len(nw) != n:
+    raise ValueError(f"`neuron_weights` needs one array per layer ({n}); got {len(nw)}.")
+  if clean is not None:
+    clean = tuple(clean) if isinstance(clean, (tuple, list)) else (clean,)
+  return activation_sensitivity_values(
+      feats, fn, x, t, key=key, form=form, perturbation=perturbation, epsilon=eps,
+      num_steps=num_steps, step_size=step_size, num_samples=num_samples,
+      num_projections=num_projections, layer_weights=lw, neuron_weights=nw, norm=norm,
+      input_range=input_range, clean=clean)
+
+
+def feature_neuron_sensitivity(features: Callable, fn: Callable, x: Float[Array, "B ..."],
+                               target: Target | None = None, *, key: jax.Array,
+                               perturbation: str = "uniform", epsilon: Any = 0.1,
+                               num_steps: int = 5, step_size: Any = None,
+                               input_range: tuple[float, float] | None = (0.0, 1.0),
+                               spatial_mean: bool = True,
+                               normalize: bool = True) -> tuple[jax.Array, ...]:
+  """`neuron_sensitivity` of a feature function (not jitted; checks work on tracers).
+
+  Args:
+    features, fn: as in `feature_sensitivity`.
+    x, target, key, perturbation, epsilon, num_steps, step_size, input_range,
+    spatial_mean, normalize: as in `neuron_sensitivity`.
+
+  Returns:
+    One array per layer, as `neuron_sensitivity`.
+  """
+  x, t = _common.prepare(fn, x, 0 if target is None else target)
+  V.check_key(key)
+  V.check_choice(perturbation, PERTURBATIONS, name="perturbation")
+  eps = _common.check_epsilon(epsilon, x)
+  num_steps = V.check_positive_int(num_steps, name="num_steps")
+  input_range = core.check_input_range(input_range)
+  return neuron_sensitivity_core(_as_tuple_features(features), fn, x, t, key, eps, step_size,
+                                 perturbation=perturbation, num_steps=num_steps,
+                                 input_range=input_range, spatial_mean=bool(spatial_mean),
+                                 normalize=bool(normalize))
+
+
 def _check_args(model, x, target, layers, key, form, perturbation, epsilon, num_steps,
                 num_samples, num_projections, layer_weights, neuron_weights, norm, reduction):
   if not isinstance(model, nnx.Module):
@@ -158,7 +248,7 @@ def _check_args(model, x, target, layers, key, form, perturbation, epsilon, num_
   num_steps = V.check_positive_int(num_steps, name="num_steps")
   num_samples = V.check_positive_int(num_samples, name="num_samples")
   num_projections = V.check_positive_int(num_projections, name="num_projections")
-  layers = _features.check_layers(model, layers, x)
+  layers = check_layers(model, layers, x)
   lw = check_layer_weights(layer_weights, layers)
   nw = check_neuron_weights(neuron_weights, model, layers, x)
   return fn, x, t, layers, eps, num_steps, num_samples, num_projections, lw, nw
@@ -181,7 +271,7 @@ def check_neuron_weights(neuron_weights, model, layers, x):
   nw = tuple(neuron_weights)
   if len(nw) != len(layers):
     raise ValueError(f"`neuron_weights` needs one array per layer ({len(layers)}); got {len(nw)}.")
-  shapes = jax.eval_shape(_features.feature_fn(model, layers),
+  shapes = jax.eval_shape(feature_fn(model, layers),
                           jax.ShapeDtypeStruct(x.shape, x.dtype))
   out = []
   for name, w, s in zip(layers, nw, shapes):
@@ -261,7 +351,7 @@ def activation_sensitivity(model: nnx.Module, x: Float[Array, "B ..."],
       model, x, target, layers, key, form, perturbation, epsilon, num_steps, num_samples,
       num_projections, layer_weights, neuron_weights, norm, reduction)
   input_range = core.check_input_range(input_range)
-  features = _features.feature_fn(model, layers, train=train)
+  features = feature_fn(model, layers, train=train)
   vals = _activation_sensitivity_jit(features, fn, x, t, key, eps, step_size, nw, form=form,
                                      perturbation=perturbation, num_steps=num_steps,
                                      num_samples=num_samples, num_projections=num_projections,
@@ -307,7 +397,7 @@ def neuron_sensitivity(model: nnx.Module, x: Float[Array, "B ..."], target: Targ
       model, x, target, layers, key, "perturbation", perturbation, epsilon, num_steps, 1, 1,
       None, None, "l1", "mean")
   input_range = core.check_input_range(input_range)
-  features = _features.feature_fn(model, layers)
+  features = feature_fn(model, layers)
   return _neuron_sensitivity_jit(features, fn, x, t, key, eps, step_size,
                                  perturbation=perturbation, num_steps=num_steps,
                                  input_range=input_range,

@@ -94,10 +94,7 @@ def train_with_engine(senn_config, *, out_dir: str | None = None, resume: bool =
   register_senn_training()
   data = dataset if dataset is not None else load_dataset(c.dataset, seed=c.seed)
   model = c.build(data.input_shape, data.num_classes)
-  term = SENNObjective(lambda_robustness=c.lambda_robustness,
-                       lambda_reconstruction=c.lambda_reconstruction,
-                       lambda_sparsity=c.lambda_sparsity, convention=c.convention,
-                       num_projections=c.num_projections)
+  term = c.objective()
   cfg = training.TrainConfig(
       model=MODEL_NAME, dataset=c.dataset, epochs=c.epochs, batch_size=c.batch_size,
       seed=c.seed, terms=(term,),

@@ -98,6 +98,14 @@ class SENNConfig:
                        hidden=self.hidden, dropout=self.dropout, conv_impl=self.conv_impl,
                        seed=self.seed)
 
+  def objective(self):
+    """This config's training objective: the `rattr_jax.senn.SENNObjective` term."""
+    from rattr_jax.senn._engine import SENNObjective
+    return SENNObjective(lambda_robustness=self.lambda_robustness,
+                         lambda_reconstruction=self.lambda_reconstruction,
+                         lambda_sparsity=self.lambda_sparsity, convention=self.convention,
+                         num_projections=self.num_projections)
+
 
 #: Paper-faithful presets (``mnist``: the offline MNIST copy, 8,000/2,000, exact
 #: robustness residual) and a fast CPU variant (``mnist_fast``: the embedded
@@ -217,15 +225,11 @@ def fit_senn(model: SENN, x: np.ndarray, y: np.ndarray, config: SENNConfig, *,
       first one; the step is not applied).
   """
   from rattr_jax import training
-  from rattr_jax.senn._engine import SENNObjective
   x = V.check_batch(np.asarray(x), name="x")
   bs = config.batch_size
   if len(x) < bs:
     raise ValueError(f"`batch_size` ({bs}) exceeds the number of training examples ({len(x)}).")
-  term = SENNObjective(lambda_robustness=config.lambda_robustness,
-                       lambda_reconstruction=config.lambda_reconstruction,
-                       lambda_sparsity=config.lambda_sparsity, convention=config.convention,
-                       num_projections=config.num_projections)
+  term = config.objective()
   ts = training.make_train_step(model, optax.adam(config.learning_rate), [term],
                                 seed=config.seed)
   state = ts.init(config.seed)

@@ -6,7 +6,7 @@ import dataclasses
 import math
 from typing import Any
 
-from rattr_jax.models._activation import as_activation
+from rattr_jax.models import as_activation
 from rattr_jax.training._term import check_term, Term, term_from_dict, with_params
 from rattr_jax.training.terms import (ActivationSensitivity, CrossEntropy, FGSM,
                                       GradientAlignment, HessianNorm, InputGradientNorm, PGD,

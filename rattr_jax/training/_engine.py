@@ -42,8 +42,8 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rattr_jax import distributed
-from rattr_jax.models import _functional
 from rattr_jax.models import call_with_features
+from rattr_jax.models import view
 from rattr_jax.training.terms.cross_entropy import cross_entropy
 from rattr_jax.training._term import Term
 from rattr_jax.training._terms import Batch, LossTerm, TermContext
@@ -189,8 +189,8 @@ def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation,
     auto_train, auto_attack = default_conv_impls()
     conv_impl = auto_train if conv_impl == "auto" else conv_impl
     attack_conv_impl = auto_attack if attack_conv_impl == "auto" else attack_conv_impl
-  m_train = _functional._view(model, train=True, conv_impl=conv_impl)
-  m_eval = _functional._view(model, train=False, conv_impl=attack_conv_impl)
+  m_train = view(model, train=True, conv_impl=conv_impl)
+  m_eval = view(model, train=False, conv_impl=attack_conv_impl)
   graphdef_train, params0, rest0 = nnx.split(m_train, nnx.Param, ...)
   graphdef_eval, _, _ = nnx.split(m_eval, nnx.Param, ...)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from rattr_jax.models import _features, as_fn, feature_fn
-from rattr_jax.regularizers import _activation_sensitivity as _as
+from rattr_jax import regularizers
+from rattr_jax.models import as_fn, check_layers, feature_fn
 from rattr_jax.training._term import check_radius, register_term, Term
 
 _CLIP = (0.0, 1.0)
@@ -38,7 +38,8 @@ class ActivationSensitivity(Term):
 
   name = "activation_sensitivity"
   weight_field = "lam"
-  choices = {"form": _as.FORMS, "perturbation": _as.PERTURBATIONS}
+  choices = {"form": regularizers.SENSITIVITY_FORMS,
+             "perturbation": regularizers.SENSITIVITY_PERTURBATIONS}
   aliases = {"sensitivity_perturbation": "perturbation"}
 
   lam: float = 1.0
@@ -60,18 +61,17 @@ class ActivationSensitivity(Term):
     return self.layers if self.form == "perturbation" else ()
 
   def prepare(self, setup):
-    _features.check_layers(setup.model, self.layers, jnp.asarray(setup.x))
+    check_layers(setup.model, self.layers, jnp.asarray(setup.x))
     return self
 
   def loss(self, ctx, batch, key):
     feats = feature_fn(ctx.model(True), self.layers, train=True)
     nw = ctx.own_aux if self.neuron_weights else None
-    v = _as.activation_sensitivity_values(
+    v = regularizers.feature_sensitivity(
         feats, ctx.eval_fn, batch.x, batch.y, key=key, form=self.form,
         perturbation=self.perturbation, epsilon=jnp.asarray(self.epsilon, batch.x.dtype),
         num_steps=self.num_steps, step_size=self.step_size, num_samples=self.num_samples,
-        num_projections=self.num_projections, layer_weights=(1.0,) * len(self.layers),
-        neuron_weights=nw, input_range=_CLIP,
+        num_projections=self.num_projections, neuron_weights=nw, input_range=_CLIP,
         clean=_clean_features(ctx, self.layers))
     return jnp.mean(v), {}
 
@@ -80,8 +80,8 @@ class ActivationSensitivity(Term):
       return None
 
     def refresh(model, x, y, key):
-      return _as.neuron_sensitivity_core(
-          feature_fn(model, self.layers), as_fn(model), x, y, key,
-          jnp.asarray(self.epsilon, x.dtype), self.step_size, perturbation=self.perturbation,
-          num_steps=self.num_steps, input_range=_CLIP)
+      return regularizers.feature_neuron_sensitivity(
+          feature_fn(model, self.layers), as_fn(model), x, y, key=key,
+          epsilon=jnp.asarray(self.epsilon, x.dtype), step_size=self.step_size,
+          perturbation=self.perturbation, num_steps=self.num_steps, input_range=_CLIP)
     return refresh
