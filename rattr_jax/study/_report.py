@@ -153,7 +153,7 @@ def robustness_vs_accuracy(path, config, rows):
       d["sim"].append(r["value"])
   labels = [m.label for m in config.methods]
   colors = _method_colors(labels)
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  fig, axes = plt.subplots(1, 2, figsize=(11.5, 4))
   for (lab, seed), d in sorted(per.items()):
     if not d["sim"]:
       continue
@@ -172,7 +172,8 @@ def robustness_vs_accuracy(path, config, rows):
   for ax in axes:
     ax.set_ylabel(f"top-k ∩ after {att} (ε={float(eps):.3g})")
     ax.grid(alpha=0.3)
-  axes[1].legend(fontsize=7)
+    ax.margins(x=0.12, y=0.1)  # no point on an axis edge
+  axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
   fig.suptitle("Explanation robustness against accuracy (one point per model and seed)",
                fontsize=11)
   fig.tight_layout()
