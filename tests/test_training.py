@@ -295,3 +295,27 @@ def test_train_many_equals_sequential_runs_of_each_seed():
   with pytest.raises(ValueError, match="`seeds`"):
     training.train_many([build(0)], optax.adam(1e-2), terms, x, y, epochs=1, batch_size=8,
                         seeds=[1, 2])
+
+
+def test_fit_on_epoch_reports_every_step_and_stop_on_nan_raises(digits):
+  x, y = np.asarray(digits.x_train[:96]), np.asarray(digits.y_train[:96])
+  m0 = models.create_model("mlp", input_shape=digits.input_shape, num_classes=10, seed=0,
+                           widths=(16,))
+  seen = []
+
+  def on_epoch(e, met, model):
+    seen.append((e, {k: np.asarray(v).shape for k, v in met.items()}, models.as_fn(model())(x)))
+
+  out = training.fit(m0, x, y, epochs=2, batch_size=32, on_epoch=on_epoch)
+  assert [s[0] for s in seen] == [0, 1]
+  assert seen[0][1]["loss"] == (3,) and seen[0][1]["acc"] == (3,)  # one value per step
+  np.testing.assert_array_equal(seen[-1][2], models.as_fn(out)(x))  # model() = trained so far
+  assert not np.array_equal(seen[0][2], seen[1][2])
+  # Without the callback: the same parameters.
+  again = training.fit(m0, x, y, epochs=2, batch_size=32)
+  np.testing.assert_array_equal(models.as_fn(again)(x), models.as_fn(out)(x))
+  bad = x.copy()
+  bad[40] = np.nan  # second minibatch of some epoch
+  with pytest.raises(FloatingPointError, match=r"epoch 0, step \d"):
+    training.fit(m0, bad, y, epochs=1, batch_size=32, stop_on_nan=True)
+  training.fit(m0, bad, y, epochs=1, batch_size=32)  # default: goes on (the step is skipped)

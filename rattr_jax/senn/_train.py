@@ -18,7 +18,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from rattr_jax import _validation as V
@@ -200,8 +199,8 @@ def fit_senn(model: SENN, x: np.ndarray, y: np.ndarray, config: SENNConfig, *,
   """Trains a SENN with Adam on the full SENN objective (`senn_loss`).
 
   Runs on the library's one training engine
-  (`rattr_jax.training.make_train_step` with the ``"senn"`` term,
-  `SENNObjective`): one jitted `lax.scan` over the minibatches of each
+  (`rattr_jax.training.fit` with the ``"senn"`` term, `SENNConfig.objective`,
+  recording the history in its ``on_epoch`` callback): one jitted `lax.scan` over the minibatches of each
   epoch, donated state, the same step `rattr train --model senn` and
   `train_with_engine` compile. The loss weights are part of the compiled
   step, so a sweep over ``lambda_robustness`` compiles once per value.
@@ -229,40 +228,31 @@ def fit_senn(model: SENN, x: np.ndarray, y: np.ndarray, config: SENNConfig, *,
   bs = config.batch_size
   if len(x) < bs:
     raise ValueError(f"`batch_size` ({bs}) exceeds the number of training examples ({len(x)}).")
-  term = config.objective()
-  ts = training.make_train_step(model, optax.adam(config.learning_rate), [term],
-                                seed=config.seed)
-  state = ts.init(config.seed)
-  xn, yn = np.asarray(x), np.asarray(y).astype(np.int32)
-  x_dev, y_dev = jnp.asarray(xn), jnp.asarray(yn)
-  steps = len(xn) // bs
-  rng = np.random.default_rng(config.seed)
   hist = SENNHistory()
   parts = {"loss": "senn", "prediction": "senn_ce", "robustness": "senn_robustness",
            "reconstruction": "senn_reconstruction", "sparsity": "senn_sparsity",
            "train_accuracy": "acc"}
-  for e in range(config.epochs):
-    t0 = time.perf_counter()
-    idx = rng.permutation(len(xn))[:steps * bs].reshape(steps, bs)
-    state, met = ts.run(state, x_dev, y_dev, jnp.asarray(idx, jnp.int32))
-    met = jax.device_get(met)
-    ok = np.asarray(met["finite"], bool)
-    if not ok.all():
-      bad = int(np.argmin(ok))
-      raise FloatingPointError(
-          f"SENN training diverged: loss {float(met['loss'][bad])} at epoch {e}, step {bad}.")
+  t0 = [time.perf_counter()]
+
+  def on_epoch(e, met, trained):
     for field, name in parts.items():
       getattr(hist, field).append(float(np.mean(met[name])))
     if x_val is not None:
-      stats = concept_statistics(ts.model_of(state), x_val, y_val)
+      stats = concept_statistics(trained(), x_val, y_val)
       hist.val_accuracy.append(stats.get("accuracy", float("nan")))
       hist.val_reconstruction.append(stats["reconstruction"])
       hist.concept_variance.append(stats["concept_variance"].tolist())
-    hist.seconds.append(time.perf_counter() - t0)
+    hist.seconds.append(time.perf_counter() - t0[0])
+    t0[0] = time.perf_counter()
     if progress is not None:
       progress(e, {k: v[-1] for k, v in hist.as_dict().items() if v})
-  out = ts.model_of(state)
-  nnx.update(out, jax.tree_util.tree_map(jnp.asarray, nnx.state(out)))  # device arrays
+
+  try:
+    out = training.fit(model, x, np.asarray(y).astype(np.int32), terms=(config.objective(),),
+                       epochs=config.epochs, batch_size=bs, learning_rate=config.learning_rate,
+                       seed=config.seed, on_epoch=on_epoch, stop_on_nan=True)
+  except FloatingPointError as err:
+    raise FloatingPointError(f"SENN {err}") from None
   return out, hist
 
 

@@ -24,7 +24,10 @@ from rattr_jax.training.terms import CrossEntropy
 def fit(model: nnx.Module, x: np.ndarray, y: np.ndarray, *,
         terms: Sequence[Term | LossTerm] | None = None, epochs: int = 1, batch_size: int = 64,
         learning_rate: float = 1e-3, optimizer: optax.GradientTransformation | None = None,
-        seed: int = 0, progress: Callable[[int, float], None] | None = None) -> nnx.Module:
+        seed: int = 0, progress: Callable[[int, float], None] | None = None,
+        on_epoch: Callable[[int, dict[str, np.ndarray], Callable[[], nnx.Module]], None]
+        | None = None,
+        stop_on_nan: bool = False) -> nnx.Module:
   """Trains a copy of ``model`` on ``(x, y)`` and returns it (inference mode).
 
   Args:
@@ -39,6 +42,12 @@ def fit(model: nnx.Module, x: np.ndarray, y: np.ndarray, *,
       ``np.random.default_rng(seed)``) and the seed of the terms' randomness.
     progress: optional callback ``progress(epoch, mean_loss)``; a non-finite
       step is not applied, and its epoch's mean loss is not finite.
+    on_epoch: optional callback ``on_epoch(epoch, metrics, model)`` after each
+      epoch: ``metrics`` maps each logged name (``loss``, ``acc``, ``finite``
+      and every term's own, e.g. ``senn_ce``) to its ``[steps]`` per-step
+      values (numpy), and ``model()`` returns the model trained so far.
+    stop_on_nan: raise ``FloatingPointError`` (naming the epoch and step) at
+      the end of an epoch with a non-finite step, instead of going on.
 
   Example:
     >>> import numpy as np
@@ -69,8 +78,18 @@ def fit(model: nnx.Module, x: np.ndarray, y: np.ndarray, *,
   for e in range(epochs):
     idx = rng.permutation(len(x))[:steps * batch_size].reshape(steps, batch_size)
     state, met = ts.run(state, x_dev, y_dev, jnp.asarray(idx, jnp.int32))
+    if stop_on_nan or on_epoch is not None:
+      met = jax.device_get(met)
+    if stop_on_nan:
+      ok = np.asarray(met["finite"], bool)
+      if not ok.all():
+        bad = int(np.argmin(ok))
+        raise FloatingPointError(f"training diverged: loss {float(met['loss'][bad])} at epoch "
+                                 f"{e}, step {bad} (the step was not applied).")
     if progress is not None:
-      progress(e, float(jnp.mean(met["loss"])))
+      progress(e, float(np.mean(met["loss"])))
+    if on_epoch is not None:
+      on_epoch(e, met, lambda state=state: ts.model_of(state))
   out = ts.model_of(state)
   nnx.update(out, jax.tree_util.tree_map(jnp.asarray, nnx.state(out)))  # device arrays
   return out
