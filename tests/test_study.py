@@ -467,3 +467,37 @@ def test_mass_center_attack_on_a_smooth_model_leaves_x():
   m0 = E.to_map(grad(fn, x, t))
   m1 = E.to_map(grad(fn, jnp.asarray(x_adv), t))
   assert float(np.mean(np.asarray(metrics.center_shift(jnp.asarray(m0), jnp.asarray(m1))))) > 0
+
+
+def test_senn_scores_compile_once_per_shape_and_match_senn_stability(monkeypatch):
+  """The study's SENN stability passes the weights as arguments: a second SENN of the
+  same shape reuses the compiled program, and each value is `senn_stability` on that
+  example with the example's folded key."""
+  import jax
+  from rattr_jax import senn as SN
+  from rattr_jax.study import _eval as E
+  traces = []
+  real = SN.senn_stability
+
+  def counted(*a, **k):
+    traces.append(1)
+    return real(*a, **k)
+
+  monkeypatch.setattr(SN, "senn_stability", counted)
+  x = np.asarray(jax.random.uniform(jax.random.key(0), (3, 30)), np.float32)
+  t = np.array([0, 1, 0], np.int32)
+  key = jax.random.key(7)
+  models = [SN.create_senn(input_shape=(30,), num_classes=2, seed=s)
+            for s in (0, 1)]
+  first = E.senn_scores(models[0], x, t, names=("senn_stability",), epsilon=0.2, num_steps=3,
+                        key=key)["senn_stability"]
+  n = len(traces)
+  second = E.senn_scores(models[1], x, t, names=("senn_stability",), epsilon=0.2, num_steps=3,
+                         key=key)["senn_stability"]
+  assert len(traces) == n, "a second SENN of the same shape recompiled"
+  assert not np.allclose(first, second)
+  for m, got in zip(models, (first, second)):
+    want = [float(real(m, x[i:i + 1], key=jax.random.fold_in(key, i), target=t[i:i + 1],
+                       epsilon=0.2, denominator="input", num_steps=3, num_restarts=1)[0])
+            for i in range(3)]
+    np.testing.assert_allclose(got, want, rtol=1e-5)

@@ -18,6 +18,7 @@ import zlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from rattr_jax import attacks as A
 from rattr_jax import attribution
@@ -288,6 +289,12 @@ def faithfulness(fn, attr, x, t, *, names, curve_steps: int, num_samples: int,
   return out
 
 
+def _senn_stability(graphdef, state, x1, t1, *, key, epsilon, num_steps):
+  from rattr_jax import senn as SN
+  return SN.senn_stability(nnx.merge(graphdef, state), x1, key=key, target=t1, epsilon=epsilon,
+                           denominator="input", num_steps=num_steps, num_restarts=1)
+
+
 def senn_scores(model, x, t, *, names, epsilon: float, num_steps: int,
                 key) -> dict[str, np.ndarray]:
   """A SENN's own explanation scores (Alvarez-Melis & Jaakkola 2018).
@@ -300,11 +307,11 @@ def senn_scores(model, x, t, *, names, epsilon: float, num_steps: int,
   from rattr_jax import senn as SN
   out = {}
   if "senn_stability" in names:
-    def stab(x1, t1, *, key):
-      return SN.senn_stability(model, x1, key=key, target=t1, epsilon=epsilon,
-                               denominator="input", num_steps=num_steps, num_restarts=1)
-    out["senn_stability"] = per_example(stab, x, t, batch_argnums=(0, 1),
-                                        key=key).astype(np.float64)
+    # The weights are an argument (not closed over): one compile for every SENN of a shape.
+    graphdef, state = nnx.split(model)
+    out["senn_stability"] = per_example(
+        _senn_stability, graphdef, state, x, t, batch_argnums=(2, 3), key=key,
+        epsilon=float(epsilon), num_steps=int(num_steps)).astype(np.float64)
   if "senn_faithfulness" in names:
     out["senn_faithfulness"] = np.concatenate([
         np.asarray(SN.senn_faithfulness(model, jnp.asarray(x[i:j]), target=jnp.asarray(t[i:j])),
