@@ -92,9 +92,11 @@ def _attack_map(config, run, explainer, attack, eps):
 
 
 def _method_colors(labels):
+  """One distinct colour per method: tab10 up to 10 methods, else tab20 (20 distinct)."""
   plt = _plt()
-  cmap = plt.get_cmap("tab10")
-  return {l: cmap(i % 10) for i, l in enumerate(labels)}
+  n = 10 if len(labels) <= 10 else 20
+  cmap = plt.get_cmap("tab10" if n == 10 else "tab20")
+  return {l: cmap(i % n) for i, l in enumerate(labels)}
 
 
 def epsilon_curves(path, config, summary):
@@ -125,7 +127,7 @@ def epsilon_curves(path, config, summary):
       ax.set_xlabel("ε (input units)")
       ax.set_ylabel(metric.replace("_", " "))
       ax.grid(alpha=0.3)
-  axes[0, -1].legend(fontsize=7, loc="best")
+  axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
   fig.suptitle(f"Similarity of {e0} maps before and after each attack (mean, 95% CI); "
                f"higher = more robust", fontsize=11)
   fig.tight_layout()
