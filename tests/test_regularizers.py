@@ -493,6 +493,8 @@ def test_feature_sensitivity_one_layer_and_bad_args():
                           neuron_weights=(None, None))
   with pytest.raises(ValueError, match="`num_samples`"):
     R.feature_sensitivity(feature_fn(m, "hidden.1"), fn, x, y, key=key, num_samples=0)
+  with pytest.raises(ValueError, match="`target` is required"):
+    R.feature_sensitivity(feature_fn(m, "hidden.1"), fn, x, None, key=key, perturbation="pgd")
 
 
 def test_feature_neuron_sensitivity_is_neuron_sensitivity(cnn):

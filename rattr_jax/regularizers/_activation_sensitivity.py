@@ -145,6 +145,23 @@ def _as_tuple_features(features: Callable) -> Callable:
   return f
 
 
+def _check_settings(fn, x, target, key, form, perturbation, epsilon, num_steps, num_samples,
+                    num_projections, norm):
+  """The checks `activation_sensitivity` and `feature_sensitivity` share (trace-safe)."""
+  x, t = _common.prepare(fn, x, 0 if target is None else target)
+  V.check_key(key)
+  V.check_choice(form, FORMS, name="form")
+  V.check_choice(perturbation, PERTURBATIONS, name="perturbation")
+  V.check_choice(norm, NORMS, name="norm")
+  if perturbation in ("fgsm", "pgd") and target is None and form == "perturbation":
+    raise ValueError("`target` is required for adversarial perturbations ('fgsm', 'pgd').")
+  eps = _common.check_epsilon(epsilon, x)
+  num_steps = V.check_positive_int(num_steps, name="num_steps")
+  num_samples = V.check_positive_int(num_samples, name="num_samples")
+  num_projections = V.check_positive_int(num_projections, name="num_projections")
+  return x, t, eps, num_steps, num_samples, num_projections
+
+
 def feature_sensitivity(features: Callable, fn: Callable, x: Float[Array, "B ..."],
                         target: Target | None = None, *, key: jax.Array,
                         form: str = "perturbation", perturbation: str = "uniform",
@@ -177,15 +194,9 @@ def feature_sensitivity(features: Callable, fn: Callable, x: Float[Array, "B ...
   Returns:
     ``[B]`` per-example values.
   """
-  x, t = _common.prepare(fn, x, 0 if target is None else target)
-  V.check_key(key)
-  V.check_choice(form, FORMS, name="form")
-  V.check_choice(perturbation, PERTURBATIONS, name="perturbation")
-  V.check_choice(norm, NORMS, name="norm")
-  eps = _common.check_epsilon(epsilon, x)
-  num_steps = V.check_positive_int(num_steps, name="num_steps")
-  num_samples = V.check_positive_int(num_samples, name="num_samples")
-  num_projections = V.check_positive_int(num_projections, name="num_projections")
+  x, t, eps, num_steps, num_samples, num_projections = _check_settings(
+      fn, x, target, key, form, perturbation, epsilon, num_steps, num_samples, num_projections,
+      norm)
   input_range = core.check_input_range(input_range)
   feats = _as_tuple_features(features)
   n = len(jax.eval_shape(feats, jax.ShapeDtypeStruct(x.shape, x.dtype)))
@@ -219,11 +230,8 @@ def feature_neuron_sensitivity(features: Callable, fn: Callable, x: Float[Array,
   Returns:
     One array per layer, as `neuron_sensitivity`.
   """
-  x, t = _common.prepare(fn, x, 0 if target is None else target)
-  V.check_key(key)
-  V.check_choice(perturbation, PERTURBATIONS, name="perturbation")
-  eps = _common.check_epsilon(epsilon, x)
-  num_steps = V.check_positive_int(num_steps, name="num_steps")
+  x, t, eps, num_steps, *_ = _check_settings(fn, x, target, key, "perturbation", perturbation,
+                                             epsilon, num_steps, 1, 1, "l1")
   input_range = core.check_input_range(input_range)
   return neuron_sensitivity_core(_as_tuple_features(features), fn, x, t, key, eps, step_size,
                                  perturbation=perturbation, num_steps=num_steps,
@@ -236,18 +244,10 @@ def _check_args(model, x, target, layers, key, form, perturbation, epsilon, num_
   if not isinstance(model, nnx.Module):
     raise ValueError(f"`model` must be a Flax NNX module; got {type(model).__name__}.")
   fn = as_fn(model)
-  x, t = _common.prepare(fn, x, 0 if target is None else target)
-  V.check_key(key)
-  V.check_choice(form, FORMS, name="form")
-  V.check_choice(perturbation, PERTURBATIONS, name="perturbation")
-  V.check_choice(norm, NORMS, name="norm")
   V.check_choice(reduction, _common.REDUCTIONS, name="reduction")
-  if perturbation in ("fgsm", "pgd") and target is None and form == "perturbation":
-    raise ValueError("`target` is required for adversarial perturbations ('fgsm', 'pgd').")
-  eps = _common.check_epsilon(epsilon, x)
-  num_steps = V.check_positive_int(num_steps, name="num_steps")
-  num_samples = V.check_positive_int(num_samples, name="num_samples")
-  num_projections = V.check_positive_int(num_projections, name="num_projections")
+  x, t, eps, num_steps, num_samples, num_projections = _check_settings(
+      fn, x, target, key, form, perturbation, epsilon, num_steps, num_samples, num_projections,
+      norm)
   layers = check_layers(model, layers, x)
   lw = check_layer_weights(layer_weights, layers)
   nw = check_neuron_weights(neuron_weights, model, layers, x)
