@@ -148,7 +148,7 @@ def main():
            "settings": {"max_sensitivity": {"num_samples": MS_SAMPLES, "epsilon": MS_EPS,
                                             "chunk_size": ms_bs},
                         "lle_gradient_ascent": {"num_steps": LLE_STEPS, "num_restarts": 1,
-                                                "ball": "l2", "epsilon": 1.0},
+                                                "norm": "l2", "epsilon": 1.0},
                         "lle_sampling": {"num_samples": LLE_SAMPLES, "noise": "gaussian",
                                          "epsilon": LLE_STD},
                         "insertion": {"num_steps": INS_STEPS} if images else None}}

@@ -14,8 +14,12 @@ class RattrDeprecationWarning(DeprecationWarning):
   """A deprecation of rattr_jax itself (the test suite turns these into errors)."""
 
 
-def configure_cpu(*, inline_dispatch: bool = True) -> dict:
-  """Opt-in XLA:CPU settings that make small per-call programs faster.
+#: The XLA:CPU flag `configure_cpu` adds with ``eigen_convolutions=True``.
+EIGEN_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+
+
+def configure_cpu(*, inline_dispatch: bool = True, eigen_convolutions: bool = True) -> dict:
+  """Opt-in XLA:CPU settings that make rattr_jax's programs faster on CPU.
 
   Nothing is changed on import; the ``rattr`` command line and the benchmarks
   call this first. It sets only what was measured to help:
@@ -28,27 +32,44 @@ def configure_cpu(*, inline_dispatch: bool = True) -> dict:
     2.7 ms; large programs (IG, SmoothGrad, attacks, training epochs on a
     CNN) unchanged. The price: Python no longer runs ahead of the CPU while a
     computation is in flight.
+  * ``eigen_convolutions``: appends `EIGEN_CONV_FLAG` to ``XLA_FLAGS``, which
+    takes convolutions (only them: dots and elementwise fusions keep
+    YNNPACK) from XLA:CPU's YNNPACK library to its Eigen kernels. YNNPACK
+    ran every convolution on one thread (the same time with one core as with
+    two), Eigen uses all of them: on 2 cores the CIFAR LeNet's 3x3
+    convolutions at batch 128 went 26 -> 15 ms (forward) and 24 -> 15 ms
+    (input gradient), and its forward pass 115 -> 84 ms; at batch 32 (the
+    default `rattr train` epoch) nothing changed (0.65 s either way,
+    `benchmarks/training_cost.py`). It changes float rounding of every
+    convolution (results differ at ~1e-6 relative). The older flag value that
+    turned *all* YNNPACK fusions off (``=`` empty) made fused training 10x
+    slower and is not used. Skipped when ``XLA_FLAGS`` already names
+    ``xla_cpu_experimental_ynn_fusion_type``.
 
-  No XLA flag is set: convolution weight-gradients no longer need
-  ``--xla_cpu_experimental_ynn_fusion_type=`` (the custom-VJP convolution of
-  `rattr_jax.models.conv2d` computes them on XLA:CPU's fast path, also
-  inside ``lax.scan``), and that flag made fused training ~10x slower.
-
-  The setting is read when the CPU client starts, so it applies only if no
-  backend has started yet and neither ``JAX_CPU_ENABLE_ASYNC_DISPATCH``
-  (JAX's own variable) nor ``RATTR_JAX_NO_XLA_FLAGS`` is set. GPU/TPU are
-  not concerned.
+  Both are read when the CPU client starts, so they apply only if no backend
+  has started yet and neither ``JAX_CPU_ENABLE_ASYNC_DISPATCH`` (JAX's own
+  variable, for the first) nor ``RATTR_JAX_NO_XLA_FLAGS`` (for both) is set.
+  GPU/TPU are not concerned.
 
   Returns:
-    ``{"inline_dispatch": bool}``: whether async CPU dispatch is off afterwards.
+    ``{"inline_dispatch": bool, "eigen_convolutions": bool}``: whether async
+    CPU dispatch is off, and whether the convolution flag is in ``XLA_FLAGS``,
+    afterwards.
   """
   import jax
+  opt_out = bool(_os.environ.get("RATTR_JAX_NO_XLA_FLAGS"))
+  started = _backend_started()
   current = not jax.config.read("jax_cpu_enable_async_dispatch")
-  if (inline_dispatch and not current and not _os.environ.get("RATTR_JAX_NO_XLA_FLAGS")
-      and "JAX_CPU_ENABLE_ASYNC_DISPATCH" not in _os.environ and not _backend_started()):
+  if (inline_dispatch and not current and not opt_out
+      and "JAX_CPU_ENABLE_ASYNC_DISPATCH" not in _os.environ and not started):
     jax.config.update("jax_cpu_enable_async_dispatch", False)
     current = True
-  return {"inline_dispatch": current}
+  flags = _os.environ.get("XLA_FLAGS", "")
+  if (eigen_convolutions and not opt_out and not started
+      and "xla_cpu_experimental_ynn_fusion_type" not in flags):
+    _os.environ["XLA_FLAGS"] = (flags + " " + EIGEN_CONV_FLAG).strip()
+  eigen = EIGEN_CONV_FLAG in _os.environ.get("XLA_FLAGS", "").split()
+  return {"inline_dispatch": current, "eigen_convolutions": eigen}
 
 
 def enable_compilation_cache(path: str, *, min_compile_time_secs: float = 0.5,

@@ -27,11 +27,11 @@ MLP = testing.TanhMLP(jax.random.key(5), 10, 16, 3)
 G_MLP = functools.partial(attribution.gradient, MLP)
 
 
-def deltas(key, batch, num_samples, feat, epsilon, noise="uniform", ball="linf"):
+def deltas(key, batch, num_samples, feat, epsilon, noise="uniform", norm="linf"):
   """The exact perturbations a metric draws for ``key`` (numpy ``[S, B, *F]``)."""
   keys = C.example_keys(key, batch)
   return np.asarray(C.sample_noise(keys, jnp.arange(num_samples), feat, jnp.float32,
-                                   jnp.float32(epsilon), noise, ball))
+                                   jnp.float32(epsilon), noise, norm))
 
 
 def np_explain(explain_fn, x, t):
@@ -64,7 +64,7 @@ def test_quadratic_lipschitz_reaches_spectral_norm():
 
 def test_quadratic_lipschitz_linf_ball_beats_sampling():
   norm_a = np.linalg.norm(np.asarray(QUAD.A[0]), 2)
-  kw = dict(key=KEY, ball="linf", epsilon=0.1)
+  kw = dict(key=KEY, norm="linf", epsilon=0.1)
   asc = np.asarray(metrics.local_lipschitz_estimate(QUAD, GRAD, X10, 0, num_steps=20, **kw))
   smp = np.asarray(metrics.local_lipschitz_estimate(QUAD, GRAD, X10, 0, method="sampling",
                                                     num_samples=40, **kw))
@@ -310,20 +310,20 @@ BAD = [
     (lambda: metrics.max_sensitivity(LIN, lambda x, t: x, X12, 0, key=KEY), "explainer"),
     (lambda: metrics.max_sensitivity(LIN, metrics_precomputed(X12), X12, 0, key=KEY),
      "precomputed"),
-    (lambda: metrics.max_sensitivity(LIN, GRAD, X12, 0, key=KEY, norm="l3"), "norm"),
+    (lambda: metrics.max_sensitivity(LIN, GRAD, X12, 0, key=KEY, change_norm="l3"), "change_norm"),
     (lambda: metrics.max_sensitivity(LIN, GRAD, X12, 0, key=KEY, on_flip="drop"), "on_flip"),
     (lambda: metrics.max_sensitivity(None, GRAD, X12, 0, key=KEY, on_flip="exclude"), "fn"),
     (lambda: metrics.max_sensitivity(LIN, GRAD, X12, 0, key=None), "key"),
     (lambda: metrics.max_sensitivity(LIN, GRAD, X12, 0, key=jax.random.split(KEY, 3)), "key"),
     (lambda: metrics.max_sensitivity(LIN, GRAD, X12, [0, 1], key=KEY), "target"),
     (lambda: metrics.local_lipschitz_estimate(LIN, GRAD, X12, 0, key=KEY, method="bo"), "method"),
-    (lambda: metrics.local_lipschitz_estimate(LIN, GRAD, X12, 0, key=KEY, ball="l7"), "ball"),
+    (lambda: metrics.local_lipschitz_estimate(LIN, GRAD, X12, 0, key=KEY, norm="l7"), "norm"),
     (lambda: metrics.local_lipschitz_estimate(LIN, GRAD, X12, 0, key=KEY, num_samples=-2), "num_samples"),
     (lambda: metrics.local_lipschitz_estimate(LIN, GRAD, X12, 0, key=KEY, epsilon=0), "epsilon"),
     (lambda: metrics.senn_local_lipschitz_estimate(lambda z: z[0], lambda z: z, X12, key=KEY),
      "theta_fn"),
     (lambda: metrics.relative_input_stability(None, GRAD, X12, 0, key=KEY), "fn"),
-    (lambda: metrics.relative_output_stability(LIN, GRAD, X12, 0, key=KEY, norm="fro2"), "norm"),
+    (lambda: metrics.relative_output_stability(LIN, GRAD, X12, 0, key=KEY, change_norm="fro2"), "change_norm"),
     (lambda: metrics.relative_representation_stability(LIN, GRAD, X12, 0, key=KEY,
                                                        representation_fn=None),
      "representation_fn"),

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import rattr_jax
 from rattr_jax import attribution as A
 from rattr_jax import data as D
 from rattr_jax import models
@@ -258,10 +259,14 @@ def test_import_changes_no_jax_setting_and_configure_cpu_is_explicit(setting):
           "print(jax.config.read('jax_cpu_enable_async_dispatch'), repr(os.environ.get('XLA_FLAGS')))")
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        check=True).stdout.strip().splitlines()
-  inline = setting == "configure"
-  assert out[-1] == f"{not inline} None", out  # never an XLA flag
+  inline = setting in ("configure", "jax_env")
+  # The only XLA flag ever set: YNNPACK off for convolutions, by configure_cpu, before the
+  # backend starts, unless opted out. JAX's own async-dispatch variable wins over ours.
+  flags = (repr(rattr_jax.EIGEN_CONV_FLAG) if setting in ("configure", "jax_env") else "None")
+  assert out[-1] == f"{setting != 'configure'} {flags}", out
   if setting != "import_only":
-    assert out[0] == str({"inline_dispatch": inline}), out
+    assert out[0] == str({"inline_dispatch": setting == "configure",
+                          "eigen_convolutions": inline}), out
 
 
 def test_enable_compilation_cache_writes_and_reuses_entries(tmp_path):

@@ -249,3 +249,51 @@ def test_call_with_features_is_the_model_call_plus_feature_fn():
   np.testing.assert_allclose(f1, ref[1], rtol=1e-6)
   with pytest.raises(ValueError, match="available layer names"):
     models.call_with_features(m, x, "nope")
+
+
+def _box_ctx():
+  """A stand-in term context for the logits ``[sum(x), 0]`` (no model needed)."""
+  import types
+  fn = lambda z: jnp.stack([jnp.sum(z.reshape(len(z), -1), 1), jnp.zeros(len(z))], 1)
+  return types.SimpleNamespace(fn=fn, eval_fn=fn)
+
+
+@pytest.mark.parametrize("name", ["pgd", "fgsm"])
+def test_adversarial_terms_clip_to_their_input_range(name):
+  """Inputs at the bottom of a (-1, 1) box. The attack raises ``sum(x)`` (class 1's CE is
+  ``log(1 + exp(sum x))``); inside the box it ends at ``x + epsilon`` (PGD exactly; FGSM at
+  most), while the default (0, 1) box would clip every feature up to 0 (CE >= log 2)."""
+  import types
+  x = -jnp.ones((3, 8), jnp.float32)
+  batch = types.SimpleNamespace(x=x, y=jnp.ones(3, jnp.int32))
+  eps = 0.1
+  corner = float(np.log1p(np.exp(8 * (-1 + eps))))
+  own = training.make_term(name, epsilon=eps, input_range=(-1.0, 1.0))
+  loss, _ = own.loss(_box_ctx(), batch, jax.random.key(0))
+  if name == "pgd":
+    np.testing.assert_allclose(float(loss), corner, rtol=1e-3)  # float32 steps
+  else:
+    assert float(np.log1p(np.exp(-8.0))) < float(loss) <= corner * (1 + 1e-3)
+  default, _ = training.make_term(name, epsilon=eps).loss(_box_ctx(), batch, jax.random.key(0))
+  assert float(default) >= np.log(2) - 1e-6
+  if name == "pgd":  # PGD ends at the corner x + epsilon, inside the box: no box, same loss
+    none, _ = training.make_term(name, epsilon=eps, input_range=None).loss(
+        _box_ctx(), batch, jax.random.key(0))
+    np.testing.assert_allclose(float(none), float(loss), rtol=1e-3)
+
+
+def test_input_range_field_parses_checks_and_survives_json():
+  name, params = training.parse_term("pgd:input_range=-1:1,epsilon=1.5")
+  assert (name, params) == ("pgd", {"input_range": (-1.0, 1.0), "epsilon": 1.5})
+  term = training.make_term(name, **params)  # a radius up to the box's width (2) is valid
+  assert training.term_from_dict(json.loads(json.dumps(term.to_dict()))) == term
+  assert training.parse_term("trades:input_range=none")[1] == {"input_range": None}
+  assert training.parse_term("activation_sensitivity:input_range=0:255")[1] == {
+      "input_range": (0.0, 255.0)}
+  for spec, message in [("pgd:input_range=1", "expects a box lo:hi"),
+                        ("fgsm:input_range=0:x", "expects a number"),
+                        ("pgd:input_range=-1:1,epsilon=3", "must be <= 2")]:
+    with pytest.raises(ValueError, match=message):
+      training.make_term(*training.parse_term(spec)[:1], **training.parse_term(spec)[1])
+  with pytest.raises(ValueError, match=r"`pgd.input_range` must be a box \(lo, hi\)"):
+    training.make_term("pgd", input_range=(1.0, 0.0))

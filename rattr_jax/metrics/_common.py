@@ -143,10 +143,10 @@ def similarity_of(similarity: str, a: jax.Array, b: jax.Array, k: int | None) ->
 
 # ------------------------------------------------------------ inside jit ----
 def sample_noise(keys: jax.Array, idx: jax.Array, feat: tuple[int, ...], dtype,
-                 epsilon: jax.Array, noise: str, ball: str = "linf") -> jax.Array:
+                 epsilon: jax.Array, noise: str, norm: str = "linf") -> jax.Array:
   """Noise ``[S, B, *F]`` for sample indices ``idx [S]`` and example keys ``keys [B]``.
 
-  * ``noise="uniform"``: uniform in the ``ball`` of radius ``epsilon``
+  * ``noise="uniform"``: uniform in the ``norm`` ball of radius ``epsilon``
     (``linf``: each feature ``U(-eps, eps)``; ``l2``: uniform in the L2 ball).
   * ``noise="gaussian"``: ``N(0, epsilon^2)`` per feature (unbounded).
   """
@@ -157,7 +157,7 @@ def sample_noise(keys: jax.Array, idx: jax.Array, feat: tuple[int, ...], dtype,
     # threefry draw about 5x slower (~2 s) than a flat one inside `lax.map`.
     if noise == "gaussian":
       return jax.random.normal(k, (d,), dtype)
-    if ball == "linf":
+    if norm == "linf":
       return jax.random.uniform(k, (d,), dtype, -1.0, 1.0)
     k1, k2 = jax.random.split(k)
     g = jax.random.normal(k1, (d,), dtype)

@@ -48,22 +48,22 @@ BALLS = ("l2", "linf")
 _DEN_EPS = 1e-10  # Quantus's ``lipschitz_constant`` adds this to the denominator.
 
 
-def _project(delta, epsilon, ball):
-  """``delta [S, B, *F]`` projected onto the ``ball`` of radius ``epsilon`` (per sample)."""
+def _project(delta, epsilon, norm):
+  """``delta [S, B, *F]`` projected onto the ``norm`` ball of radius ``epsilon`` (per sample)."""
   flat = delta.reshape((-1,) + delta.shape[2:])
-  tm = core.ThreatModel(epsilon=epsilon, norm=ball)
+  tm = core.ThreatModel(epsilon=epsilon, norm=norm)
   return tm.project(flat, jnp.zeros_like(flat)).reshape(delta.shape)
 
 
-def _direction(g, ball):
-  if ball == "linf":
+def _direction(g, norm):
+  if norm == "linf":
     return jnp.sign(g)
   n = C.safe_l2(g, batch_dims=2)
   return g / jnp.maximum(n, 1e-30).reshape(n.shape + (1,) * (g.ndim - 2))
 
 
 def _lipschitz(phi_fn, rep_fn, pred_fn, x, key, epsilon, step_size, *, method, num_samples,
-               num_steps, num_restarts, ball, noise, on_flip, input_range, chunk_size):
+               num_steps, num_restarts, norm, noise, on_flip, input_range, chunk_size):
   """Core shared by both public estimators.
 
   ``phi_fn(xs [S, B, *F], i) -> [S, B, ...]`` (explanation or theta; ``i``
@@ -92,14 +92,14 @@ def _lipschitz(phi_fn, rep_fn, pred_fn, x, key, epsilon, step_size, *, method, n
 
   if method == "sampling":
     def chunk(idx):
-      xs = point(C.sample_noise(keys, idx, feat, x.dtype, epsilon, noise, ball))
+      xs = point(C.sample_noise(keys, idx, feat, x.dtype, epsilon, noise, norm))
       return ratio(xs, 1 + idx[0]), valid_of(xs)
 
     vals, valid = C.map_chunks(chunk, num_samples, chunk_size)
     return C.reduce_samples(vals, valid, on_flip, "max")
 
   def restarts(idx):
-    delta0 = C.sample_noise(keys, idx, feat, x.dtype, epsilon, "uniform", ball)
+    delta0 = C.sample_noise(keys, idx, feat, x.dtype, epsilon, "uniform", norm)
 
     base = 1 + idx[0] * (num_steps + 1)  # explainer call numbers of this chunk
 
@@ -110,7 +110,7 @@ def _lipschitz(phi_fn, rep_fn, pred_fn, x, key, epsilon, step_size, *, method, n
     def step(delta, p):
       (_, r), g = jax.value_and_grad(objective, has_aux=True)(delta, base + p)
       valid = valid_of(jax.lax.stop_gradient(point(delta)))
-      delta = _project(delta + step_size * _direction(g, ball), epsilon, ball)
+      delta = _project(delta + step_size * _direction(g, norm), epsilon, norm)
       if input_range is not None:  # stay inside the data range too
         delta = point(delta) - x[None]
       return delta, (r, valid)
@@ -127,24 +127,24 @@ def _lipschitz(phi_fn, rep_fn, pred_fn, x, key, epsilon, step_size, *, method, n
   return C.reduce_samples(vals, valid, on_flip, "max")
 
 
-_STATIC = ("method", "num_samples", "num_steps", "num_restarts", "ball", "noise", "on_flip",
+_STATIC = ("method", "num_samples", "num_steps", "num_restarts", "norm", "noise", "on_flip",
            "input_range", "chunk_size")
 
 
 @jit_with_callables(callables=("explainer", "fn"), static_argnames=_STATIC)
 def _local_lipschitz(fn, explainer, x, t, key, epsilon, step_size, method, num_samples,
-                     num_steps, num_restarts, ball, noise, on_flip, input_range, chunk_size):
+                     num_steps, num_restarts, norm, noise, on_flip, input_range, chunk_size):
   phi_fn = lambda xs, i: C.explain_many(explainer, fn, xs, t, core.call_key(key, i))  # noqa: E731
   pred_fn = None if on_flip == "ignore" else (lambda xs: C.predict_many(fn, xs))
   return _lipschitz(phi_fn, lambda xs: xs, pred_fn, x, key, epsilon, step_size, method=method,
                     num_samples=num_samples, num_steps=num_steps, num_restarts=num_restarts,
-                    ball=ball, noise=noise, on_flip=on_flip, input_range=input_range,
+                    norm=norm, noise=noise, on_flip=on_flip, input_range=input_range,
                     chunk_size=chunk_size)
 
 
 @jit_with_callables(callables=("theta_fn", "h_fn", "fn"), static_argnames=_STATIC)
 def _senn_lipschitz(theta_fn, h_fn, fn, x, key, epsilon, step_size, method, num_samples,
-                    num_steps, num_restarts, ball, noise, on_flip, input_range, chunk_size):
+                    num_steps, num_restarts, norm, noise, on_flip, input_range, chunk_size):
   def over_samples(f):
     def g(xs, i=None):
       s, b = xs.shape[:2]
@@ -155,11 +155,11 @@ def _senn_lipschitz(theta_fn, h_fn, fn, x, key, epsilon, step_size, method, num_
   pred_fn = None if on_flip == "ignore" else (lambda xs: C.predict_many(fn, xs))
   return _lipschitz(over_samples(theta_fn), over_samples(h_fn), pred_fn, x, key, epsilon,
                     step_size, method=method, num_samples=num_samples, num_steps=num_steps,
-                    num_restarts=num_restarts, ball=ball, noise=noise, on_flip=on_flip,
+                    num_restarts=num_restarts, norm=norm, noise=noise, on_flip=on_flip,
                     input_range=input_range, chunk_size=chunk_size)
 
 
-def _check_common(x, key, epsilon, method, num_samples, num_steps, num_restarts, step_size, ball,
+def _check_common(x, key, epsilon, method, num_samples, num_steps, num_restarts, step_size, norm,
                   noise, fn, on_flip, input_range, chunk_size):
   key = C.check_metric_key(key, x.shape[0])
   V.check_positive(epsilon, name="epsilon")
@@ -170,7 +170,7 @@ def _check_common(x, key, epsilon, method, num_samples, num_steps, num_restarts,
   if step_size is None:
     step_size = 2.5 * epsilon / num_steps
   V.check_positive(step_size, name="step_size")
-  V.check_choice(ball, BALLS, name="ball")
+  V.check_choice(norm, BALLS, name="norm")
   V.check_choice(noise, C.NOISES, name="noise")
   C.check_flip(on_flip)
   if on_flip != "ignore" and fn is None:
@@ -187,7 +187,7 @@ def local_lipschitz_estimate(fn: Callable, explainer: Explainer, x: Float[Array,
                              target: Target, *, key: PRNGKey, epsilon: float = 1.0,
                              method: str = "gradient_ascent", num_samples: int = 50,
                              num_steps: int = 20, num_restarts: int = 2,
-                             step_size: float | None = None, ball: str = "l2",
+                             step_size: float | None = None, norm: str = "l2",
                              noise: str = "uniform", on_flip: str = "ignore",
                              input_range=None,
                              chunk_size: int | None = None) -> Float[Array, "B"]:
@@ -216,7 +216,8 @@ def local_lipschitz_estimate(fn: Callable, explainer: Explainer, x: Float[Array,
     step_size: ascent step length in the ball's norm (signed gradient for
       ``linf``, normalised gradient for ``l2``); default ``2.5 epsilon /
       num_steps``. Traced: changing it does not recompile.
-    ball: ``"l2"`` or ``"linf"``.
+    norm: the perturbation ball's norm, ``"l2"`` or ``"linf"`` (as in
+      `rattr_jax.core.ThreatModel`).
     noise: sampling distribution: ``"uniform"`` in the ball, or
       ``"gaussian"`` ``N(0, epsilon^2)`` (Quantus; unbounded).
     on_flip: ``"ignore"``, ``"exclude"`` (points that change the prediction do
@@ -236,17 +237,17 @@ def local_lipschitz_estimate(fn: Callable, explainer: Explainer, x: Float[Array,
   x, t, key = C.prepare_model_explainer(fn, explainer, x, target, key, perturbs=True,
                                         what="local_lipschitz_estimate")
   key, eps, step, num_samples, num_steps, num_restarts, input_range, chunk_size = _check_common(
-      x, key, epsilon, method, num_samples, num_steps, num_restarts, step_size, ball, noise, fn,
+      x, key, epsilon, method, num_samples, num_steps, num_restarts, step_size, norm, noise, fn,
       on_flip, input_range, chunk_size)
   return _local_lipschitz(fn, explainer, x, t, key, eps, step, method, num_samples, num_steps,
-                          num_restarts, ball, noise, on_flip, input_range, chunk_size)
+                          num_restarts, norm, noise, on_flip, input_range, chunk_size)
 
 
 def senn_local_lipschitz_estimate(theta_fn: Callable, h_fn: Callable, x: Float[Array, "B ..."],
                                   *, key: PRNGKey, epsilon: float = 1.0,
                                   method: str = "gradient_ascent", num_samples: int = 50,
                                   num_steps: int = 20, num_restarts: int = 2,
-                                  step_size: float | None = None, ball: str = "l2",
+                                  step_size: float | None = None, norm: str = "l2",
                                   noise: str = "uniform", fn: Callable | None = None,
                                   on_flip: str = "ignore", input_range=None,
                                   chunk_size: int | None = None) -> Float[Array, "B"]:
@@ -284,7 +285,7 @@ def senn_local_lipschitz_estimate(theta_fn: Callable, h_fn: Callable, x: Float[A
   if fn is not None:
     V.num_classes_of(fn, x)
   key, eps, step, num_samples, num_steps, num_restarts, input_range, chunk_size = _check_common(
-      x, key, epsilon, method, num_samples, num_steps, num_restarts, step_size, ball, noise, fn,
+      x, key, epsilon, method, num_samples, num_steps, num_restarts, step_size, norm, noise, fn,
       on_flip, input_range, chunk_size)
   return _senn_lipschitz(theta_fn, h_fn, fn, x, key, eps, step, method, num_samples, num_steps,
-                         num_restarts, ball, noise, on_flip, input_range, chunk_size)
+                         num_restarts, norm, noise, on_flip, input_range, chunk_size)

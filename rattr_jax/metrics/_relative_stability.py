@@ -54,10 +54,10 @@ def _relative(a, a_pert, eps_min):
 
 
 @jit_with_callables(callables=("fn", "explainer", "representation_fn"),
-                    static_argnames=("with_representation", "num_samples", "norm", "noise",
+                    static_argnames=("with_representation", "num_samples", "change_norm", "noise",
                                      "on_flip", "input_range", "chunk_size"))
 def _relative_stability(fn, explainer, representation_fn, x, t, key, epsilon, eps_min,
-                        with_representation, num_samples, norm, noise, on_flip, input_range,
+                        with_representation, num_samples, change_norm, noise, on_flip, input_range,
                         chunk_size):
   """``[K, B]``: RIS, ROS (and RRS with a representation) from the same perturbations."""
   bsz, feat = x.shape[0], x.shape[1:]
@@ -71,13 +71,13 @@ def _relative_stability(fn, explainer, representation_fn, x, t, key, epsilon, ep
     xs = C.clip_to(x[None] + C.sample_noise(keys, idx, feat, x.dtype, epsilon, noise),
                    input_range)
     es = C.explain_many(explainer, fn, xs, t, core.call_key(key, 1 + idx[0]))
-    num = C.flat_norm(_relative(e0[None], es, eps_min), norm, batch_dims=2)
+    num = C.flat_norm(_relative(e0[None], es, eps_min), change_norm, batch_dims=2)
     logits = C.logits_many(fn, xs)
-    dens = [C.flat_norm(_relative(x[None], xs, eps_min), norm, batch_dims=2),
-            C.flat_norm(logits0[None] - logits, norm, batch_dims=2)]
+    dens = [C.flat_norm(_relative(x[None], xs, eps_min), change_norm, batch_dims=2),
+            C.flat_norm(logits0[None] - logits, change_norm, batch_dims=2)]
     if with_representation:
       reps = C.logits_many(representation_fn, xs)
-      dens.append(C.flat_norm(_relative(rep0[None], reps, eps_min), norm, batch_dims=2))
+      dens.append(C.flat_norm(_relative(rep0[None], reps, eps_min), change_norm, batch_dims=2))
     vals = jnp.stack([num / jnp.maximum(den, eps_min) for den in dens], axis=1)  # [c, K, B]
     return vals, jnp.argmax(logits, axis=-1) == pred0[None]
 
@@ -86,7 +86,7 @@ def _relative_stability(fn, explainer, representation_fn, x, t, key, epsilon, ep
                     for i in range(vals.shape[1])])
 
 
-def _run(kind, fn, explainer, x, target, key, num_samples, epsilon, eps_min, norm, noise,
+def _run(kind, fn, explainer, x, target, key, num_samples, epsilon, eps_min, change_norm, noise,
          on_flip, input_range, chunk_size, representation_fn=None):
   V.check_key(key)
   x, t, key = C.prepare_model_explainer(fn, explainer, x, target, key, perturbs=True,
@@ -105,7 +105,7 @@ def _run(kind, fn, explainer, x, target, key, num_samples, epsilon, eps_min, nor
   num_samples = V.check_positive_int(num_samples, name="num_samples")
   V.check_positive(epsilon, name="epsilon")
   V.check_positive(eps_min, name="eps_min")
-  V.check_choice(norm, C.NORMS, name="norm")
+  V.check_choice(change_norm, C.NORMS, name="change_norm")
   V.check_choice(noise, C.NOISES, name="noise")
   V.check_choice(on_flip, C.ON_FLIP, name="on_flip")
   input_range = C.check_range(input_range)
@@ -114,7 +114,7 @@ def _run(kind, fn, explainer, x, target, key, num_samples, epsilon, eps_min, nor
                             representation_fn if kind == "representation" else None,
                             x, t, key, jnp.asarray(epsilon, x.dtype),
                             jnp.asarray(eps_min, x.dtype), kind == "representation", num_samples,
-                            norm, noise, on_flip, input_range, chunk_size)
+                            change_norm, noise, on_flip, input_range, chunk_size)
   return out[KINDS.index(kind)]
 
 
@@ -131,7 +131,7 @@ _ARGS_DOC = """
     epsilon: noise radius (``U(-epsilon, epsilon)``) or standard deviation
       (``noise="gaussian"``).
     eps_min: the floor ``eps_min`` of the paper (and Quantus), 1e-6.
-    norm: ``"l2"`` (the paper's p = 2), ``"l1"`` or ``"linf"``.
+    change_norm: ``"l2"`` (the paper's p = 2), ``"l1"`` or ``"linf"``.
     noise: ``"uniform"`` or ``"gaussian"``.
     on_flip: ``"exclude"`` (default, the paper), ``"nan"`` (Quantus) or
       ``"ignore"``.
@@ -150,21 +150,21 @@ _ARGS_DOC = """
 
 def relative_input_stability(fn: Callable, explainer: Explainer, x: Float[Array, "B ..."],
                              target: Target, *, key: PRNGKey, num_samples: int = 50,
-                             epsilon: float = 0.02, eps_min: float = 1e-6, norm: str = "l2",
+                             epsilon: float = 0.02, eps_min: float = 1e-6, change_norm: str = "l2",
                              noise: str = "uniform", on_flip: str = "exclude",
                              input_range=None,
                              chunk_size: int | None = None) -> Float[Array, "B"]:
-  return _run("input", fn, explainer, x, target, key, num_samples, epsilon, eps_min, norm,
+  return _run("input", fn, explainer, x, target, key, num_samples, epsilon, eps_min, change_norm,
               noise, on_flip, input_range, chunk_size)
 
 
 def relative_output_stability(fn: Callable, explainer: Explainer, x: Float[Array, "B ..."],
                               target: Target, *, key: PRNGKey, num_samples: int = 50,
-                              epsilon: float = 0.02, eps_min: float = 1e-6, norm: str = "l2",
+                              epsilon: float = 0.02, eps_min: float = 1e-6, change_norm: str = "l2",
                               noise: str = "uniform", on_flip: str = "exclude",
                               input_range=None,
                               chunk_size: int | None = None) -> Float[Array, "B"]:
-  return _run("output", fn, explainer, x, target, key, num_samples, epsilon, eps_min, norm,
+  return _run("output", fn, explainer, x, target, key, num_samples, epsilon, eps_min, change_norm,
               noise, on_flip, input_range, chunk_size)
 
 
@@ -172,12 +172,12 @@ def relative_representation_stability(fn: Callable, explainer: Explainer,
                                       x: Float[Array, "B ..."], target: Target, *,
                                       representation_fn: Callable, key: PRNGKey,
                                       num_samples: int = 50, epsilon: float = 0.02,
-                                      eps_min: float = 1e-6, norm: str = "l2",
+                                      eps_min: float = 1e-6, change_norm: str = "l2",
                                       noise: str = "uniform", on_flip: str = "exclude",
                                       input_range=None,
                                       chunk_size: int | None = None) -> Float[Array, "B"]:
   return _run("representation", fn, explainer, x, target, key, num_samples, epsilon, eps_min,
-              norm, noise, on_flip, input_range, chunk_size, representation_fn=representation_fn)
+              change_norm, noise, on_flip, input_range, chunk_size, representation_fn=representation_fn)
 
 
 relative_input_stability.__doc__ = """Relative input stability (RIS).

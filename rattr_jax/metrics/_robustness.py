@@ -10,7 +10,7 @@ perturbation           ``U(-r, r)`` per        ``U(-r, r)`` per       ``U(-epsil
                        feature                 feature                epsilon)`` per feature
 radius                 ``r = 0.02``            ``r = 0.2``            ``epsilon = 0.02``
 samples                10                      200                    50
-numerator norm         Frobenius (= L2 of the  Frobenius (= L2 of     ``norm="l2"``
+numerator norm         Frobenius (= L2 of the  Frobenius (= L2 of     ``change_norm="l2"``
                        flattened difference)   the flattened diff.)
 denominator            ``||Phi(x)||``; 0 -> 1  ``||Phi(x)||``; 0 ->   ``||Phi(x)||``;
                                                inf/NaN                0 -> 1 (Captum)
@@ -45,15 +45,15 @@ from rattr_jax.metrics import _common as C
 
 
 @jit_with_callables(callables=("explainer", "fn"),
-                    static_argnames=("num_samples", "norm", "noise", "on_flip", "input_range",
+                    static_argnames=("num_samples", "change_norm", "noise", "on_flip", "input_range",
                                      "chunk_size"))
-def _sensitivity(fn, explainer, x, t, key, epsilon, num_samples, norm, noise, on_flip,
+def _sensitivity(fn, explainer, x, t, key, epsilon, num_samples, change_norm, noise, on_flip,
                  input_range, chunk_size):
   """``[2, B]``: max- and average-sensitivity (one program serves both metrics)."""
   bsz, feat = x.shape[0], x.shape[1:]
   keys = C.example_keys(key, bsz)
   phi = explainer(fn, x, t, key=core.call_key(key, 0))
-  den = C.flat_norm(phi, norm)
+  den = C.flat_norm(phi, change_norm)
   den = jnp.where(den == 0, jnp.ones_like(den), den)
   pred = None if on_flip == "ignore" else jnp.argmax(fn(x), axis=-1)
 
@@ -61,7 +61,7 @@ def _sensitivity(fn, explainer, x, t, key, epsilon, num_samples, norm, noise, on
     xs = C.clip_to(x[None] + C.sample_noise(keys, idx, feat, x.dtype, epsilon, noise),
                    input_range)
     phis = C.explain_many(explainer, fn, xs, t, core.call_key(key, 1 + idx[0]))
-    val = C.flat_norm(phis - phi[None], norm, batch_dims=2) / den[None]
+    val = C.flat_norm(phis - phi[None], change_norm, batch_dims=2) / den[None]
     valid = (jnp.ones(val.shape, bool) if pred is None
              else C.predict_many(fn, xs) == pred[None])
     return val, valid
@@ -71,26 +71,26 @@ def _sensitivity(fn, explainer, x, t, key, epsilon, num_samples, norm, noise, on
                     C.reduce_samples(vals, valid, on_flip, "mean")])
 
 
-def _run(fn, explainer, x, target, key, num_samples, epsilon, norm, noise, on_flip,
+def _run(fn, explainer, x, target, key, num_samples, epsilon, change_norm, noise, on_flip,
          input_range, chunk_size, how):
   V.check_key(key)
   x, t, key = C.prepare_model_explainer(fn, explainer, x, target, key, perturbs=True,
                                         what=f"{how}_sensitivity")
   num_samples = V.check_positive_int(num_samples, name="num_samples")
   V.check_positive(epsilon, name="epsilon")
-  V.check_choice(norm, C.NORMS, name="norm")
+  V.check_choice(change_norm, C.NORMS, name="change_norm")
   V.check_choice(noise, C.NOISES, name="noise")
   C.check_flip(on_flip)
   input_range = C.check_range(input_range)
   chunk_size = V.check_optional_positive_int(chunk_size, name="chunk_size")
   both = _sensitivity(fn, explainer, x, t, key, jnp.asarray(epsilon, x.dtype), num_samples,
-                      norm, noise, on_flip, input_range, chunk_size)
+                      change_norm, noise, on_flip, input_range, chunk_size)
   return both[0] if how == "max" else both[1]
 
 
 def max_sensitivity(fn: Callable, explainer: Explainer, x: Float[Array, "B ..."],
                     target: Target, *, key: PRNGKey, num_samples: int = 50,
-                    epsilon: float = 0.02, norm: str = "l2", noise: str = "uniform",
+                    epsilon: float = 0.02, change_norm: str = "l2", noise: str = "uniform",
                     on_flip: str = "ignore", input_range=None,
                     chunk_size: int | None = None) -> Float[Array, "B"]:
   """Max-sensitivity: the largest relative change of the explanation under noise.
@@ -119,7 +119,7 @@ def max_sensitivity(fn: Callable, explainer: Explainer, x: Float[Array, "B ..."]
       or on ``chunk_size``.
     num_samples: number of perturbations ``N``.
     epsilon: perturbation radius (uniform) or standard deviation (gaussian).
-    norm: ``"l2"`` (Frobenius of the flattened map), ``"l1"`` or ``"linf"``.
+    change_norm: ``"l2"`` (Frobenius of the flattened map), ``"l1"`` or ``"linf"``.
     noise: ``"uniform"`` or ``"gaussian"``.
     on_flip: what to do with perturbations that change ``argmax fn``:
       ``"ignore"`` (count them, as Captum), ``"exclude"`` (leave them out; NaN
@@ -136,13 +136,13 @@ def max_sensitivity(fn: Callable, explainer: Explainer, x: Float[Array, "B ..."]
     Yeh, Hsieh, Suggala, Inouye, Ravikumar, "On the (In)fidelity and
     Sensitivity of Explanations", NeurIPS 2019. https://arxiv.org/abs/1901.09392
   """
-  return _run(fn, explainer, x, target, key, num_samples, epsilon, norm, noise, on_flip,
+  return _run(fn, explainer, x, target, key, num_samples, epsilon, change_norm, noise, on_flip,
               input_range, chunk_size, "max")
 
 
 def avg_sensitivity(fn: Callable, explainer: Explainer, x: Float[Array, "B ..."],
                     target: Target, *, key: PRNGKey, num_samples: int = 50,
-                    epsilon: float = 0.02, norm: str = "l2", noise: str = "uniform",
+                    epsilon: float = 0.02, change_norm: str = "l2", noise: str = "uniform",
                     on_flip: str = "ignore", input_range=None,
                     chunk_size: int | None = None) -> Float[Array, "B"]:
   """Average sensitivity: the mean relative change of the explanation under noise.
@@ -159,5 +159,5 @@ def avg_sensitivity(fn: Callable, explainer: Explainer, x: Float[Array, "B ..."]
     Yeh et al., NeurIPS 2019; Bhatt, Weller, Moura, "Evaluating and Aggregating
     Feature-based Model Explanations", IJCAI 2020.
   """
-  return _run(fn, explainer, x, target, key, num_samples, epsilon, norm, noise, on_flip,
+  return _run(fn, explainer, x, target, key, num_samples, epsilon, change_norm, noise, on_flip,
               input_range, chunk_size, "mean")

@@ -38,22 +38,34 @@ class Conv2D(nnx.Module):
     return y
 
 
+def _windows(x):
+  """``[B, 2 H2, 2 W2, C] -> [B, H2, W2, C, 4]``: each 2x2 window, in row-major order."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4)
+  return x.reshape(b, h // 2, w // 2, c, 4)
+
+
 @jax.custom_jvp
 def _max4(x):
-  """Max over axes 2 and 4 of ``[B, H2, 2, W2, 2, C]`` (the 2x2 windows)."""
-  return x.max(axis=(2, 4))
+  """Max over each 2x2 window of ``[B, 2 H2, 2 W2, C]``."""
+  return jnp.max(_windows(x), -1)
 
 
 @_max4.defjvp
 def _max4_jvp(primals, tangents):
   # PyTorch's tie rule: the derivative is that of the FIRST maximum of the
   # window in row-major order (jnp.max would split it evenly between ties).
+  # One argmax per window, and the tangent picked by that index: an earlier
+  # form compared each of the four positions with the max, and XLA fused the
+  # (recomputed) activation into every comparison, which made the pool's
+  # backward pass 3-4x slower than the pooled activation's own
+  # (benchmarks/results/training_cost.json, "max_pool2").
   (x,), (t,) = primals, tangents
-  m = x.max(axis=(2, 4))
-  out = t[:, :, 1, :, 1]
-  for p, q in ((1, 0), (0, 1), (0, 0)):  # later positions first, so the first max wins
-    out = jnp.where(x[:, :, p, :, q] == m, t[:, :, p, :, q], out)
-  return m, out
+  r = _windows(x)
+  i = jnp.argmax(r, -1)
+  m = jnp.take_along_axis(r, i[..., None], -1)[..., 0]
+  pick = i[..., None] == jnp.arange(4, dtype=i.dtype)
+  return m, jnp.sum(jnp.where(pick, _windows(t), jnp.zeros((), t.dtype)), -1)
 
 
 def max_pool2(x: jax.Array) -> jax.Array:
@@ -66,9 +78,8 @@ def max_pool2(x: jax.Array) -> jax.Array:
   in row-major order, not split between them. Forward- and reverse-mode, to
   any order.
   """
-  b, h, w, c = x.shape
-  x = x[:, : h - h % 2, : w - w % 2]
-  return _max4(x.reshape(b, h // 2, 2, w // 2, 2, c))
+  _, h, w, _ = x.shape
+  return _max4(x[:, : h - h % 2, : w - w % 2])
 
 
 def avg_pool_global(x: jax.Array) -> jax.Array:

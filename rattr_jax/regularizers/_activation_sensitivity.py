@@ -11,7 +11,7 @@ Jacobian term) and Zhang et al.'s neuron sensitivity
 
 * ``form="perturbation"``:
   ``R(x) = sum_l w_l * mean_j omega_lj * |a_lj(x + delta) - a_lj(x)|``
-  (``norm="l2"`` squares the change), with ``delta`` random (uniform or
+  (``change_norm="l2"`` squares the change), with ``delta`` random (uniform or
   Gaussian at scale ``epsilon``) or adversarial (FGSM / PGD on the
   cross-entropy, stop-gradient, inference mode);
 * ``form="jacobian"``:
@@ -70,7 +70,7 @@ def _weighted(change, omega):
 
 def perturbation_values(features: Callable, x: jax.Array, delta: jax.Array, *,
                         layer_weights: Sequence[float], neuron_weights=None,
-                        norm: str = "l1", clean=None) -> jax.Array:
+                        change_norm: str = "l1", clean=None) -> jax.Array:
   """``[B]`` values of the perturbation form for a given ``delta``.
 
   ``clean``: the features of ``x`` when the caller has them (the training
@@ -81,7 +81,7 @@ def perturbation_values(features: Callable, x: jax.Array, delta: jax.Array, *,
   total = jnp.zeros(x.shape[:1], x.dtype)
   for i, (a, b) in enumerate(zip(clean, pert)):
     d = b - a
-    change = jnp.abs(d) if norm == "l1" else d * d
+    change = jnp.abs(d) if change_norm == "l1" else d * d
     omega = None if neuron_weights is None else neuron_weights[i]
     total = total + layer_weights[i] * _common.per_example_mean(_weighted(change, omega))
   return total
@@ -115,7 +115,7 @@ def activation_sensitivity_values(features: Callable, fn: Callable, x: jax.Array
                                   epsilon: jax.Array, num_steps: int = 5, step_size: Any = None,
                                   num_samples: int = 1, num_projections: int = 1,
                                   layer_weights: Sequence[float], neuron_weights=None,
-                                  norm: str = "l1", input_range=None,
+                                  change_norm: str = "l1", input_range=None,
                                   clean=None) -> jax.Array:
   """Unvalidated core: ``features(x) -> tuple of [B, ...]``, ``fn`` attacked (eval mode).
 
@@ -130,7 +130,7 @@ def activation_sensitivity_values(features: Callable, fn: Callable, x: jax.Array
     delta = sensitivity_delta(fn, x, t, key=k, epsilon=epsilon, perturbation=perturbation,
                               num_steps=num_steps, step_size=step_size, input_range=input_range)
     return perturbation_values(features, x, delta, layer_weights=layer_weights,
-                               neuron_weights=neuron_weights, norm=norm, clean=clean)
+                               neuron_weights=neuron_weights, change_norm=change_norm, clean=clean)
 
   if num_samples == 1:
     return one(key)
@@ -146,13 +146,13 @@ def _as_tuple_features(features: Callable) -> Callable:
 
 
 def _check_settings(fn, x, target, key, form, perturbation, epsilon, num_steps, num_samples,
-                    num_projections, norm):
+                    num_projections, change_norm):
   """The checks `activation_sensitivity` and `feature_sensitivity` share (trace-safe)."""
   x, t = _common.prepare(fn, x, 0 if target is None else target)
   V.check_key(key)
   V.check_choice(form, FORMS, name="form")
   V.check_choice(perturbation, PERTURBATIONS, name="perturbation")
-  V.check_choice(norm, NORMS, name="norm")
+  V.check_choice(change_norm, NORMS, name="change_norm")
   if perturbation in ("fgsm", "pgd") and target is None and form == "perturbation":
     raise ValueError("`target` is required for adversarial perturbations ('fgsm', 'pgd').")
   eps = _common.check_epsilon(epsilon, x)
@@ -168,7 +168,7 @@ def feature_sensitivity(features: Callable, fn: Callable, x: Float[Array, "B ...
                         epsilon: Any = 0.1, num_steps: int = 5, step_size: Any = None,
                         num_samples: int = 1, num_projections: int = 1,
                         layer_weights: Sequence[float] | None = None,
-                        neuron_weights: Sequence[Any] | None = None, norm: str = "l1",
+                        neuron_weights: Sequence[Any] | None = None, change_norm: str = "l1",
                         input_range: tuple[float, float] | None = (0.0, 1.0),
                         clean: Sequence[jax.Array] | None = None) -> jax.Array:
   """`activation_sensitivity` of a feature function: ``[B]`` per-example values.
@@ -185,7 +185,7 @@ def feature_sensitivity(features: Callable, fn: Callable, x: Float[Array, "B ...
     fn: the classifier ``[B, *F] -> [B, C]`` that FGSM/PGD perturbations attack
       (inference mode).
     x, target, key, form, perturbation, epsilon, num_steps, step_size,
-    num_samples, num_projections, layer_weights, neuron_weights, norm,
+    num_samples, num_projections, layer_weights, neuron_weights, change_norm,
     input_range: as in `activation_sensitivity` (``neuron_weights`` unchecked
       against the layer shapes here).
     clean: ``features(x)`` when the caller has it (the perturbation form then
@@ -196,7 +196,7 @@ def feature_sensitivity(features: Callable, fn: Callable, x: Float[Array, "B ...
   """
   x, t, eps, num_steps, num_samples, num_projections = _check_settings(
       fn, x, target, key, form, perturbation, epsilon, num_steps, num_samples, num_projections,
-      norm)
+      change_norm)
   input_range = core.check_input_range(input_range)
   feats = _as_tuple_features(features)
   n = len(jax.eval_shape(feats, jax.ShapeDtypeStruct(x.shape, x.dtype)))
@@ -209,7 +209,7 @@ def feature_sensitivity(features: Callable, fn: Callable, x: Float[Array, "B ...
   return activation_sensitivity_values(
       feats, fn, x, t, key=key, form=form, perturbation=perturbation, epsilon=eps,
       num_steps=num_steps, step_size=step_size, num_samples=num_samples,
-      num_projections=num_projections, layer_weights=lw, neuron_weights=nw, norm=norm,
+      num_projections=num_projections, layer_weights=lw, neuron_weights=nw, change_norm=change_norm,
       input_range=input_range, clean=clean)
 
 
@@ -240,14 +240,14 @@ def feature_neuron_sensitivity(features: Callable, fn: Callable, x: Float[Array,
 
 
 def _check_args(model, x, target, layers, key, form, perturbation, epsilon, num_steps,
-                num_samples, num_projections, layer_weights, neuron_weights, norm, reduction):
+                num_samples, num_projections, layer_weights, neuron_weights, change_norm, reduction):
   if not isinstance(model, nnx.Module):
     raise ValueError(f"`model` must be a Flax NNX module; got {type(model).__name__}.")
   fn = as_fn(model)
   V.check_choice(reduction, _common.REDUCTIONS, name="reduction")
   x, t, eps, num_steps, num_samples, num_projections = _check_settings(
       fn, x, target, key, form, perturbation, epsilon, num_steps, num_samples, num_projections,
-      norm)
+      change_norm)
   layers = check_layers(model, layers, x)
   lw = check_layer_weights(layer_weights, layers)
   nw = check_neuron_weights(neuron_weights, model, layers, x)
@@ -295,7 +295,7 @@ def activation_sensitivity(model: nnx.Module, x: Float[Array, "B ..."],
                            num_steps: int = 5, step_size: Any = None, num_samples: int = 1,
                            num_projections: int = 1,
                            layer_weights: Sequence[float] | None = None,
-                           neuron_weights: Sequence[Any] | None = None, norm: str = "l1",
+                           neuron_weights: Sequence[Any] | None = None, change_norm: str = "l1",
                            input_range: tuple[float, float] | None = (0.0, 1.0),
                            train: bool = False,
                            reduction: str = "mean") -> jax.Array:
@@ -331,7 +331,7 @@ def activation_sensitivity(model: nnx.Module, x: Float[Array, "B ..."],
     neuron_weights: optional per-neuron weights ``omega``, one non-negative
       array per layer broadcastable to that layer's per-example shape (e.g.
       ``[C]`` for a conv layer), e.g. from `neuron_sensitivity`.
-    norm: ``"l1"`` (mean absolute change) or ``"l2"`` (mean squared change).
+    change_norm: ``"l1"`` (mean absolute change) or ``"l2"`` (mean squared change).
     input_range: data range for adversarial perturbations, or ``None``.
     train: read features in training mode (BatchNorm batch statistics).
     reduction: ``"mean"`` over the batch or ``"none"`` (``[B]``).
@@ -349,27 +349,27 @@ def activation_sensitivity(model: nnx.Module, x: Float[Array, "B ..."],
   """
   fn, x, t, layers, eps, num_steps, num_samples, num_projections, lw, nw = _check_args(
       model, x, target, layers, key, form, perturbation, epsilon, num_steps, num_samples,
-      num_projections, layer_weights, neuron_weights, norm, reduction)
+      num_projections, layer_weights, neuron_weights, change_norm, reduction)
   input_range = core.check_input_range(input_range)
   features = feature_fn(model, layers, train=train)
   vals = _activation_sensitivity_jit(features, fn, x, t, key, eps, step_size, nw, form=form,
                                      perturbation=perturbation, num_steps=num_steps,
                                      num_samples=num_samples, num_projections=num_projections,
-                                     layer_weights=lw, norm=norm, input_range=input_range)
+                                     layer_weights=lw, change_norm=change_norm, input_range=input_range)
   return _common.reduce(vals, reduction)
 
 
 @functools.partial(jax.jit, static_argnames=("form", "perturbation", "num_steps", "num_samples",
-                                             "num_projections", "layer_weights", "norm",
+                                             "num_projections", "layer_weights", "change_norm",
                                              "input_range"))
 def _activation_sensitivity_jit(features, fn, x, t, key, eps, step_size, nw, *, form, perturbation,
-                                num_steps, num_samples, num_projections, layer_weights, norm,
+                                num_steps, num_samples, num_projections, layer_weights, change_norm,
                                 input_range):
   return activation_sensitivity_values(
       features, fn, x, t, key=key, form=form, perturbation=perturbation, epsilon=eps,
       num_steps=num_steps, step_size=step_size, num_samples=num_samples,
       num_projections=num_projections, layer_weights=layer_weights, neuron_weights=nw,
-      norm=norm, input_range=input_range)
+      change_norm=change_norm, input_range=input_range)
 
 
 def neuron_sensitivity(model: nnx.Module, x: Float[Array, "B ..."], target: Target | None = None,

@@ -62,7 +62,7 @@ def _predict(graphdef, state, x):
 def senn_stability(model, x: Float[Array, "B ..."], *, key: jax.Array, epsilon: float = 1.0,
                    denominator: str = "concepts", target: Any = None,
                    method: str = "gradient_ascent", num_steps: int = 20,
-                   num_restarts: int = 2, num_samples: int = 50, ball: str = "l2",
+                   num_restarts: int = 2, num_samples: int = 50, norm: str = "l2",
                    input_range=(0.0, 1.0), chunk_size: int | None = None) -> Float[Array, "B"]:
   """Local Lipschitz estimate of a SENN's relevances. **Lower is better.**
 
@@ -74,7 +74,7 @@ def senn_stability(model, x: Float[Array, "B ..."], *, key: jax.Array, epsilon: 
     denominator: ``"concepts"`` (``||h(x) - h(x')||``, the paper's SENN
       metric) or ``"input"`` (``||x - x'||``, comparable with post-hoc maps).
     target: class whose relevances are compared; default the prediction.
-    method, num_steps, num_restarts, num_samples, ball, input_range, chunk_size: see
+    method, num_steps, num_restarts, num_samples, norm, input_range, chunk_size: see
       `rattr_jax.metrics.local_lipschitz_estimate`.
 
   Returns:
@@ -99,5 +99,5 @@ def senn_stability(model, x: Float[Array, "B ..."], *, key: jax.Array, epsilon: 
     h_fn = jax.tree_util.Partial(_flat_input)
   return senn_local_lipschitz_estimate(
       theta_fn, h_fn, x, key=key, epsilon=epsilon, method=method, num_steps=num_steps,
-      num_restarts=num_restarts, num_samples=num_samples, ball=ball, input_range=input_range,
+      num_restarts=num_restarts, num_samples=num_samples, norm=norm, input_range=input_range,
       chunk_size=chunk_size)

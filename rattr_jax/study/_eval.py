@@ -245,7 +245,7 @@ def robustness(fn, ex, x, t, *, names, epsilon: float, num_samples: int, lipschi
   if "max_sensitivity" in names:
     out["max_sensitivity"] = per_example(
         M.max_sensitivity, fn, ex, x, t, batch_argnums=(2, 3), key=jax.random.fold_in(key, 1),
-        num_samples=num_samples, epsilon=epsilon, norm="l2", noise="uniform",
+        num_samples=num_samples, epsilon=epsilon, change_norm="l2", noise="uniform",
         input_range=(0.0, 1.0), example_chunk=example_chunk).astype(np.float64)
   if "local_lipschitz" in names:
     d = float(np.prod(x.shape[1:]))

@@ -213,6 +213,12 @@ def check_term(term: Term) -> Term:
       if field in term.choices and value not in term.choices[field]:
         raise ValueError(f"Unknown {label} {value!r}; expected one of "
                          f"{list(term.choices[field])}.")
+    elif _is_range(tp):
+      if (not isinstance(value, tuple) or len(value) != 2
+          or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                     and math.isfinite(v) for v in value) or not value[0] < value[1]):
+        raise ValueError(f"{label} must be a box (lo, hi) of finite numbers with lo < hi, or "
+                         f"None; got {value!r}.")
     elif typing.get_origin(tp) is tuple:
       if (not isinstance(value, tuple) or not value
           or not all(isinstance(s, str) for s in value)):
@@ -221,12 +227,22 @@ def check_term(term: Term) -> Term:
   return term
 
 
+def _is_range(tp) -> bool:
+  """``tp`` is ``tuple[float, float]`` (an ``input_range`` box)."""
+  return typing.get_origin(tp) is tuple and typing.get_args(tp) == (float, float)
+
+
 def check_radius(term: Term, field: str) -> None:
-  """A radius in input units (inputs lie in [0, 1]) is at most 1."""
+  """A radius in input units is at most the width of the term's ``input_range``
+  (``[0, 1]`` for terms without one; no bound when it is ``None``)."""
   v = getattr(term, field)
-  if v is not None and v > 1:
-    raise ValueError(f"`{term.name}.{field}` is a radius in input units (inputs lie in [0, 1]) "
-                     f"and must be <= 1; got {v!r}.")
+  box = getattr(term, "input_range", (0.0, 1.0))
+  if v is None or box is None:
+    return
+  width = box[1] - box[0]
+  if v > width:
+    raise ValueError(f"`{term.name}.{field}` is a radius in input units (inputs lie in "
+                     f"[{box[0]:g}, {box[1]:g}]) and must be <= {width:g}; got {v!r}.")
 
 
 # --------------------------------------------------------------------------- params, CLI
@@ -285,6 +301,11 @@ def _parse_value(text: str, tp, label: str) -> Any:
     if t.lower() in ("0", "false", "no"):
       return False
     raise ValueError(f"{label} expects true or false; got {text!r}.")
+  if _is_range(tp):
+    lo, sep, hi = t.partition(":")
+    if not sep:
+      raise ValueError(f"{label} expects a box lo:hi (e.g. 0:1) or none; got {text!r}.")
+    return (_parse_value(lo, float, label), _parse_value(hi, float, label))
   if typing.get_origin(tp) is tuple:
     return tuple(s for s in t.split("+") if s)
   if tp is str:
@@ -298,7 +319,7 @@ def parse_term(text: str) -> tuple[str, dict[str, Any]]:
 
   Values are typed from the term's field annotations: numbers accept
   fractions (``8/255``), booleans ``true``/``false``, optional fields
-  ``none``, name tuples ``a+b``.
+  ``none``, name tuples ``a+b``, boxes ``lo:hi`` (``input_range=-1:1``).
 
   Example:
     >>> parse_term("gradient_alignment:epsilon=4/255,lambda_cos=1")[1]["lambda_cos"]

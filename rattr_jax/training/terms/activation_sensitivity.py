@@ -8,8 +8,6 @@ from rattr_jax import regularizers
 from rattr_jax.models import as_fn, check_layers, feature_fn
 from rattr_jax.training._term import check_radius, register_term, Term
 
-_CLIP = (0.0, 1.0)
-
 
 def _clean_features(ctx, layers):
   """The clean pass's features of ``layers`` when the engine captured them, else ``None``."""
@@ -34,6 +32,9 @@ class ActivationSensitivity(Term):
     num_projections: random projections of the Jacobian form.
     neuron_weights: per-neuron weights estimated from data at the start of
       every epoch (`rattr_jax.regularizers.neuron_sensitivity`).
+    input_range: valid input box ``(lo, hi)`` the perturbed inputs are clipped
+      to (the embedded and offline datasets lie in ``(0, 1)``); ``None``: no box.
+      On the command line ``input_range=lo:hi`` or ``none``.
   """
 
   name = "activation_sensitivity"
@@ -52,6 +53,7 @@ class ActivationSensitivity(Term):
   num_samples: int = 1
   num_projections: int = 1
   neuron_weights: bool = False
+  input_range: tuple[float, float] | None = (0.0, 1.0)
 
   def check(self):
     check_radius(self, "epsilon")
@@ -71,7 +73,7 @@ class ActivationSensitivity(Term):
         feats, ctx.eval_fn, batch.x, batch.y, key=key, form=self.form,
         perturbation=self.perturbation, epsilon=jnp.asarray(self.epsilon, batch.x.dtype),
         num_steps=self.num_steps, step_size=self.step_size, num_samples=self.num_samples,
-        num_projections=self.num_projections, neuron_weights=nw, input_range=_CLIP,
+        num_projections=self.num_projections, neuron_weights=nw, input_range=self.input_range,
         clean=_clean_features(ctx, self.layers))
     return jnp.mean(v), {}
 
@@ -83,5 +85,5 @@ class ActivationSensitivity(Term):
       return regularizers.feature_neuron_sensitivity(
           feature_fn(model, self.layers), as_fn(model), x, y, key=key,
           epsilon=jnp.asarray(self.epsilon, x.dtype), step_size=self.step_size,
-          perturbation=self.perturbation, num_steps=self.num_steps, input_range=_CLIP)
+          perturbation=self.perturbation, num_steps=self.num_steps, input_range=self.input_range)
     return refresh

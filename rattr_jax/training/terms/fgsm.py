@@ -8,8 +8,6 @@ from rattr_jax import regularizers
 from rattr_jax.training._term import check_radius, register_term, Term
 from rattr_jax.training.terms.cross_entropy import cross_entropy
 
-_CLIP = (0.0, 1.0)
-
 
 def accuracy(logits, y):
   return jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
@@ -22,12 +20,16 @@ class FGSM(Term):
   Attributes:
     epsilon: L-infinity radius in input units.
     step_size: FGSM step (``None``: ``1.25 * epsilon``).
+    input_range: valid input box ``(lo, hi)`` the perturbed inputs are clipped
+      to (the embedded and offline datasets lie in ``(0, 1)``); ``None``: no box.
+      On the command line ``input_range=lo:hi`` or ``none``.
   """
 
   name = "fgsm"
 
   epsilon: float = 0.1
   step_size: float | None = None
+  input_range: tuple[float, float] | None = (0.0, 1.0)
 
   def check(self):
     check_radius(self, "epsilon")
@@ -35,7 +37,7 @@ class FGSM(Term):
   def loss(self, ctx, batch, key):
     x_adv = regularizers.fgsm_adversary(ctx.eval_fn, batch.x, batch.y, key=key,
                                         epsilon=self.epsilon, step_size=self.step_size,
-                                        input_range=_CLIP)
+                                        input_range=self.input_range)
     logits = ctx.fn(x_adv)
     return (jnp.mean(cross_entropy(logits, batch.y)),
             {"adv_acc": accuracy(logits, batch.y)})

@@ -9,8 +9,6 @@ from rattr_jax.training._term import check_radius, register_term, Term
 from rattr_jax.training.terms.cross_entropy import cross_entropy
 from rattr_jax.training.terms.fgsm import accuracy
 
-_CLIP = (0.0, 1.0)
-
 
 @register_term
 class PGD(Term):
@@ -20,6 +18,9 @@ class PGD(Term):
     epsilon: L-infinity radius in input units.
     num_steps: PGD iterations.
     step_size: PGD step (``None``: ``2.5 * epsilon / num_steps``).
+    input_range: valid input box ``(lo, hi)`` the perturbed inputs are clipped
+      to (the embedded and offline datasets lie in ``(0, 1)``); ``None``: no box.
+      On the command line ``input_range=lo:hi`` or ``none``.
   """
 
   name = "pgd"
@@ -27,6 +28,7 @@ class PGD(Term):
   epsilon: float = 0.1
   num_steps: int = 10
   step_size: float | None = None
+  input_range: tuple[float, float] | None = (0.0, 1.0)
 
   def check(self):
     check_radius(self, "epsilon")
@@ -34,7 +36,7 @@ class PGD(Term):
   def loss(self, ctx, batch, key):
     x_adv = regularizers.pgd_adversary(ctx.eval_fn, batch.x, batch.y, key=key,
                                        epsilon=self.epsilon, step_size=self.step_size,
-                                       num_steps=self.num_steps, input_range=_CLIP)
+                                       num_steps=self.num_steps, input_range=self.input_range)
     logits = ctx.fn(x_adv)
     return (jnp.mean(cross_entropy(logits, batch.y)),
             {"adv_acc": accuracy(logits, batch.y)})

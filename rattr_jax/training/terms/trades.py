@@ -10,8 +10,6 @@ from rattr_jax import regularizers
 from rattr_jax.training._term import check_radius, register_term, Term
 from rattr_jax.training.terms.fgsm import accuracy
 
-_CLIP = (0.0, 1.0)
-
 
 @register_term
 class TRADES(Term):
@@ -23,6 +21,9 @@ class TRADES(Term):
     beta: weight.
     num_steps: inner-attack iterations.
     step_size: inner step (``None``: ``2.5 * epsilon / num_steps``).
+    input_range: valid input box ``(lo, hi)`` the perturbed inputs are clipped
+      to (the embedded and offline datasets lie in ``(0, 1)``); ``None``: no box.
+      On the command line ``input_range=lo:hi`` or ``none``.
   """
 
   name = "trades"
@@ -32,6 +33,7 @@ class TRADES(Term):
   beta: float = 6.0
   num_steps: int = 10
   step_size: float | None = None
+  input_range: tuple[float, float] | None = (0.0, 1.0)
 
   def check(self):
     check_radius(self, "epsilon")
@@ -39,7 +41,7 @@ class TRADES(Term):
   def loss(self, ctx, batch, key):
     x_adv = regularizers.trades_adversary(ctx.eval_fn, batch.x, key=key, epsilon=self.epsilon,
                                           step_size=self.step_size, num_steps=self.num_steps,
-                                          input_range=_CLIP)
+                                          input_range=self.input_range)
     logits = ctx.fn(x_adv)
     # KL(p(x) || p(x_adv)) per example, from log-probabilities.
     kl = optax.losses.kl_divergence_with_log_targets(jax.nn.log_softmax(logits, -1),
