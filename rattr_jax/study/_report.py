@@ -91,12 +91,19 @@ def _attack_map(config, run, explainer, attack, eps):
   return _ATTACK_MAPS.get((run.name, explainer, attack, repr(float(eps))))
 
 
+#: Colours for methods 11-20: distinct hues away from tab10's (tab20's light/dark pairs of one
+#: hue were hard to tell apart in print).
+_EXTRA_COLORS = ("#000000", "#000080", "#008080", "#e600e6", "#32cd32", "#b8860b", "#800000",
+                 "#4b0082", "#fa8072", "#708090")
+
+
 def _method_colors(labels):
-  """One distinct colour per method: tab10 up to 10 methods, else tab20 (20 distinct)."""
+  """One distinct colour per method: tab10 for the first 10, then ten other distinct hues
+  (cycling beyond 20)."""
   plt = _plt()
-  n = 10 if len(labels) <= 10 else 20
-  cmap = plt.get_cmap("tab10" if n == 10 else "tab20")
-  return {l: cmap(i % n) for i, l in enumerate(labels)}
+  tab = plt.get_cmap("tab10")
+  palette = [tab(i) for i in range(10)] + list(_EXTRA_COLORS)
+  return {l: palette[i % len(palette)] for i, l in enumerate(labels)}
 
 
 def epsilon_curves(path, config, summary):
