@@ -30,9 +30,6 @@ ALLOWED_PRIVATE: dict[tuple[str, str], str] = {
 
 #: Package edges allowed although they close a cycle (with the reason).
 ALLOWED_EDGES: dict[tuple[str, str], str] = {
-    ("rattr_jax.distributed", "rattr_jax.cli"):
-        "distributed/__main__ runs the CLI (the launcher's child), and the CLI launches "
-        "distributed (another session's area)",
 }
 
 

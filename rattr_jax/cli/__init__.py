@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
   prog = f"rattr {args.command}"
   try:
+    if args.command != "launch" and "RATTR_PROCESS_ID" in os.environ:
+      # A process of `rattr launch` (rattr_jax.distributed.ENV_PROCESS_ID): join the job
+      # before any JAX computation.
+      from rattr_jax import distributed
+      distributed.join_job()
     check = getattr(args, "_check", None)
     if check is not None:
       check(args)

@@ -5,8 +5,8 @@ Example::
   rattr launch --num-processes 2 -- train --model mlp --dataset digits --out runs/mp
   rattr launch -n 2 --devices-per-process 2 -- train ... --out runs/mp --resume
 
-Each process runs ``python -m rattr_jax.distributed <command>``, which calls
-`rattr_jax.distributed.initialize` from the environment set here (a free
+Each process runs ``python -m rattr_jax.cli <command>``, which first calls
+`rattr_jax.distributed.join_job`: `rattr_jax.distributed.initialize` from the environment set here (a free
 localhost port, the process count and id, ``JAX_NUM_CPU_DEVICES``). For
 development and tests on one machine; on a cluster start one process per host
 with its launcher (Slurm, mpirun) instead: JAX reads the layout from it.
@@ -15,6 +15,7 @@ with its launcher (Slurm, mpirun) instead: JAX reads the layout from it.
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers) -> None:
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     raise ValueError(f"`--devices-per-process` must be >= 1; got {args.devices_per_process}.")
   if args.heartbeat_timeout is not None and args.heartbeat_timeout < 1:
     raise ValueError(f"`--heartbeat-timeout` must be >= 1; got {args.heartbeat_timeout}.")
-  return _launch.launch(_launch.rattr_command(cmd), num_processes=args.num_processes,
+  command = [sys.executable, "-m", "rattr_jax.cli", *cmd]  # joins the job: cli.main
+  return _launch.launch(command, num_processes=args.num_processes,
                         devices_per_process=args.devices_per_process,
                         heartbeat_timeout=args.heartbeat_timeout)

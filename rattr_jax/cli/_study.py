@@ -1,7 +1,7 @@
 """``rattr study``: the library's main job (see `rattr_jax.study`).
 
 Several processes run one study together: ``rattr launch -n 2 -- study --preset quick
---out D`` on one machine, or one ``python -m rattr_jax.distributed study ...`` per host
+--out D`` on one machine, or one ``rattr study ...`` per host
 (``--coordinator``/``--num-processes``/``--process-id``, or the cluster's environment).
 Process 0 writes and prints; the others compute with it.
 """

@@ -13,8 +13,8 @@
 * `replicate(tree, mesh)`, `gather(x)`, `gather_examples(x, n)`,
   `is_main_process()`, `sync()`.
 * `launch(command, num_processes=N)`: N local processes of one job (what
-  ``rattr launch`` runs; `rattr_command(args)` is ``rattr <args>`` as such a
-  process).
+  ``rattr launch`` runs); `join_job()` makes a launched process a member of
+  its job (the ``rattr`` command line calls it first).
 
 Example (run the same script in every process, e.g. ``rattr launch -n 2 -- ...``)::
 
@@ -31,7 +31,7 @@ Example (run the same script in every process, e.g. ``rattr launch -n 2 -- ...``
 from rattr_jax.distributed._launch import free_port
 from rattr_jax.distributed._launch import launch
 from rattr_jax.distributed._launch import process_env
-from rattr_jax.distributed._launch import rattr_command
+from rattr_jax.distributed._launch import join_job
 from rattr_jax.distributed._mesh import data_mesh
 from rattr_jax.distributed._mesh import DATA_AXIS
 from rattr_jax.distributed._mesh import per_example
@@ -52,5 +52,5 @@ __all__ = [
     "add_cli_args", "data_mesh", "DATA_AXIS", "per_example", "gather", "gather_examples",
     "global_array",
     "initialize", "initialize_from_args", "is_main_process", "local_batch_size", "process_slice",
-    "replicate", "shard_batch", "sync", "free_port", "launch", "process_env", "rattr_command",
+    "replicate", "shard_batch", "sync", "free_port", "launch", "process_env", "join_job",
 ]

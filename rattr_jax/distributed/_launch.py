@@ -57,8 +57,8 @@ def launch(command: Sequence[str], *, num_processes: int, devices_per_process: i
   Each process gets ``JAX_COORDINATOR_ADDRESS`` (``host`` and a free port),
   ``RATTR_NUM_PROCESSES``, ``RATTR_PROCESS_ID`` and, if given,
   ``JAX_NUM_CPU_DEVICES`` and ``RATTR_HEARTBEAT_TIMEOUT``; the command must
-  call `initialize` (``python -m rattr_jax.distributed <rattr command>``
-  does). SIGINT and SIGTERM received by the launcher are forwarded to every
+  call `initialize` (the ``rattr`` command line does, `join_job`). SIGINT and
+  SIGTERM received by the launcher are forwarded to every
   process; those still running `GRACE_SECONDS` later are killed. When one process exits with an error the others are terminated
   (SIGTERM, then SIGKILL after `GRACE_SECONDS`).
 
@@ -137,6 +137,19 @@ def _stop(procs: Sequence[subprocess.Popen]) -> None:
       p.wait()
 
 
-def rattr_command(args: Sequence[str]) -> list[str]:
-  """The command running ``rattr <args>`` as one process of a launched job."""
-  return [sys.executable, "-m", "rattr_jax.distributed", *args]
+def join_job() -> bool:
+  """Makes a process that `launch` started (its environment names ``RATTR_PROCESS_ID``) a
+  member of its job: starts the runtime (`initialize`) and, unless ``RATTR_ALL_OUTPUT`` is
+  set, silences the standard output of every process but process 0 (errors and warnings
+  stay). Returns whether this process was launched; without the variable it does nothing.
+
+  The ``rattr`` command line calls it first, so ``rattr launch -n N -- <command>`` runs
+  ``python -m rattr_jax.cli <command>`` in each process.
+  """
+  if M.ENV_PROCESS_ID not in os.environ:
+    return False
+  M.initialize()
+  if os.environ.get(M.ENV_PROCESS_ID, "0") not in ("", "0") and not os.environ.get(
+      "RATTR_ALL_OUTPUT"):
+    sys.stdout = open(os.devnull, "w")
+  return True
