@@ -104,7 +104,7 @@ def test_cli_adversarial_training_reports_robust_accuracy(tmp_path, capsys):
   # The config was stored in input units.
   cfg = json.loads((out / "config.json").read_text())
   assert cfg["terms"] == [{"term": "pgd", "epsilon": pytest.approx(8 / 255), "num_steps": 2,
-                           "step_size": 0.025}]
+                           "step_size": 0.025, "input_range": [0.0, 1.0]}]
   # Running again into the same --out without --resume is refused before training.
   assert main(["train", *SMALL, "--method", "pgd", "--out", str(out)]) == 2
   assert "--resume" in capsys.readouterr().err
