@@ -163,13 +163,17 @@ def robustness_vs_accuracy(path, config, rows):
   labels = [m.label for m in config.methods]
   colors = _method_colors(labels)
   fig, axes = plt.subplots(1, 2, figsize=(11.5, 4))
-  for (lab, seed), d in sorted(per.items()):
+  # Methods in config order, each drawn smaller than the one before: models that land on
+  # the same point (e.g. a weak penalty and its control) show as nested rings, not one dot.
+  order = {lab: i for i, lab in enumerate(labels)}
+  size = {lab: 90.0 - 50.0 * i / max(1, len(labels) - 1) for lab, i in order.items()}
+  for (lab, seed), d in sorted(per.items(), key=lambda kv: (order.get(kv[0][0], 0), kv[0][1])):
     if not d["sim"]:
       continue
     y = np.mean(d["sim"])
     for ax, key in zip(axes, ("acc", "rob")):
       if d[key]:
-        ax.scatter(np.mean(d[key]), y, color=colors.get(lab, "k"), s=40,
+        ax.scatter(np.mean(d[key]), y, color=colors.get(lab, "k"), s=size.get(lab, 40.0),
                    label=lab if seed == config.seeds[0] else None, edgecolor="k", lw=0.5)
   axes[0].set_xlabel("clean test accuracy")
   from matplotlib.ticker import MaxNLocator
