@@ -37,7 +37,7 @@ def configure_cpu(*, inline_dispatch: bool = True, eigen_convolutions: bool = Tr
     YNNPACK) from XLA:CPU's YNNPACK library to its Eigen kernels. YNNPACK
     ran every convolution on one thread (the same time with one core as with
     two), Eigen uses all of them: on 2 cores the CIFAR LeNet's 3x3
-    convolutions at batch 128 went 26 -> 15 ms (forward) and 24 -> 15 ms
+    convolutions at batch 128 went 27 -> 15 ms (forward) and 26 -> 14 ms
     (input gradient), and its forward pass 115 -> 84 ms; at batch 32 (the
     default `rattr train` epoch) nothing changed (0.65 s either way,
     `benchmarks/training_cost.py`). It changes float rounding of every

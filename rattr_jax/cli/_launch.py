@@ -6,8 +6,8 @@ Example::
   rattr launch -n 2 --devices-per-process 2 -- train ... --out runs/mp --resume
 
 Each process runs ``python -m rattr_jax.cli <command>``, which first calls
-`rattr_jax.distributed.join_job`: `rattr_jax.distributed.initialize` from the environment set here (a free
-localhost port, the process count and id, ``JAX_NUM_CPU_DEVICES``). For
+`rattr_jax.distributed.join_job`: `rattr_jax.distributed.initialize` from the
+environment set here (a free localhost port, the process count and id, ``JAX_NUM_CPU_DEVICES``). For
 development and tests on one machine; on a cluster start one process per host
 with its launcher (Slurm, mpirun) instead: JAX reads the layout from it.
 """

@@ -33,7 +33,7 @@ from rattr_jax.core import example_keys  # noqa: F401
 from rattr_jax.core import map_shape_of  # noqa: F401
 from rattr_jax.metrics import _similarity
 
-NORMS = ("l2", "l1", "linf")
+CHANGE_NORMS = ("l2", "l1", "linf")  # `change_norm` of the sensitivity metrics
 NOISES = ("uniform", "gaussian")
 ON_FLIP = ("ignore", "exclude", "nan")
 OUTPUTS = ("probability", "logit")

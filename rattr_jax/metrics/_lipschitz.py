@@ -44,7 +44,6 @@ from rattr_jax.core import Explainer
 from rattr_jax.metrics import _common as C
 
 METHODS = ("gradient_ascent", "sampling")
-BALLS = ("l2", "linf")
 _DEN_EPS = 1e-10  # Quantus's ``lipschitz_constant`` adds this to the denominator.
 
 
@@ -170,7 +169,7 @@ def _check_common(x, key, epsilon, method, num_samples, num_steps, num_restarts,
   if step_size is None:
     step_size = 2.5 * epsilon / num_steps
   V.check_positive(step_size, name="step_size")
-  V.check_choice(norm, BALLS, name="norm")
+  V.check_choice(norm, core.NORMS, name="norm")
   V.check_choice(noise, C.NOISES, name="noise")
   C.check_flip(on_flip)
   if on_flip != "ignore" and fn is None:

@@ -105,7 +105,7 @@ def _run(kind, fn, explainer, x, target, key, num_samples, epsilon, eps_min, cha
   num_samples = V.check_positive_int(num_samples, name="num_samples")
   V.check_positive(epsilon, name="epsilon")
   V.check_positive(eps_min, name="eps_min")
-  V.check_choice(change_norm, C.NORMS, name="change_norm")
+  V.check_choice(change_norm, C.CHANGE_NORMS, name="change_norm")
   V.check_choice(noise, C.NOISES, name="noise")
   V.check_choice(on_flip, C.ON_FLIP, name="on_flip")
   input_range = C.check_range(input_range)
@@ -177,7 +177,8 @@ def relative_representation_stability(fn: Callable, explainer: Explainer,
                                       input_range=None,
                                       chunk_size: int | None = None) -> Float[Array, "B"]:
   return _run("representation", fn, explainer, x, target, key, num_samples, epsilon, eps_min,
-              change_norm, noise, on_flip, input_range, chunk_size, representation_fn=representation_fn)
+              change_norm, noise, on_flip, input_range, chunk_size,
+              representation_fn=representation_fn)
 
 
 relative_input_stability.__doc__ = """Relative input stability (RIS).

@@ -45,8 +45,8 @@ from rattr_jax.metrics import _common as C
 
 
 @jit_with_callables(callables=("explainer", "fn"),
-                    static_argnames=("num_samples", "change_norm", "noise", "on_flip", "input_range",
-                                     "chunk_size"))
+                    static_argnames=("num_samples", "change_norm", "noise", "on_flip",
+                                     "input_range", "chunk_size"))
 def _sensitivity(fn, explainer, x, t, key, epsilon, num_samples, change_norm, noise, on_flip,
                  input_range, chunk_size):
   """``[2, B]``: max- and average-sensitivity (one program serves both metrics)."""
@@ -78,7 +78,7 @@ def _run(fn, explainer, x, target, key, num_samples, epsilon, change_norm, noise
                                         what=f"{how}_sensitivity")
   num_samples = V.check_positive_int(num_samples, name="num_samples")
   V.check_positive(epsilon, name="epsilon")
-  V.check_choice(change_norm, C.NORMS, name="change_norm")
+  V.check_choice(change_norm, C.CHANGE_NORMS, name="change_norm")
   V.check_choice(noise, C.NOISES, name="noise")
   C.check_flip(on_flip)
   input_range = C.check_range(input_range)

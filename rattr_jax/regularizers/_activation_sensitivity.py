@@ -44,7 +44,7 @@ from rattr_jax.regularizers import _adversarial, _common
 
 FORMS = ("perturbation", "jacobian")
 PERTURBATIONS = ("uniform", "gaussian", "fgsm", "pgd")
-NORMS = ("l1", "l2")
+CHANGE_NORMS = ("l1", "l2")
 
 
 def sensitivity_delta(fn: Callable, x: jax.Array, t: jax.Array, *, key: jax.Array,
@@ -152,7 +152,7 @@ def _check_settings(fn, x, target, key, form, perturbation, epsilon, num_steps, 
   V.check_key(key)
   V.check_choice(form, FORMS, name="form")
   V.check_choice(perturbation, PERTURBATIONS, name="perturbation")
-  V.check_choice(change_norm, NORMS, name="change_norm")
+  V.check_choice(change_norm, CHANGE_NORMS, name="change_norm")
   if perturbation in ("fgsm", "pgd") and target is None and form == "perturbation":
     raise ValueError("`target` is required for adversarial perturbations ('fgsm', 'pgd').")
   eps = _common.check_epsilon(epsilon, x)
@@ -240,7 +240,8 @@ def feature_neuron_sensitivity(features: Callable, fn: Callable, x: Float[Array,
 
 
 def _check_args(model, x, target, layers, key, form, perturbation, epsilon, num_steps,
-                num_samples, num_projections, layer_weights, neuron_weights, change_norm, reduction):
+                num_samples, num_projections, layer_weights, neuron_weights, change_norm,
+                reduction):
   if not isinstance(model, nnx.Module):
     raise ValueError(f"`model` must be a Flax NNX module; got {type(model).__name__}.")
   fn = as_fn(model)
@@ -355,7 +356,8 @@ def activation_sensitivity(model: nnx.Module, x: Float[Array, "B ..."],
   vals = _activation_sensitivity_jit(features, fn, x, t, key, eps, step_size, nw, form=form,
                                      perturbation=perturbation, num_steps=num_steps,
                                      num_samples=num_samples, num_projections=num_projections,
-                                     layer_weights=lw, change_norm=change_norm, input_range=input_range)
+                                     layer_weights=lw, change_norm=change_norm,
+                                     input_range=input_range)
   return _common.reduce(vals, reduction)
 
 
