@@ -139,6 +139,9 @@ def _write(tmp_path, text, name="c.toml"):
     (lambda t: t + '\n[explainers.decoy]\nbase = "lime"\n', "explainers.decoy.base"),
     (lambda t: t + "\n[explainers.decoy]\npatches = 3\n", "explainers.decoy.patches"),
     (lambda t: t + '\n[explainers.decoy]\nlayer = "conv9"\n', "explainers.decoy.layer"),
+    # a training term the model cannot take fails before any model is trained
+    (lambda t: t.replace("[methods.diverged]", '[methods.as]\nobjective = "activation_sensitivity"'
+                         '\nlayers = ["fc9"]\n[methods.diverged]'), "methods.as"),
 ])
 def test_bad_config_is_one_line_error(tmp_path, capsys, edit, field):
   path = _write(tmp_path, edit(TINY))
@@ -171,6 +174,19 @@ def test_presets_parse():
   for n in names:
     cfg = study.load_config(preset=n)
     assert cfg.methods and cfg.explainers
+  # every layer a preset names exists in its model (ResNet-18 has no "fc1")
+  from rattr_jax import models
+  for n in names:
+    cfg = study.load_config(preset=n)
+    shape = {"cifar10": (32, 32, 3)}.get(cfg.data.dataset, (28, 28, 1))
+    model = models.create_model(cfg.model, input_shape=shape, num_classes=10,
+                                **dict(cfg.model_settings))
+    layers = set(models.layer_names(model))
+    named = {l for m in cfg.methods for l in dict(m.params).get("layers", ())}
+    named |= {dict(e.params)["layer"] for e in cfg.explainers if "layer" in dict(e.params)}
+    assert named <= layers, (n, named - layers)
+  assert {c.model for c in map(lambda n: study.load_config(preset=n), names)} >= {"lenet",
+                                                                                "resnet18"}
   full = study.load_config(preset="mnist")
   assert len(full.seeds) >= 3 and full.data.num_eval >= 100
   objectives = {m.objective for m in full.methods}

@@ -323,6 +323,7 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
     from rich.console import Console
     console = Console()
   data = _load_data(config)
+  _check_methods(config, data)
   _check_decoy_layer(config, data)
   x_eval = np.asarray(data.x_test[:config.data.num_eval], np.float32)
   y_eval = np.asarray(data.y_test[:config.data.num_eval], np.int32)
@@ -609,6 +610,21 @@ class _StageClock(dict):
       runs += r["stage"] == "train"
     return {"stage_seconds_total": tot, "runs": runs,
             "load_average_1min": {"min": min(loads), "max": max(loads)} if loads else None}
+
+
+def _check_methods(config, data) -> None:
+  """Every method's training terms are checked against its model before anything is
+  trained (e.g. an activation-sensitivity layer the model lacks), the error naming it."""
+  from rattr_jax import training
+  x, y = np.asarray(data.x_train[:2], np.float32), np.asarray(data.y_train[:2], np.int32)
+  for spec in config.methods:
+    if spec.objective == "senn":
+      continue
+    cfg = _train_config(config, spec, 0)
+    try:
+      training.resolve_terms(cfg.terms, _build_model(cfg, data), x, y)
+    except ValueError as e:
+      raise ValueError(f"`methods.{spec.label}`: {e}") from None
 
 
 def _check_decoy_layer(config, data) -> None:
