@@ -331,6 +331,17 @@ def test_layer_name_resolves_through_the_model():
   assert float(jnp.max(change)) <= 0.05 + 1e-6
 
 
+def test_default_layer_is_the_models_own_choice_else_the_second_submodule():
+  shapes = {"cnn": (8, 8, 1), "lenet": (8, 8, 3), "resnet18": (8, 8, 3)}
+  want = {"cnn": "conv2", "lenet": "conv2", "resnet18": "blocks.1"}
+  for name, shape in shapes.items():
+    m = models.create_model(name, input_shape=shape, num_classes=3, widths=None
+                            if name != "resnet18" else (2, 2, 2, 2))
+    assert A.decoy_default_layer(m) == want[name]
+  mlp = models.create_model("mlp", input_shape=(6,), num_classes=3)
+  assert A.decoy_default_layer(mlp) == models.layer_names(mlp)[1]
+
+
 # -------------------------------------------------------------- fidelity ----
 def test_saliency_fidelity_closed_form():
   lin = linear_model(jax.random.key(14), 12, 4)

@@ -289,14 +289,18 @@ def resolve_layer(layer: Any, model: Any) -> Any:
 
 
 def default_layer(model: Any) -> str:
-  """The layer ``rattr explain --method decoy`` constrains: the second submodule.
+  """The layer ``rattr explain --method decoy`` (and the study) constrains by default.
 
-  For the zoo CNNs this is ``conv2`` (pre-activation output of the second
-  convolution, after a ReLU and a pooling), the setting of
-  ``benchmarks/dance_eval.py``; a model with a single submodule uses it.
+  A model may name it in a ``DECOY_LAYER`` class attribute: the zoo CNNs use
+  ``conv2`` (pre-activation output of the second convolution, after a ReLU and
+  a pooling; the setting of ``benchmarks/dance_eval.py``) and `ResNet18` uses
+  ``blocks.1`` (the post-activation features after its first stage). Other
+  models use their second submodule (in `layer_names` order), or the only one.
   """
   from rattr_jax.models import layer_names
   names = layer_names(model)
+  if getattr(model, "DECOY_LAYER", None) in names:
+    return model.DECOY_LAYER
   if not names:
     raise ValueError("`model` has no submodules to use as the decoy layer.")
   return names[1] if len(names) > 1 else names[0]

@@ -55,6 +55,7 @@ class MnistCNN(nnx.Module):
   """
 
   DEFAULT_WIDTHS = (16, 32, 64)
+  DECOY_LAYER = "conv2"  # DANCE's default layer (`rattr_jax.attribution.decoy_default_layer`)
 
   def __init__(self, num_classes: int = 10, *, in_channels: int = 1, image_size: int = 28,
                widths: Sequence[int] = DEFAULT_WIDTHS, activation="relu",
@@ -84,6 +85,7 @@ class CifarLeNet(nnx.Module):
   """
 
   DEFAULT_WIDTHS = (32, 32, 64, 64, 256)
+  DECOY_LAYER = "conv2"  # DANCE's default layer (`rattr_jax.attribution.decoy_default_layer`)
 
   def __init__(self, num_classes: int = 10, *, in_channels: int = 3, image_size: int = 32,
                widths: Sequence[int] = DEFAULT_WIDTHS, activation="relu",
@@ -142,6 +144,8 @@ class ResNet18(nnx.Module):
   fixed running statistics; explanations require it, since batch statistics
   make examples interact.
   """
+
+  DECOY_LAYER = "blocks.1"  # DANCE's default layer: the first stage's output
 
   def __init__(self, num_classes: int = 10, *, in_channels: int = 3, width: int = 64,
                widths: Sequence[int] | None = None, activation="relu",
