@@ -39,7 +39,7 @@ _FIELDS = (
     ("model", "model"), ("dataset", "dataset"), ("epochs", "epochs"),
     ("batch_size", "batch_size"), ("seed", "seed"), ("activation", "activation"),
     ("max_train", "max_train"), ("max_test", "max_test"),
-    ("val_fraction", "val_fraction"), ("data_dir", "data_dir"),
+    ("val_fraction", "val_fraction"), ("data_dir", "data_dir"), ("lazy_data", "lazy_data"),
     ("steps_per_call", "steps_per_call"),
     ("lr", "optimizer.learning_rate"), ("optimizer", "optimizer.name"),
     ("weight_decay", "optimizer.weight_decay"), ("schedule", "optimizer.schedule"),
@@ -77,6 +77,10 @@ def register(subparsers):
                  help=f"one of {', '.join(C.DATASETS)}")
   p.add_argument("--data-dir", dest="data_dir", default=None,
                  help="existing directory with local .npz copies")
+  p.add_argument("--lazy-data", dest="lazy_data", default=None,
+                 action=argparse.BooleanOptionalAction,
+                 help="memory-map the local .npz dataset and read only the rows each process "
+                      "uses (default: on when the job has several processes)")
   p.add_argument("--epochs", type=C.positive_int, default=None)
   p.add_argument("--batch-size", dest="batch_size", type=C.positive_int, default=None)
   p.add_argument("--seed", type=C.seed, default=None, help=f"0..{C.MAX_SEED}")
@@ -269,7 +273,8 @@ def _robust_accuracy(model, config, args, *, num_steps: int = 10, chunk: int = 2
   from rattr_jax.cli import _common
   from rattr_jax.data import load_dataset
   data = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
-                      max_test=min(ROBUST_EVAL, config.max_test or ROBUST_EVAL))
+                      max_test=min(ROBUST_EVAL, config.max_test or ROBUST_EVAL),
+                      lazy=config.uses_lazy_data())
   fn = models.as_fn(model)
   eps = float(_adversarial(config).epsilon)
   x, y = data.x_test, data.y_test

@@ -14,7 +14,9 @@ Sources, in order of preference for each name:
   ``cifar10.npz`` (``x_train``/``y_train``/``x_test``/``y_test``); otherwise
   through tensorflow-datasets, but only after a fast connectivity check, so an
   offline machine fails in seconds with a message instead of hanging in DNS
-  retries.
+  retries. ``load_dataset(..., lazy=True)`` memory-maps the local files and
+  reads rows on demand (`LazyRows`), so that each process of a multi-process
+  job reads only the rows it uses.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from rattr_jax.data._lazy import _as_float_images
+from rattr_jax.data._lazy import extract_npz
+from rattr_jax.data._lazy import LazyRows
+from rattr_jax.data._lazy import take_rows
 
 DATA_DIR_ENV = "RATTR_DATA_DIR"
 EMBEDDED = ("mnist_embedded", "digits", "breast_cancer", "wine", "iris")
@@ -39,7 +46,9 @@ class Dataset(NamedTuple):
   """A classification dataset as numpy arrays.
 
   Attributes:
-    x_train: ``[N, H, W, C]`` float32 images in [0, 1], or ``[N, F]`` tabular.
+    x_train: ``[N, H, W, C]`` float32 images in [0, 1], or ``[N, F]`` tabular; a
+      `LazyRows` (same shape, dtype and values, read on demand) when loaded
+      with ``lazy=True``.
     y_train: ``[N]`` int32 labels.
     x_test: test inputs.
     y_test: test labels.
@@ -50,9 +59,9 @@ class Dataset(NamedTuple):
       own names), ``None`` for images.
   """
 
-  x_train: np.ndarray
+  x_train: np.ndarray | LazyRows
   y_train: np.ndarray
-  x_test: np.ndarray
+  x_test: np.ndarray | LazyRows
   y_test: np.ndarray
   num_classes: int
   name: str
@@ -64,7 +73,8 @@ class Dataset(NamedTuple):
     return tuple(self.x_train.shape[1:])
 
 
-def _stratified_split(x, y, test_fraction, seed):
+def _split_indices(y, test_fraction, seed):
+  """Seeded stratified ``(train_idx, test_idx)`` of labels ``y [N]``, each in random order."""
   rng = np.random.default_rng(seed)
   train_idx, test_idx = [], []
   for c in np.unique(y):
@@ -77,6 +87,11 @@ def _stratified_split(x, y, test_fraction, seed):
   te = np.concatenate(test_idx)
   rng.shuffle(tr)
   rng.shuffle(te)
+  return tr, te
+
+
+def _stratified_split(x, y, test_fraction, seed):
+  tr, te = _split_indices(y, test_fraction, seed)
   return x[tr], y[tr], x[te], y[te]
 
 
@@ -122,28 +137,36 @@ def candidate_dirs(data_dir=None) -> list[Path]:
   return out
 
 
-def _local(name, data_dir, seed):
+def _local(name, data_dir, seed, lazy=False):
   fname = _LOCAL_FILES[name]
   for d in candidate_dirs(data_dir):
     p = d / fname
     if p.is_file():
+      if lazy:  # uint8 pixels memory-mapped from .npy copies; only index maps are built here
+        z = extract_npz(p, name)
+        return _local_parts(z, seed, lambda x, i: LazyRows(x, i)) + (str(p),)
       with np.load(p) as z:
-        if "x_train" in z:
-          xtr, ytr, xte, yte = (z["x_train"], z["y_train"], z["x_test"], z["y_test"])
-          # Stored splits may be ordered (the offline CIFAR-10 copy keeps its test
-          # split sorted by class): return them in a seeded random order, so that
-          # `max_test` and "the first N test images" are class-balanced samples.
-          rng = np.random.default_rng(seed)
-          ptr, pte = rng.permutation(len(xtr)), rng.permutation(len(xte))
-          xtr, ytr, xte, yte = xtr[ptr], ytr[ptr], xte[pte], yte[pte]
-        else:
-          x, y = z["x"], z["y"]
-          xtr, ytr, xte, yte = _stratified_split(x, y, 0.2, seed)
-      def img(a):
-        a = np.asarray(a, np.float32) / 255.0
-        return a[..., None] if a.ndim == 3 else a
-      return img(xtr), ytr.astype(np.int32), img(xte), yte.astype(np.int32), 10, str(p)
+        return _local_parts(z, seed, lambda x, i: _as_float_images(x[i])) + (str(p),)
   return None
+
+
+def _local_parts(z, seed, rows):
+  """``(x_train, y_train, x_test, y_test, 10)`` of a local ``.npz`` (or its extracted arrays
+  ``z``); ``rows(x, index)`` turns raw pixels and row indices into the returned images."""
+  if "x_train" in z:
+    xtr, xte = z["x_train"], z["x_test"]
+    ytr, yte = np.asarray(z["y_train"]), np.asarray(z["y_test"])
+    # Stored splits may be ordered (the offline CIFAR-10 copy keeps its test split sorted
+    # by class): return them in a seeded random order, so that `max_test` and "the first N
+    # test images" are class-balanced samples.
+    rng = np.random.default_rng(seed)
+    ptr, pte = rng.permutation(len(xtr)), rng.permutation(len(xte))
+  else:
+    xtr = xte = z["x"]
+    ytr = yte = np.asarray(z["y"])
+    ptr, pte = _split_indices(ytr, 0.2, seed)
+  return (rows(xtr, ptr), ytr[ptr].astype(np.int32), rows(xte, pte),
+          yte[pte].astype(np.int32), 10)
 
 
 def network_available(host: str = "storage.googleapis.com", port: int = 443,
@@ -180,8 +203,20 @@ def _tfds(name, data_dir):
 
 def load_dataset(name: str = "mnist_embedded", *, data_dir: str | os.PathLike | None = None,
                  seed: int = 0, max_train: int | None = None,
-                 max_test: int | None = None) -> Dataset:
+                 max_test: int | None = None, lazy: bool = False) -> Dataset:
   """Loads a dataset by name as float32 arrays in [0, 1].
+
+  With ``lazy=True`` the file-backed datasets (``mnist``, ``fashion_mnist``,
+  ``cifar10`` from a local ``.npz``) are not read into memory: their arrays
+  are extracted once to ``.npy`` files in ``$RATTR_DATA_CACHE`` (default
+  ``~/.cache/rattr_jax/data/<name>-<hash of the file's path, size and
+  mtime>/``) and memory-mapped, and ``x_train``/``x_test`` are `LazyRows`:
+  array-likes ``[n, H, W, C]`` (float32) that read and convert only the rows
+  they are indexed with. The seeded order, the split and the ``max_train`` /
+  ``max_test`` cuts are index maps; the values equal the eager ones exactly.
+  Labels stay int32 arrays. The embedded, scikit-learn and
+  tensorflow-datasets sources are held in memory either way (``lazy`` is
+  ignored for them: they are small, or tfds has already loaded them).
 
   Args:
     name: one of `DATASETS`.
@@ -189,6 +224,7 @@ def load_dataset(name: str = "mnist_embedded", *, data_dir: str | os.PathLike | 
     seed: seed of the train/test split where the source has none.
     max_train: optionally keep only the first ``max_train`` training examples.
     max_test: optionally keep only the first ``max_test`` test examples.
+    lazy: memory-map file-backed datasets and read rows on demand (see above).
 
   Returns:
     A `Dataset`.
@@ -207,18 +243,20 @@ def load_dataset(name: str = "mnist_embedded", *, data_dir: str | os.PathLike | 
       raise ValueError(f"`{arg}` must be a positive int or None; got {v!r}.")
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f"`seed` must be a non-negative int; got {seed!r}.")
+  if not isinstance(lazy, (bool, np.bool_)):
+    raise ValueError(f"`lazy` must be True or False; got {lazy!r}.")
   if name == "mnist_embedded":
     parts = _mnist_embedded(seed)
   elif name in EMBEDDED:
     parts = _sklearn(name, seed)
   else:
-    parts = _local(name, data_dir, seed) or _tfds(name, data_dir)
+    parts = _local(name, data_dir, seed, bool(lazy)) or _tfds(name, data_dir)
   xtr, ytr, xte, yte, c, src = parts[:6]
   names = parts[6] if len(parts) > 6 else None
   if max_train is not None:
-    xtr, ytr = xtr[:max_train], ytr[:max_train]
+    xtr, ytr = take_rows(xtr, slice(None, max_train)), ytr[:max_train]
   if max_test is not None:
-    xte, yte = xte[:max_test], yte[:max_test]
+    xte, yte = take_rows(xte, slice(None, max_test)), yte[:max_test]
   return Dataset(xtr, ytr, xte, yte, c, name, src, names)
 
 

@@ -119,6 +119,12 @@ class TrainConfig:
     data_parallel: shard the batch over all devices (``None``: when there is
       more than one device).
     data_dir: directory of local dataset copies.
+    lazy_data: load the dataset with ``load_dataset(..., lazy=True)``: the
+      local ``.npz`` files are memory-mapped and each process reads only the
+      rows of its columns of each batch (and of its evaluation rows), instead
+      of the whole dataset; results are identical. ``None`` (default): lazy
+      when the job has several processes (``jax.process_count() > 1``). The
+      in-memory datasets (embedded, scikit-learn, tfds) ignore it.
   """
 
   model: str = "cnn"
@@ -136,6 +142,7 @@ class TrainConfig:
   steps_per_call: int | None = None
   data_parallel: bool | None = None
   data_dir: str | None = None
+  lazy_data: bool | None = None
 
   def replace(self, **changes) -> "TrainConfig":
     """A copy with top-level or dotted fields changed: ``"optimizer.learning_rate"``, or
@@ -146,6 +153,13 @@ class TrainConfig:
   def objective(self) -> str:
     """The objective's label (term names joined by ``+``)."""
     return objective_name(self.terms)
+
+  def uses_lazy_data(self) -> bool:
+    """``lazy_data``, or when it is ``None`` whether this job has several processes."""
+    if self.lazy_data is not None:
+      return bool(self.lazy_data)
+    import jax
+    return jax.process_count() > 1
 
   def term(self, name: str) -> Term | None:
     """The objective's term called ``name``, or ``None``."""
@@ -261,6 +275,8 @@ def validate(config: TrainConfig) -> TrainConfig:
   for f in ("max_train", "max_test"):
     if getattr(config, f) is not None:
       _posint(getattr(config, f), f)
+  if config.lazy_data is not None and not isinstance(config.lazy_data, bool):
+    raise ValueError(f"`lazy_data` must be True, False or None; got {config.lazy_data!r}.")
   if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not (
       0 <= config.seed < 2**32):
     raise ValueError(f"`seed` must be an int in [0, 2**32); got {config.seed!r}.")

@@ -167,8 +167,8 @@ def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation,
       names must be unique.
     seed: seed of the state's PRNG key.
     mesh: optional mesh with a ``"data"`` axis for data parallelism.
-    refresh_example: ``(x, y)`` shaped like the per-epoch refresh batch
-      (needed when a term has a ``refresh``, to allocate ``aux``).
+    refresh_example: ``(x, y)`` arrays (or `jax.ShapeDtypeStruct`\\ s) shaped like the
+      per-epoch refresh batch (needed when a term has a ``refresh``, to allocate ``aux``).
     conv_impl: convolution implementation of the training passes (clean
       forward, regularizer passes, backward) for models built from
       `rattr_jax.models.Conv2D`: ``"fast"``, ``"lax"``, ``None`` (the model's

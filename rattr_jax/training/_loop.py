@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from rattr_jax.data import LazyRows, take_rows
 from rattr_jax.training import _config as C
 from rattr_jax.training import _engine as E
 from rattr_jax.training import _terms as T
@@ -80,7 +81,8 @@ def _split_val(data, fraction: float, seed: int):
   idx = rng.permutation(len(data.x_train))
   n_val = max(1, int(round(fraction * len(idx))))
   va, tr = idx[:n_val], idx[n_val:]
-  return data.x_train[tr], data.y_train[tr], data.x_train[va], data.y_train[va], "val"
+  x, y = data.x_train, data.y_train
+  return take_rows(x, tr), y[tr], take_rows(x, va), y[va], "val"
 
 
 def _chunk_size(steps_per_epoch: int, requested: int | None, target: int = 20) -> int:
@@ -91,10 +93,42 @@ def _chunk_size(steps_per_epoch: int, requested: int | None, target: int = 20) -
   return best if best >= target // 3 else min(target, steps_per_epoch)
 
 
+class _LazyChunks:
+  """Evaluation chunks made when iterated (`LazyRows` data: nothing is held between
+  evaluations; each chunk's rows are read when it is used)."""
+
+  def __init__(self, make, starts):
+    self.make, self.starts = make, starts
+
+  def __iter__(self):
+    return (self.make(i) for i in self.starts)
+
+
+def _padded_rows(a, lo: int, hi: int, fill) -> np.ndarray:
+  """Rows ``lo .. hi-1`` of ``a`` as numpy, rows at or past ``len(a)`` filled with ``fill``."""
+  part = np.asarray(a[min(lo, len(a)):min(hi, len(a))])
+  if len(part) == hi - lo:
+    return part
+  shape = (hi - lo - len(part),) + tuple(a.shape[1:])
+  return np.concatenate([part, np.full(shape, fill, part.dtype)])
+
+
 def _eval_chunks(x, y, chunk: int, multiple: int, mesh=None):
   chunk = int(math.ceil(min(chunk, len(x)) / multiple) * multiple)
   n = int(math.ceil(len(x) / chunk) * chunk)
   pad = n - len(x)
+  if isinstance(x, LazyRows):  # read each chunk's rows (each process: its rows) when used
+    y = np.asarray(y, np.int32)
+    if mesh is not None:
+      from rattr_jax import distributed
+      sh = NamedSharding(mesh, P("data"))
+      put = lambda a, i, fill: distributed.global_array(
+          (chunk,) + a.shape[1:], sh, lambda ix: _padded_rows(
+              a, i + (ix[0].start or 0), i + (chunk if ix[0].stop is None else ix[0].stop),
+              fill)[(slice(None),) + tuple(ix[1:])])
+    else:
+      put = lambda a, i, fill: jnp.asarray(_padded_rows(a, i, i + chunk, fill))
+    return _LazyChunks(lambda i: (put(x, i, 0), put(y, i, -1)), range(0, n, chunk))
   xp = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
   yp = np.concatenate([y, -np.ones((pad,), np.int32)]) if pad else y.astype(np.int32)
   if mesh is not None:  # several processes: each supplies its rows of each chunk
@@ -108,7 +142,9 @@ def _eval_chunks(x, y, chunk: int, multiple: int, mesh=None):
 
 def _process_batches(mesh, x, y, idx):
   """``(x[idx], y[idx])`` for ``idx [k, B]`` as global arrays sharded over the batch axis,
-  each process reading only the examples of its own columns."""
+  each process reading only the examples of its own columns (``mesh=None``: one device)."""
+  if mesh is None:
+    return jnp.asarray(x[idx]), jnp.asarray(y[idx])
   from rattr_jax import distributed
   sh = NamedSharding(mesh, P(None, "data"))
   return tuple(distributed.global_array(idx.shape + a.shape[1:], sh,
@@ -207,7 +243,7 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
   Returns:
     A `TrainResult`.
   """
-  from rattr_jax.data import load_dataset
+  from rattr_jax.data import load_dataset  # looked up at call time (tests replace it)
   from rattr_jax.models import create_model
 
   config = C.validate(config)
@@ -224,11 +260,12 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
       warnings.warn(f"`resume=True` but `out_dir` {os.fspath(out_dir)!r} holds no checkpoint; "
                     "training starts from scratch.", stacklevel=2)
   data = dataset if dataset is not None else load_dataset(
-      config.dataset, data_dir=config.data_dir, seed=config.seed)
+      config.dataset, data_dir=config.data_dir, seed=config.seed, lazy=config.uses_lazy_data())
   if config.max_train is not None or config.max_test is not None:
-    data = data._replace(x_train=data.x_train[:config.max_train],
+    data = data._replace(x_train=take_rows(data.x_train, slice(None, config.max_train)),
                          y_train=data.y_train[:config.max_train],
-                         x_test=data.x_test[:config.max_test], y_test=data.y_test[:config.max_test])
+                         x_test=take_rows(data.x_test, slice(None, config.max_test)),
+                         y_test=data.y_test[:config.max_test])
   x_tr, y_tr, x_val, y_val, val_name = _split_val(data, config.val_fraction, config.seed)
   has_test = val_name == "val"
   if model is None:
@@ -252,8 +289,11 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
   terms = resolve_terms(config.terms if terms is None else terms, model, x_tr, y_tr)
   tx, schedule = E.make_optimizer(config.optimizer, spe, config.epochs)
   r = min(REFRESH_SIZE, spe * bs) // n_dev * n_dev
+  # Only shapes are needed (to size the terms' aux data): nothing is read or placed.
+  spec = lambda a, n: jax.ShapeDtypeStruct((n,) + tuple(a.shape[1:]),
+                                           jax.dtypes.canonicalize_dtype(a.dtype))
   ts = E.make_train_step(model, tx, terms, seed=config.seed, mesh=mesh,
-                         refresh_example=(jnp.asarray(x_tr[:r]), jnp.asarray(y_tr[:r])))
+                         refresh_example=(spec(x_tr, r), spec(y_tr, r)))
   state = ts.init(config.seed)
 
   ckpt = Checkpointer(out_dir) if out_dir is not None else None
@@ -268,7 +308,8 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
     restored = ckpt.restore(state)
     if restored is not None:
       saved_state, meta = restored
-      diff = [d for d in _config_diff(meta["config"], cfg_dict) if d != "epochs"]
+      # `lazy_data` changes how rows are read, never a value: resumable either way.
+      diff = [d for d in _config_diff(meta["config"], cfg_dict) if d not in ("epochs", "lazy_data")]
       if diff:
         raise ValueError(f"Cannot resume from {out_dir}: the config differs from the "
                          f"checkpoint's in {diff}.")
@@ -286,8 +327,11 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
   # One process: the training set lives on the devices and each batch is gathered there.
   # Several: every process puts on its devices only its columns of each global batch
   # (and its rows of each evaluation chunk); the batches are the same as with one process.
+  # Lazy data (`LazyRows`): batches are read from it chunk by chunk (by each process, only
+  # its columns), with one process too; nothing holds the whole training set.
   multi = mesh is not None and jax.process_count() > 1
-  if multi:
+  stream = multi or isinstance(x_tr, LazyRows)
+  if stream:
     x_dev = y_dev = None
     y_tr = np.asarray(y_tr, np.int32)
   else:
@@ -318,7 +362,7 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
       stopped = False
       for s in range(0, spe, k):
         tc = time.perf_counter()
-        if multi:
+        if stream:
           state, met = ts.run_batches(state, *_process_batches(mesh, x_tr, y_tr, idx[s:s + k]))
         else:
           state, met = ts.run(state, x_dev, y_dev, jnp.asarray(idx[s:s + k]))
