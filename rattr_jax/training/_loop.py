@@ -232,7 +232,10 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
     model: optional NNX model to train instead of ``config.model`` from the zoo
       (e.g. a SENN); it must map ``[B, *F]`` to logits ``[B, C]``.
     terms: optional terms (`Term`\\ s or engine `LossTerm`\\ s) replacing ``config.terms``.
-    dataset: optional `rattr_jax.data.Dataset` instead of loading ``config.dataset``.
+    dataset: optional `rattr_jax.data.Dataset` instead of loading ``config.dataset``
+      (loaded lazily per ``config.lazy_data``). Inputs held as `rattr_jax.data.LazyRows`
+      are never read whole: each chunk of steps and each evaluation chunk reads its rows
+      (with several processes, each process only its own) when it is used.
     out_dir: directory for checkpoints, ``log.json``, ``config.json`` and
       ``curves.png``; ``None`` keeps everything in memory.
     resume: continue from the latest checkpoint in ``out_dir``.
