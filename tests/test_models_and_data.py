@@ -47,6 +47,46 @@ def test_fast_conv_matches_lax_to_second_order(x64, cin, k, padding):
     np.testing.assert_allclose(h(impl), h("lax"), rtol=1e-8, atol=1e-9)
 
 
+@pytest.mark.parametrize("hw,k,stride,padding", [
+    ((8, 8), 3, (2, 2), ((1, 1), (1, 1))),  # ResNet's stage-entry convolution
+    ((8, 8), 1, (2, 2), "VALID"),           # ResNet's shortcut: a subsample and a 1x1
+    ((9, 7), 3, (2, 2), "SAME"),            # odd sizes: XLA's SAME padding for strides
+    ((11, 10), 5, (3, 2), ((2, 1), (0, 2))),
+    ((7, 9), 4, (2, 3), "VALID"),
+    ((6, 6), 2, (2, 2), "SAME"),
+])
+def test_strided_fast_conv_matches_lax_to_second_order(x64, hw, k, stride, padding):
+  # impl="fast" rewrites a strided convolution as a stride-1 one (space-to-depth, or a
+  # subsample for 1x1), which stays on XLA:CPU's fast path inside loops; the values and
+  # the first and second derivatives equal lax's strided convolution.
+  x = jax.random.normal(jax.random.key(0), (2, *hw, 3), jnp.float64)
+  w = jax.random.normal(jax.random.key(1), (k, k, 3, 4), jnp.float64)
+  conv = lambda impl: lambda x, w: models.conv2d(x, w, stride=stride, padding=padding, impl=impl)
+  np.testing.assert_allclose(conv("fast")(x, w), conv("lax")(x, w), rtol=1e-10, atol=1e-12)
+  loss = lambda impl: lambda x, w: jnp.sum(jnp.sin(conv(impl)(x, w)) ** 2)
+  for a, b in zip(jax.grad(loss("fast"), (0, 1))(x, w), jax.grad(loss("lax"), (0, 1))(x, w)):
+    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+  h = lambda impl: jax.grad(lambda x: jnp.sum(jax.grad(loss(impl))(x, w) ** 2))(x)
+  np.testing.assert_allclose(h("fast"), h("lax"), rtol=1e-8, atol=1e-9)
+  # and a finite difference of the loss along a random direction of the weights
+  v = jax.random.normal(jax.random.key(2), w.shape, jnp.float64)
+  fd = (loss("fast")(x, w + 1e-5 * v) - loss("fast")(x, w - 1e-5 * v)) / 2e-5
+  np.testing.assert_allclose(jnp.vdot(jax.grad(loss("fast"), 1)(x, w), v), fd, rtol=1e-6)
+
+
+def test_resnet_fast_and_lax_convolutions_agree():
+  # the ResNet-18's strided convolutions take the rewrite under conv_impl="fast"
+  kw = dict(input_shape=(16, 16, 3), num_classes=4, widths=(4, 8, 8, 8), seed=0)
+  fast = models.create_model("resnet18", conv_impl="fast", **kw)
+  lax_ = models.create_model("resnet18", conv_impl="lax", **kw)
+  x = jax.random.uniform(jax.random.key(3), (3, 16, 16, 3))
+  f, g = models.as_fn(fast), models.as_fn(lax_)
+  np.testing.assert_allclose(f(x), g(x), rtol=1e-4, atol=1e-5)
+  gf = jax.grad(lambda x: jnp.sum(f(x)[:, 0]))(x)
+  gl = jax.grad(lambda x: jnp.sum(g(x)[:, 0]))(x)
+  np.testing.assert_allclose(gf, gl, rtol=1e-3, atol=1e-5 * float(jnp.max(jnp.abs(gl))))
+
+
 @pytest.mark.parametrize("cin", [3, 16])  # im2col + GEMM / canonical-convolution weight gradient
 def test_fast_conv_weight_gradient_finite_differences(x64, cin):
   x = jax.random.normal(jax.random.key(0), (3, 9, 8, cin), jnp.float64)

@@ -1,0 +1,131 @@
+"""Fused training steps (`TrainStep.run`, a `lax.scan` over steps) against single ones.
+
+`rattr_jax.training.train` runs its steps fused, several per compiled call. On
+XLA:CPU a convolution differentiated inside a loop body can fall off the fast
+path (README "Speed"), so a fused step may cost more than a single
+`TrainStep.step`. This script times both, per step, for the zoo conv nets, and
+for ResNet-18 with and without the rewrite of strided convolutions as stride-1
+ones (`rattr_jax.models._conv.STRIDED_AS_STRIDE_1`, read when a program is
+traced). Every variant is compiled first, then timed round-robin.
+
+  python benchmarks/fused_steps.py            # writes benchmarks/results/fused_steps.json
+  python benchmarks/fused_steps.py --quick    # 2 repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rattr_jax  # noqa: E402
+
+rattr_jax.configure_cpu()
+from _timing import round_robin  # noqa: E402
+
+from rattr_jax import models, training  # noqa: E402
+from rattr_jax.models import _conv  # noqa: E402  (the before/after switch)
+
+#: name -> (zoo model, input shape, widths, batch)
+CASES = {
+    "cnn": ("cnn", (28, 28, 1), None, 32),
+    "lenet": ("lenet", (32, 32, 3), None, 32),
+    "resnet18_quarter": ("resnet18", (32, 32, 3), (16, 32, 64, 128), 64),
+}
+
+
+def _variant(model_name, shape, widths, batch, steps, strided_rewrite):
+  """Compiled single and fused step callables for one model (traced under the switch)."""
+  m = models.create_model(model_name, input_shape=shape, num_classes=10, widths=widths)
+  rng = np.random.default_rng(0)
+  x = rng.random((steps * batch, *shape), dtype=np.float32)
+  y = rng.integers(0, 10, steps * batch).astype(np.int32)
+  idx = np.arange(steps * batch, dtype=np.int32).reshape(steps, batch)
+  terms = training.resolve_terms(training.method_terms("ce"), m, x, y)
+  ts = training.make_train_step(m, optax.adam(1e-3), terms)
+  box = {"state": ts.init(0)}
+  old = _conv.STRIDED_AS_STRIDE_1
+  _conv.STRIDED_AS_STRIDE_1 = strided_rewrite
+  try:
+    t0 = time.perf_counter()
+    box["state"], *_ = ts.step(box["state"], x[:batch], y[:batch])
+    jax.block_until_ready(box["state"])
+    compile_step = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    box["state"], *_ = ts.run(box["state"], x, y, idx)
+    jax.block_until_ready(box["state"])
+    compile_run = time.perf_counter() - t0
+  finally:
+    _conv.STRIDED_AS_STRIDE_1 = old
+
+  def single():
+    for i in range(steps):
+      box["state"], *_ = ts.step(box["state"], x[i * batch:(i + 1) * batch],
+                                 y[i * batch:(i + 1) * batch])
+    return box["state"]
+
+  def fused():
+    box["state"], *_ = ts.run(box["state"], x, y, idx)
+    return box["state"]
+
+  return single, fused, {"first_step_s": compile_step, "first_run_s": compile_run}
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--steps", type=int, default=4)
+  p.add_argument("--quick", action="store_true")
+  p.add_argument("--cases", default=",".join(CASES))
+  p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
+                                               "fused_steps.json"))
+  args = p.parse_args()
+  repeats = 2 if args.quick else args.repeats
+  load_start = list(os.getloadavg())
+  rows = []
+  for case in args.cases.split(","):
+    name, shape, widths, batch = CASES[case]
+    rewrites = (True, False) if name == "resnet18" else (True,)
+    fns, firsts = {}, {}
+    for rw in rewrites:
+      tag = "" if len(rewrites) == 1 else ("_rewrite" if rw else "_lax_strided")
+      single, fused, first = _variant(name, shape, widths, batch, args.steps, rw)
+      fns[f"single{tag}"], fns[f"fused{tag}"] = single, fused
+      firsts[tag or "default"] = first
+    times, _ = round_robin(fns, repeats, warmup=1)
+    med = {k: statistics.median(v) / args.steps for k, v in times.items()}
+    row = {"case": case, "model": name, "widths": widths, "batch": batch, "steps": args.steps,
+           "median_s_per_step": med, "all_s": times, "first_call_s": firsts,
+           "load_average": list(os.getloadavg())}
+    for k in med:
+      if k.startswith("fused"):
+        row[f"{k}_over_single"] = med[k] / med[k.replace("fused", "single")]
+    rows.append(row)
+    print(case, {k: f"{v * 1e3:.0f} ms" for k, v in med.items()}, flush=True)
+  result = {"benchmark": "fused_steps",
+            "settings": {"repeats": repeats, "steps": args.steps, "method": "ce",
+                         "optimizer": "adam 1e-3", "timing": "round-robin per repeat, medians "
+                         "per step; fused = one TrainStep.run of `steps` steps"},
+            "device": {"jax_devices": [str(d) for d in jax.devices()],
+                       "cpu_count": os.cpu_count(), "platform": platform.platform(),
+                       "load_average_start": load_start,
+                       "load_average_end": list(os.getloadavg())},
+            "versions": {"jax": jax.__version__},
+            "results": rows}
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(result, f, indent=2)
+  print("wrote", args.out)
+
+
+if __name__ == "__main__":
+  main()
