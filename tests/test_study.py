@@ -193,6 +193,34 @@ def test_presets_parse():
   assert set(study.OBJECTIVES) <= objectives
 
 
+@pytest.mark.slow
+def test_model_settings_reach_every_model_the_study_builds(tmp_path, monkeypatch):
+  # `[model] widths` (here one hidden layer of 7 units) is the architecture of the models the
+  # study trains (one at a time, and vmapped seeds), restores, randomises and checks.
+  from rattr_jax import training
+  from rattr_jax.study import _pipeline as Pl
+  text = TINY.replace('name = "mlp"', 'name = "mlp"\nwidths = [7]')
+  text = text.replace("seeds = [0, 1]", 'seeds = [0]\nvectorize_seeds = "never"')
+  text = text.replace("[methods.diverged]\nobjective = \"ce\"\nlearning_rate = 1e30\n", "")
+  text = text.replace("[methods.softplus]\nobjective = \"ce\"\nactivation = \"softplus:3\"\n", "")
+  cfg = study.load_config(_write(tmp_path, text))
+  assert [m.label for m in cfg.methods] == ["ce"]
+  data = Pl._load_data(cfg)
+  built = Pl._build_model(Pl._train_config(cfg, cfg.methods[0], 0), data, cfg)
+  assert [l.out_features for l in built.hidden] == [7]
+  seen = []
+  real = training.train
+  def spy(c, **kw):
+    seen.append([l.out_features for l in kw["model"].hidden])
+    return real(c, **kw)
+  monkeypatch.setattr(training, "train", spy)
+  res = study.run_study(cfg, out_dir=str(tmp_path / "run"), progress=False)
+  assert seen == [[7]]
+  model = Pl._restore_model(Pl._train_config(cfg, cfg.methods[0], 0), data, cfg,
+                            res.models[0].path)
+  assert [l.out_features for l in model.hidden] == [7]
+
+
 # ------------------------------------------------------------------ end to end
 def _rows_without_time(path):
   with open(path) as f:

@@ -108,7 +108,7 @@ def _train_group(config: C.StudyConfig, spec: C.MethodSpec, seeds: list[int], da
   import types
   from rattr_jax import training
   cfgs = [_train_config(config, spec, s) for s in seeds]
-  models = [_build_model(c, data) for c in cfgs]
+  models = [_build_model(c, data, config) for c in cfgs]
   n = config.data.max_train or len(data.x_train)
   x = np.asarray(data.x_train[:n], np.float32)
   y = np.asarray(data.y_train[:n], np.int32)
@@ -145,15 +145,17 @@ def _model_dir(out: str, config: C.StudyConfig, spec: C.MethodSpec, seed: int) -
                       f"{spec.label}-s{seed}-{_model_key(config, spec, seed)[:8]}")
 
 
-def _build_model(cfg, data):
-  """The untrained model `rattr_jax.training.train` would build for ``cfg``."""
+def _build_model(cfg, data, config: C.StudyConfig):
+  """The untrained model of training config ``cfg``: the study's ``[model]`` (its name and
+  settings, e.g. ``widths``), or a registered builder's model (SENN)."""
   from rattr_jax import models as Mo
   from rattr_jax import training
   if cfg.model in training.MODEL_BUILDERS:
     built = training.MODEL_BUILDERS[cfg.model](cfg, data)
     return built[0] if isinstance(built, tuple) else built
+  settings = dict(config.model_settings) if cfg.model == config.model else {}
   return Mo.create_model(cfg.model, input_shape=data.input_shape, num_classes=data.num_classes,
-                         activation=cfg.activation, seed=cfg.seed)
+                         activation=cfg.activation, seed=cfg.seed, **settings)
 
 
 def _save_model(model, path: str) -> None:
@@ -173,10 +175,10 @@ def _save_model(model, path: str) -> None:
     ck.wait_until_finished()
 
 
-def _restore_model(cfg, data, path: str):
+def _restore_model(cfg, data, config, path: str):
   import orbax.checkpoint as ocp
   from flax import nnx
-  model = _build_model(cfg, data)
+  model = _build_model(cfg, data, config)
   abstract = jax_tree_abstract(nnx.state(model), local=True)
   with ocp.StandardCheckpointer() as ck:
     state = ck.restore(os.path.join(os.path.abspath(path), "final"), abstract)
@@ -380,7 +382,7 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
         if run.status != "completed":
           failures.append({"model": run.name, "message": run.message})
         else:
-          trained[run.name] = (functools.partial(_restore_model, cfg, data, path), spec)
+          trained[run.name] = (functools.partial(_restore_model, cfg, data, config, path), spec)
         st.advance(f"{spec.label} s{seed}", cached=True)
         continue
       if _vectorized(config, spec):
@@ -393,7 +395,10 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
         res = group.pop((spec.label, seed))
         train_time, epochs, extra = res.train_time, res.epochs, {"vectorized_seeds": True}
       else:
-        res = training.train(cfg, dataset=data, out_dir=path, resume=resume, progress=False)
+        # the study's model (with its [model] settings); SENN: the trainer builds its own
+        model = None if cfg.model in training.MODEL_BUILDERS else _build_model(cfg, data, config)
+        res = training.train(cfg, model=model, dataset=data, out_dir=path, resume=resume,
+                             progress=False)
         train_time = float(sum(h.get("seconds", 0.0) for h in res.history))
         epochs, extra = len(res.history), {}
       run = ModelRun(spec.label, seed, key, path, res.status, res.message, train_time)
@@ -502,7 +507,7 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
                                      num_samples=ms.num_samples,
                                      key=jax.random.fold_in(key, 7)))
           if "parameter_randomization" in ms.sanity:
-            rand = _build_model(_train_config(config, spec, 10_000 + r.seed), data)
+            rand = _build_model(_train_config(config, spec, 10_000 + r.seed), data, config)
             m_rand = E.explain(Mo.as_fn(rand), E.model_explainer(es, rand), xs, ys, key=key)
             vals["parameter_randomization"] = E.similarities(
                 E.to_map(attributions[(r.name, es.name)]), m_rand, ("spearman",),
@@ -626,7 +631,7 @@ def _check_methods(config, data) -> None:
       continue
     cfg = _train_config(config, spec, 0)
     try:
-      training.resolve_terms(cfg.terms, _build_model(cfg, data), x, y)
+      training.resolve_terms(cfg.terms, _build_model(cfg, data, config), x, y)
     except ValueError as e:
       raise ValueError(f"`methods.{spec.label}`: {e}") from None
 
@@ -635,7 +640,7 @@ def _check_decoy_layer(config, data) -> None:
   """A DANCE layer name that some model lacks is an error before anything is trained."""
   for es in [e for e in config.explainers if e.name == "decoy" and dict(e.params).get("layer")]:
     for spec in config.methods:
-      E.model_explainer(es, _build_model(_train_config(config, spec, 0), data))
+      E.model_explainer(es, _build_model(_train_config(config, spec, 0), data, config))
 
 
 def _outputs_current(out: str, agg_key: str) -> bool:
