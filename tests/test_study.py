@@ -446,7 +446,7 @@ def test_study_dance_and_senn_scores(tmp_path):
   run = next(r for r in res.models if r.label == "ce")
   spec = cfg.method("ce")
   data = P._load_data(cfg)
-  model = P._restore_model(P._train_config(cfg, spec, 0), data, run.path)
+  model = P._restore_model(P._train_config(cfg, spec, 0), data, cfg, run.path)
   saved = np.load(out / "maps" / "ce-s0" / "decoy.npz")["attribution"]
   assert saved.shape == (5, 28, 28, 1)
   ex = explainers.get("decoy", layer=models.layer_names(model)[1], model=model,
