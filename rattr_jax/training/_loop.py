@@ -114,30 +114,24 @@ def _padded_rows(a, lo: int, hi: int, fill) -> np.ndarray:
 
 
 def _eval_chunks(x, y, chunk: int, multiple: int, mesh=None):
+  """``(x, y)`` in chunks of ``chunk`` rows (a multiple of ``multiple``), the last padded with
+  zero inputs and label -1. With a multi-process ``mesh`` each process supplies only its rows
+  of each chunk. In-memory data is placed once and reused by every evaluation; `LazyRows`
+  chunks are read each time they are used (nothing is held between evaluations)."""
   chunk = int(math.ceil(min(chunk, len(x)) / multiple) * multiple)
   n = int(math.ceil(len(x) / chunk) * chunk)
-  pad = n - len(x)
-  if isinstance(x, LazyRows):  # read each chunk's rows (each process: its rows) when used
-    y = np.asarray(y, np.int32)
-    if mesh is not None:
-      from rattr_jax import distributed
-      sh = NamedSharding(mesh, P("data"))
-      put = lambda a, i, fill: distributed.global_array(
-          (chunk,) + a.shape[1:], sh, lambda ix: _padded_rows(
-              a, i + (ix[0].start or 0), i + (chunk if ix[0].stop is None else ix[0].stop),
-              fill)[(slice(None),) + tuple(ix[1:])])
-    else:
-      put = lambda a, i, fill: jnp.asarray(_padded_rows(a, i, i + chunk, fill))
-    return _LazyChunks(lambda i: (put(x, i, 0), put(y, i, -1)), range(0, n, chunk))
-  xp = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
-  yp = np.concatenate([y, -np.ones((pad,), np.int32)]) if pad else y.astype(np.int32)
-  if mesh is not None:  # several processes: each supplies its rows of each chunk
+  y = np.asarray(y, np.int32)
+  if mesh is not None:
     from rattr_jax import distributed
     sh = NamedSharding(mesh, P("data"))
-    put = lambda a, i: distributed.global_array((chunk,) + a.shape[1:], sh,
-                                                lambda ix: a[i:i + chunk][ix])
-    return [(put(xp, i), put(yp, i)) for i in range(0, n, chunk)]
-  return [(jnp.asarray(xp[i:i + chunk]), jnp.asarray(yp[i:i + chunk])) for i in range(0, n, chunk)]
+    put = lambda a, i, fill: distributed.global_array(
+        (chunk,) + a.shape[1:], sh, lambda ix: _padded_rows(
+            a, i + (ix[0].start or 0), i + (chunk if ix[0].stop is None else ix[0].stop),
+            fill)[(slice(None),) + tuple(ix[1:])])
+  else:
+    put = lambda a, i, fill: jnp.asarray(_padded_rows(a, i, i + chunk, fill))
+  chunks = _LazyChunks(lambda i: (put(x, i, 0), put(y, i, -1)), range(0, n, chunk))
+  return chunks if isinstance(x, LazyRows) else list(chunks)
 
 
 def _process_batches(mesh, x, y, idx):
