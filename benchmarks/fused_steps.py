@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -30,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rattr_jax  # noqa: E402
 
 rattr_jax.configure_cpu()
-from _timing import round_robin  # noqa: E402
+from _timing import medians, round_robin  # noqa: E402
 
 from rattr_jax import models, training  # noqa: E402
 from rattr_jax.models import _conv  # noqa: E402  (the before/after switch)
@@ -102,7 +101,7 @@ def main():
       fns[f"single{tag}"], fns[f"fused{tag}"] = single, fused
       firsts[tag or "default"] = first
     times, _ = round_robin(fns, repeats, warmup=1)
-    med = {k: statistics.median(v) / args.steps for k, v in times.items()}
+    med = {k: v / args.steps for k, v in medians(times).items()}
     row = {"case": case, "model": name, "widths": widths, "batch": batch, "steps": args.steps,
            "median_s_per_step": med, "all_s": times, "first_call_s": firsts,
            "load_average": list(os.getloadavg())}

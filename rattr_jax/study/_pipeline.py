@@ -329,8 +329,7 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
     from rich.console import Console
     console = Console()
   data = _load_data(config)
-  _check_methods(config, data)
-  _check_decoy_layer(config, data)
+  _check_models(config, data)
   x_eval = np.asarray(data.x_test[:config.data.num_eval], np.float32)
   y_eval = np.asarray(data.y_test[:config.data.num_eval], np.int32)
   eval_hash = hashlib.sha256(x_eval.tobytes() + y_eval.tobytes()).hexdigest()
@@ -621,26 +620,23 @@ class _StageClock(dict):
             "load_average_1min": {"min": min(loads), "max": max(loads)} if loads else None}
 
 
-def _check_methods(config, data) -> None:
-  """Every method's training terms are checked against its model before anything is
-  trained (e.g. an activation-sensitivity layer the model lacks), the error naming it."""
+def _check_models(config, data) -> None:
+  """Each method's model is built once and checked before anything is trained: it takes the
+  method's training terms (e.g. an activation-sensitivity layer it has), the error naming
+  the method, and every DANCE layer the study names."""
   from rattr_jax import training
   x, y = np.asarray(data.x_train[:2], np.float32), np.asarray(data.y_train[:2], np.int32)
+  decoys = [e for e in config.explainers if e.name == "decoy" and dict(e.params).get("layer")]
   for spec in config.methods:
-    if spec.objective == "senn":
-      continue
     cfg = _train_config(config, spec, 0)
-    try:
-      training.resolve_terms(cfg.terms, _build_model(cfg, data, config), x, y)
-    except ValueError as e:
-      raise ValueError(f"`methods.{spec.label}`: {e}") from None
-
-
-def _check_decoy_layer(config, data) -> None:
-  """A DANCE layer name that some model lacks is an error before anything is trained."""
-  for es in [e for e in config.explainers if e.name == "decoy" and dict(e.params).get("layer")]:
-    for spec in config.methods:
-      E.model_explainer(es, _build_model(_train_config(config, spec, 0), data, config))
+    model = _build_model(cfg, data, config)
+    if spec.objective != "senn":
+      try:
+        training.resolve_terms(cfg.terms, model, x, y)
+      except ValueError as e:
+        raise ValueError(f"`methods.{spec.label}`: {e}") from None
+    for es in decoys:
+      E.model_explainer(es, model)
 
 
 def _outputs_current(out: str, agg_key: str) -> bool:
