@@ -330,6 +330,27 @@ def test_hessian_norm_auto_mode_with_fast_conv(cnn):
   assert R.hessian_mode(models.as_fn(cnn, conv_impl="lax"), x, t) == "forward_over_reverse"
 
 
+@pytest.mark.parametrize("activation", ["relu", "softplus:3"])
+def test_hessian_norm_term_on_a_fast_conv_cnn_trains(activation):
+  """Regression: with jax 0.10 `jax.jvp` of `jax.grad` lowers through a `custom_vjp`
+  convolution and fails only when differentiated again (no rule for 'custom_lin'),
+  so the "auto" probe must include that outer gradient. A 28x28 MNIST CNN's
+  ReLU CNN's hessian_norm term resolved to forward-over-reverse and its training step
+  raised; the ReLU net's input Hessian is 0 almost everywhere."""
+  import optax
+  from rattr_jax import training
+  cnn = models.create_model("cnn", input_shape=(28, 28, 1), num_classes=10, seed=0,
+                            activation=activation)
+  x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+  y = jnp.array([0, 1, 2, 3])
+  terms = training.resolve_terms(training.method_terms("hessian_norm"), cnn, x, y)
+  assert [t.fn.__self__.mode for t in terms if t.name == "hessian_norm"] == ["reverse_over_reverse"]
+  ts = training.make_train_step(cnn, optax.adam(1e-3), terms)
+  state, metrics = ts.step(ts.init(0), x, y)
+  value = float(metrics["hessian_norm"])
+  assert np.isfinite(value) and (value > 0 if activation != "relu" else value >= 0)
+
+
 # --------------------------------------------------------------------------- input-gradient norm
 
 
