@@ -42,9 +42,13 @@ def test_fast_conv_matches_lax_to_second_order(x64, cin, k, padding):
     g_lax = jax.grad(loss("lax"), argnums=(0, 1))(x, w)
     for a, b in zip(g_fast, g_lax):
       np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
-    # Second order: gradient of the squared input-gradient norm (attack objective).
+    # Second order: gradient of the squared input-gradient norm (attack objective)
+    # with respect to the input, and with respect to the kernel (gradient
+    # regularizers in training, e.g. gradient alignment).
     h = lambda impl: jax.grad(lambda x: jnp.sum(jax.grad(loss(impl))(x, w) ** 2))(x)
     np.testing.assert_allclose(h(impl), h("lax"), rtol=1e-8, atol=1e-9)
+    hw = lambda impl: jax.grad(lambda w: jnp.sum(jax.grad(loss(impl))(x, w) ** 2))(w)
+    np.testing.assert_allclose(hw(impl), hw("lax"), rtol=1e-8, atol=1e-9)
 
 
 @pytest.mark.parametrize("hw,k,stride,padding", [
@@ -87,7 +91,7 @@ def test_resnet_fast_and_lax_convolutions_agree():
   np.testing.assert_allclose(gf, gl, rtol=1e-3, atol=1e-5 * float(jnp.max(jnp.abs(gl))))
 
 
-@pytest.mark.parametrize("cin", [3, 16])  # im2col + GEMM / canonical-convolution weight gradient
+@pytest.mark.parametrize("cin", [3, 16])  # few-channel / blocked canonical-convolution weight gradient
 def test_fast_conv_weight_gradient_finite_differences(x64, cin):
   x = jax.random.normal(jax.random.key(0), (3, 9, 8, cin), jnp.float64)
   w = jax.random.normal(jax.random.key(1), (3, 3, cin, 5), jnp.float64)
@@ -129,7 +133,7 @@ def test_fast_conv_blocked_weight_gradient_matches_lax_and_finite_differences(
   np.testing.assert_allclose(jnp.vdot(g_fast, v), fd, rtol=1e-5)  # O(h^2) truncation
 
 
-@pytest.mark.parametrize("cin", [3, 16])
+@pytest.mark.parametrize("cin", [1, 3, 16])
 def test_fast_conv_gradients_inside_scan_match_lax_float32(cin):
   # Inside `lax.scan` XLA:CPU compiles autodiff's own weight-gradient differently
   # (`_conv._weight_grad`); the custom one must give the same numbers there.

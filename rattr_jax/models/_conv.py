@@ -7,9 +7,10 @@ lowers its transposed convolution to a slow generic emitter on CPU (measured
 * ``impl="fast"``: a `jax.custom_vjp` convolution whose input-gradient is the
   same custom convolution with the flipped, in/out-swapped kernel (so second
   derivatives stay fast) and whose kernel-gradient is a canonical-layout
-  convolution (or im2col + one GEMM for few input channels) that XLA:CPU
-  keeps on its fast path inside loops too (see `_weight_grad`). One-input-channel convolutions use an explicit im2col (slices + one
-  dot), which is differentiable to any order and forward-mode friendly.
+  convolution that XLA:CPU keeps on its fast path inside loops too (see
+  `_weight_grad`). Convolutions with at most `FEW_CHANNELS` input channels
+  (image input layers) take `_few_channel_conv`, whose input gradient is the
+  transpose of im2col (one GEMM, then shifted adds) and differentiates well.
 * ``impl="lax"``: plain `lax.conv_general_dilated` (supports forward-mode AD,
   e.g. `jax.jvp` of `jax.grad` for Hessian-vector products).
 * ``impl="auto"`` (default): ``fast`` on the CPU backend, ``lax`` elsewhere.
@@ -38,6 +39,9 @@ WEIGHT_GRAD_FEATURE_CHUNK = 16
 #: (`_strided_conv`); ``False`` leaves them to `lax.conv_general_dilated` (for
 #: `benchmarks/fused_steps.py`'s before/after comparison).
 STRIDED_AS_STRIDE_1 = True
+#: Stride-1 convolutions with at most this many input channels take
+#: `_few_channel_conv` under ``impl="fast"``; ``0``: none do (for benchmarks).
+FEW_CHANNELS = 4
 
 
 def _lax_conv(x, w, padding, stride=(1, 1)):
@@ -63,7 +67,7 @@ def _fast_conv_bwd(padding, res, g):
   return dx, dw.astype(w.dtype)
 
 
-def _weight_grad(x, g, kernel_size, padding):
+def _weight_grad(x, g, kernel_size, padding, *, blocked=True):
   """``dL/dw`` of the stride-1 convolution ``y = conv(x, w)`` given ``g = dL/dy``.
 
   ``dw[p, q, c, o] = sum_{b,h,w} xpad[b, h + p, w + q, c] g[b, h, w, o]``.
@@ -72,49 +76,91 @@ def _weight_grad(x, g, kernel_size, padding):
   one; inside a `lax.scan`/`while_loop` body it does not, and the generic
   emitter it falls back to was 20-100x slower (e.g. the CIFAR LeNet's
   conv2 weight-gradient in a 4-step scan at batch 32: 1073 ms against 8 ms
-  per step). So it is written here in forms that stay fast everywhere:
-
-  * ``Cin >= 8``: the same contraction as a *canonical* NHWC/HWIO
-    convolution (``Cin`` as the batch, ``B`` as the input feature, ``g`` as
-    the kernel), which XLA:CPU runs on its fast convolution path, in loops
-    too;
-  * ``Cin < 8`` (e.g. RGB input layers): im2col + one GEMM (``K*K*Cin`` is
-    small, so the patch matrix is cheap).
+  per step). So it is written here as the same contraction as a *canonical*
+  NHWC/HWIO convolution (``Cin`` as the batch, ``B`` as the input feature, ``g`` as the kernel), which XLA:CPU runs
+  on its fast convolution path, in loops too. For few input channels (an
+  image's input layer) this was also faster than im2col + one GEMM (MNIST
+  CNN conv1 at batch 128: 1.8 against 6.0 ms; CIFAR LeNet conv1: 5.0 against
+  8.0 ms).
   """
-  kh, kw = kernel_size
-  (plh, phh), (plw, phw) = padding
-  ho, wo = g.shape[1], g.shape[2]
-  cin, cout = x.shape[-1], g.shape[-1]
-  if cin >= 8:
-    xt = x.transpose(3, 1, 2, 0)      # [Cin, H, W, B]
-    gt = g.transpose(1, 2, 0, 3)      # [Ho, Wo, B, Cout]: an HWIO kernel
-    c = WEIGHT_GRAD_FEATURE_CHUNK
-    bsz = x.shape[0]
-    if not c or (bsz <= c and cout <= c):
-      r = lax.conv_general_dilated(xt, gt, (1, 1), padding, dimension_numbers=_DN)
-    else:
-      # Blocks of <= c batch elements (the convolution's input features) and
-      # <= c output channels: XLA:CPU leaves such small convolutions to its
-      # Eigen path instead of the YNNPACK fusion, which ran this
-      # large-window shape 1.3-1.8x slower (CIFAR LeNet, batch 128).
-      xp = jnp.pad(xt, ((0, 0),) + tuple(padding) + ((0, 0),))
-      nopad = ((0, 0), (0, 0))
-      cols = []
-      for o in range(0, cout, c):
-        acc = None
-        for b in range(0, bsz, c):
-          part = lax.conv_general_dilated(xp[..., b:b + c], gt[:, :, b:b + c, o:o + c], (1, 1),
-                                          nopad, dimension_numbers=_DN)
-          acc = part if acc is None else acc + part
-        cols.append(acc)
-      r = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-    return r.transpose(1, 2, 0, 3)    # [Cin, KH, KW, Cout] -> [KH, KW, Cin, Cout]
-  xp = jnp.pad(x, ((0, 0), (plh, phh), (plw, phw), (0, 0)))
-  patches = jnp.concatenate([xp[:, p:p + ho, q:q + wo] for p in range(kh) for q in range(kw)], -1)
-  return (patches.reshape(-1, kh * kw * cin).T @ g.reshape(-1, cout)).reshape(kh, kw, cin, cout)
+  cout = g.shape[-1]
+  xt = x.transpose(3, 1, 2, 0)      # [Cin, H, W, B]
+  gt = g.transpose(1, 2, 0, 3)      # [Ho, Wo, B, Cout]: an HWIO kernel
+  c = WEIGHT_GRAD_FEATURE_CHUNK if blocked else 0
+  bsz = x.shape[0]
+  if not c or (bsz <= c and cout <= c):
+    r = lax.conv_general_dilated(xt, gt, (1, 1), padding, dimension_numbers=_DN)
+  else:
+    # Blocks of <= c batch elements (the convolution's input features) and
+    # <= c output channels: XLA:CPU leaves such small convolutions to its
+    # Eigen path instead of the YNNPACK fusion, which ran this
+    # large-window shape 1.3-1.8x slower (CIFAR LeNet, batch 128).
+    xp = jnp.pad(xt, ((0, 0),) + tuple(padding) + ((0, 0),))
+    nopad = ((0, 0), (0, 0))
+    cols = []
+    for o in range(0, cout, c):
+      acc = None
+      for b in range(0, bsz, c):
+        part = lax.conv_general_dilated(xp[..., b:b + c], gt[:, :, b:b + c, o:o + c], (1, 1),
+                                        nopad, dimension_numbers=_DN)
+        acc = part if acc is None else acc + part
+      cols.append(acc)
+    r = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+  return r.transpose(1, 2, 0, 3)    # [Cin, KH, KW, Cout] -> [KH, KW, Cin, Cout]
 
 
 _fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
+
+
+def _col2im_input_grad(g, w, padding, in_hw):
+  """``dL/dx`` of ``y = conv(x, w)`` (stride 1): one GEMM to patch gradients, then shifted adds.
+
+  The patch gradients ``g @ w.reshape(KH*KW*Cin, Cout).T`` (``[B, Ho, Wo, KH*KW*Cin]``)
+  are padded into place per offset and summed: the transpose of im2col. For an
+  output of few channels this beat the transposed convolution (CIFAR LeNet
+  conv1 at batch 128: 3.1 against 11.8 ms). Plain differentiable ops, so
+  second derivatives (attacks, gradient regularizers) need no special rule.
+  """
+  kh, kw, cin, cout = w.shape
+  (plh, _), (plw, _) = padding
+  b, ho, wo, _ = g.shape
+  dp = (g @ w.reshape(kh * kw * cin, cout).T).reshape(b, ho, wo, kh * kw, cin)
+  # `jnp.split`, not K*K slices: its transpose is one concatenate, where the
+  # transpose of each slice would be a full-size padded array (K^4 work).
+  parts = jnp.split(dp, kh * kw, axis=3)
+  dxp = None
+  for i, part in enumerate(parts):
+    p, q = divmod(i, kw)
+    term = jnp.pad(part[:, :, :, 0], ((0, 0), (p, kh - 1 - p), (q, kw - 1 - q), (0, 0)))
+    dxp = term if dxp is None else dxp + term
+  return dxp[:, plh:plh + in_hw[0], plw:plw + in_hw[1]]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _few_channel_conv(x, w, padding):
+  """A stride-1 convolution of an input with few channels (`FEW_CHANNELS`), padding >= 0.
+
+  Forward: im2col + one GEMM for one channel (`_im2col_conv`), else `lax`;
+  input gradient: `_col2im_input_grad`; kernel gradient: `_weight_grad` (a
+  canonical convolution, unblocked: with a handful of input channels the
+  single convolution was faster than the blocks, MNIST CNN conv1 at batch
+  128: 1.8 against 6.0 ms).
+  """
+  return _im2col_conv(x, w, padding) if x.shape[-1] == 1 else _lax_conv(x, w, padding)
+
+
+def _few_channel_conv_fwd(x, w, padding):
+  return _few_channel_conv(x, w, padding), (x, w)
+
+
+def _few_channel_conv_bwd(padding, res, g):
+  x, w = res
+  dx = _col2im_input_grad(g, w, padding, x.shape[1:3])
+  dw = _weight_grad(x, g, w.shape[:2], padding, blocked=False)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_few_channel_conv.defvjp(_few_channel_conv_fwd, _few_channel_conv_bwd)
 
 
 def _im2col_conv(x, w, padding):
@@ -224,6 +270,8 @@ def conv2d(x: jax.Array, w: jax.Array, *, stride=(1, 1), padding="SAME",
   pad = explicit_padding(padding, w.shape[:2])
   if impl == "lax":
     return _lax_conv(x, w, pad)
+  if w.shape[2] <= FEW_CHANNELS and min(min(p) for p in pad) >= 0:
+    return _few_channel_conv(x, w, pad)
   if w.shape[2] == 1:
     return _im2col_conv(x, w, pad)
   return _fast_conv(x, w, pad)
