@@ -27,7 +27,7 @@ def register(subparsers):
       "(original | map | attacked image | attacked map, with per-image metrics) and a JSON "
       "summary. Radii are in input units (inputs lie in [0, 1]); fractions such as 8/255 "
       "are accepted.")
-  _common.add_data_args(p)
+  _common.add_data_args(p, lazy=True)
   p.add_argument("--model", default=None, type=_checks.choice(MODELS),
                  help="zoo model, one of cnn, lenet, mlp (default: cnn for MNIST-like "
                       "data, lenet for CIFAR-10, mlp for digits)")
@@ -197,7 +197,8 @@ def run(args) -> int:
   names = tuple(dict.fromkeys(args.attack or DEFAULT_ATTACKS))
   con = _common.console()
   data = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed,
-                      max_train=args.max_train, max_test=max(args.num_eval, 200))
+                      max_train=args.max_train, max_test=max(args.num_eval, 200),
+                      lazy=_common.uses_lazy_data(args))
   model_name = args.model
   con.print(f"[bold]rattr attack[/] dataset={data.name} ({data.source}) model={model_name} "
             f"method={args.method} epsilon={args.epsilon:.4g} ({args.epsilon * 255:.3g}/255) "

@@ -5,6 +5,7 @@ Nothing here imports JAX at module level; `train_model` imports it when called.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -26,7 +27,7 @@ def console(stderr: bool = False):
   return Console(file=stream, width=10_000, soft_wrap=True, highlight=False)
 
 
-def add_data_args(p, *, max_train: bool = True) -> None:
+def add_data_args(p, *, max_train: bool = True, lazy: bool = False) -> None:
   p.add_argument("--dataset", default="mnist_embedded",
                  type=_checks.choice(_checks.DATASETS),
                  help=f"dataset name, one of {', '.join(_checks.DATASETS)} "
@@ -39,6 +40,21 @@ def add_data_args(p, *, max_train: bool = True) -> None:
   if max_train:
     p.add_argument("--max-train", dest="max_train", type=_checks.positive_int, default=None,
                    help="use only the first N training examples")
+  if lazy:
+    p.add_argument("--lazy-data", dest="lazy_data", default=None,
+                   action=argparse.BooleanOptionalAction,
+                   help="memory-map the local .npz dataset and read only the rows used "
+                        "(default: on when the job has several processes)")
+
+
+def uses_lazy_data(args) -> bool:
+  """``--lazy-data``/``--no-lazy-data``, or by default whether the job has several processes
+  (as `rattr_jax.training.TrainConfig.uses_lazy_data`)."""
+  flag = getattr(args, "lazy_data", None)
+  if flag is not None:
+    return bool(flag)
+  import jax
+  return jax.process_count() > 1
 
 
 def add_multihost_args(p) -> None:

@@ -28,7 +28,7 @@ def register(subparsers):
       "(images: image | maps with colorbars; tabular data: bars per feature, with the "
       "dataset's feature names), the attributions (attributions.npz), a JSON summary and a "
       "table. Under `rattr launch` the examples are split over every process.")
-  _common.add_data_args(p)
+  _common.add_data_args(p, lazy=True)
   p.add_argument("--model", default=None, type=_checks.choice(MODELS),
                  help="zoo model, one of mlp, cnn, lenet (default: cnn for MNIST, lenet for "
                       "CIFAR-10, mlp for tabular data and digits)")
@@ -87,7 +87,7 @@ def run(args) -> int:
   con = _common.console()
   methods = tuple(args.method)
   data = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed,
-                      max_train=args.max_train)
+                      max_train=args.max_train, lazy=_common.uses_lazy_data(args))
   con.print(f"[bold]rattr explain[/] dataset={data.name} ({data.source}) "
             f"train={len(data.x_train)} test={len(data.x_test)} model={args.model} "
             f"device={jax.devices()[0]}")
