@@ -3,10 +3,16 @@
 `rattr_jax.training.train` runs its steps fused, several per compiled call. On
 XLA:CPU a convolution differentiated inside a loop body can fall off the fast
 path (README "Speed"), so a fused step may cost more than a single
-`TrainStep.step`. This script times both, per step, for the zoo conv nets, and
-for ResNet-18 with and without the rewrite of strided convolutions as stride-1
-ones (`rattr_jax.models._conv.STRIDED_AS_STRIDE_1`, read when a program is
-traced). Every variant is compiled first, then timed round-robin.
+`TrainStep.step`. This script times both, per step, before and after a
+convolution change (a switch in `rattr_jax.models._conv`, read when a program
+is traced):
+
+* the MNIST CNN and the CIFAR LeNet, CE and gradient alignment, with and without
+  the few-channel convolution of their input layers (``FEW_CHANNELS`` 4 / 0);
+* ResNet-18 (quarter width), CE, with and without the rewrite of strided
+  convolutions as stride-1 ones (``STRIDED_AS_STRIDE_1``).
+
+Every variant is compiled first, then timed round-robin (paired per repeat).
 
   python benchmarks/fused_steps.py            # writes benchmarks/results/fused_steps.json
   python benchmarks/fused_steps.py --quick    # 2 repeats
@@ -34,26 +40,30 @@ from _timing import medians, round_robin  # noqa: E402
 from rattr_jax import models, training  # noqa: E402
 from rattr_jax.models import _conv  # noqa: E402  (the before/after switch)
 
-#: name -> (zoo model, input shape, widths, batch)
+#: name -> (zoo model, input shape, widths, batch, methods, the `_conv` switch and its
+#: (after, before) values)
 CASES = {
-    "cnn": ("cnn", (28, 28, 1), None, 32),
-    "lenet": ("lenet", (32, 32, 3), None, 32),
-    "resnet18_quarter": ("resnet18", (32, 32, 3), (16, 32, 64, 128), 64),
+    "cnn": ("cnn", (28, 28, 1), None, 32, ("ce", "gradient_alignment"), "FEW_CHANNELS", (4, 0)),
+    "lenet": ("lenet", (32, 32, 3), None, 32, ("ce", "gradient_alignment"), "FEW_CHANNELS",
+              (4, 0)),
+    "resnet18_quarter": ("resnet18", (32, 32, 3), (16, 32, 64, 128), 64, ("ce",),
+                         "STRIDED_AS_STRIDE_1", (True, False)),
 }
 
 
-def _variant(model_name, shape, widths, batch, steps, strided_rewrite):
-  """Compiled single and fused step callables for one model (traced under the switch)."""
-  m = models.create_model(model_name, input_shape=shape, num_classes=10, widths=widths)
+def _variant(model_name, shape, widths, batch, steps, method, switch, value):
+  """Compiled single and fused step callables for one model (traced with ``_conv.<switch> = value``)."""
+  m = models.create_model(model_name, input_shape=shape, num_classes=10, widths=widths,
+                          activation="softplus:3")
   rng = np.random.default_rng(0)
   x = rng.random((steps * batch, *shape), dtype=np.float32)
   y = rng.integers(0, 10, steps * batch).astype(np.int32)
   idx = np.arange(steps * batch, dtype=np.int32).reshape(steps, batch)
-  terms = training.resolve_terms(training.method_terms("ce"), m, x, y)
+  terms = training.resolve_terms(training.method_terms(method), m, x, y)
   ts = training.make_train_step(m, optax.adam(1e-3), terms)
   box = {"state": ts.init(0)}
-  old = _conv.STRIDED_AS_STRIDE_1
-  _conv.STRIDED_AS_STRIDE_1 = strided_rewrite
+  old = getattr(_conv, switch)
+  setattr(_conv, switch, value)
   try:
     t0 = time.perf_counter()
     box["state"], *_ = ts.step(box["state"], x[:batch], y[:batch])
@@ -64,7 +74,7 @@ def _variant(model_name, shape, widths, batch, steps, strided_rewrite):
     jax.block_until_ready(box["state"])
     compile_run = time.perf_counter() - t0
   finally:
-    _conv.STRIDED_AS_STRIDE_1 = old
+    setattr(_conv, switch, old)
 
   def single():
     for i in range(steps):
@@ -85,6 +95,7 @@ def main():
   p.add_argument("--steps", type=int, default=4)
   p.add_argument("--quick", action="store_true")
   p.add_argument("--cases", default=",".join(CASES))
+  p.add_argument("--batch", type=int, default=None, help="batch size (default: per case)")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                "fused_steps.json"))
   args = p.parse_args()
@@ -92,28 +103,40 @@ def main():
   load_start = list(os.getloadavg())
   rows = []
   for case in args.cases.split(","):
-    name, shape, widths, batch = CASES[case]
-    rewrites = (True, False) if name == "resnet18" else (True,)
-    fns, firsts = {}, {}
-    for rw in rewrites:
-      tag = "" if len(rewrites) == 1 else ("_rewrite" if rw else "_lax_strided")
-      single, fused, first = _variant(name, shape, widths, batch, args.steps, rw)
-      fns[f"single{tag}"], fns[f"fused{tag}"] = single, fused
-      firsts[tag or "default"] = first
-    times, _ = round_robin(fns, repeats, warmup=1)
-    med = {k: v / args.steps for k, v in medians(times).items()}
-    row = {"case": case, "model": name, "widths": widths, "batch": batch, "steps": args.steps,
-           "median_s_per_step": med, "all_s": times, "first_call_s": firsts,
-           "load_average": list(os.getloadavg())}
-    for k in med:
-      if k.startswith("fused"):
-        row[f"{k}_over_single"] = med[k] / med[k.replace("fused", "single")]
-    rows.append(row)
-    print(case, {k: f"{v * 1e3:.0f} ms" for k, v in med.items()}, flush=True)
+    name, shape, widths, batch, methods, switch, values = CASES[case]
+    batch = args.batch or batch
+    for method in methods:
+      fns, firsts = {}, {}
+      for value, tag in zip(values, ("", "_before")):
+        single, fused, first = _variant(name, shape, widths, batch, args.steps, method,
+                                        switch, value)
+        fns[f"single{tag}"], fns[f"fused{tag}"] = single, fused
+        firsts[f"{switch}={value}"] = first
+      times, _ = round_robin(fns, repeats, warmup=1)
+      med = {k: v / args.steps for k, v in medians(times).items()}
+      row = {"case": case, "model": name, "widths": widths, "batch": batch,
+             "steps": args.steps, "method": method,
+             "switch": {"name": f"rattr_jax.models._conv.{switch}", "after": values[0],
+                        "before": values[1]},
+             "median_s_per_step": med, "all_s": times, "first_call_s": firsts,
+             "load_average": list(os.getloadavg())}
+      for k in med:
+        if k.startswith("fused"):
+          row[f"{k}_over_single"] = med[k] / med[k.replace("fused", "single")]
+      for k in ("single", "fused"):
+        # paired per repeat: before / after (> 1: the change made it faster)
+        r = np.asarray(times[f"{k}_before"]) / np.asarray(times[k])
+        row[f"{k}_speedup"] = {"median": float(np.median(r)), "min": float(r.min()),
+                               "max": float(r.max())}
+      rows.append(row)
+      print(case, method, {k: f"{v * 1e3:.1f} ms" for k, v in med.items()},
+            {k: round(row[f"{k}_speedup"]["median"], 2) for k in ("single", "fused")},
+            flush=True)
   result = {"benchmark": "fused_steps",
-            "settings": {"repeats": repeats, "steps": args.steps, "method": "ce",
+            "settings": {"repeats": repeats, "steps": args.steps, "activation": "softplus:3",
                          "optimizer": "adam 1e-3", "timing": "round-robin per repeat, medians "
-                         "per step; fused = one TrainStep.run of `steps` steps"},
+                         "per step; fused = one TrainStep.run of `steps` steps; speedup = "
+                         "before / after per repeat"},
             "device": {"jax_devices": [str(d) for d in jax.devices()],
                        "cpu_count": os.cpu_count(), "platform": platform.platform(),
                        "load_average_start": load_start,
