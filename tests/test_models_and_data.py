@@ -24,7 +24,8 @@ def test_softplus_beta_formula_and_limit():
 
 @pytest.mark.parametrize("cin,k,padding", [(1, 5, "SAME"), (3, 3, "SAME"), (4, 3, "VALID"),
                                            (2, 3, ((2, 0), (1, 1))), (8, 3, "SAME"),
-                                           (9, 5, ((2, 1), (0, 2)))])
+                                           (9, 5, ((2, 1), (0, 2))),
+                                           (1, 3, ((-1, 1), (0, 1))), (20, 3, ((1, -1), (1, 1)))])
 def test_fast_conv_matches_lax_to_second_order(x64, cin, k, padding):
   x = jax.random.normal(jax.random.key(0), (2, 7, 6, cin), jnp.float64)
   w = jax.random.normal(jax.random.key(1), (k, k, cin, 3), jnp.float64)

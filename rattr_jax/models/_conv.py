@@ -77,11 +77,11 @@ def _weight_grad(x, g, kernel_size, padding, *, blocked=True):
   emitter it falls back to was 20-100x slower (e.g. the CIFAR LeNet's
   conv2 weight-gradient in a 4-step scan at batch 32: 1073 ms against 8 ms
   per step). So it is written here as the same contraction as a *canonical*
-  NHWC/HWIO convolution (``Cin`` as the batch, ``B`` as the input feature, ``g`` as the kernel), which XLA:CPU runs
-  on its fast convolution path, in loops too. For few input channels (an
-  image's input layer) this was also faster than im2col + one GEMM (MNIST
-  CNN conv1 at batch 128: 1.8 against 6.0 ms; CIFAR LeNet conv1: 5.0 against
-  8.0 ms).
+  NHWC/HWIO convolution (``Cin`` as the batch, ``B`` as the input feature,
+  ``g`` as the kernel), which XLA:CPU runs on its fast convolution path, in
+  loops too. For few input channels (an image's input layer, unblocked) this
+  was also faster than im2col + one GEMM (MNIST CNN conv1 at batch 128: 1.8
+  against 6.0 ms; CIFAR LeNet conv1: 5.0 against 8.0 ms).
   """
   cout = g.shape[-1]
   xt = x.transpose(3, 1, 2, 0)      # [Cin, H, W, B]
@@ -117,9 +117,10 @@ def _col2im_input_grad(g, w, padding, in_hw):
 
   The patch gradients ``g @ w.reshape(KH*KW*Cin, Cout).T`` (``[B, Ho, Wo, KH*KW*Cin]``)
   are padded into place per offset and summed: the transpose of im2col. For an
-  output of few channels this beat the transposed convolution (CIFAR LeNet
-  conv1 at batch 128: 3.1 against 11.8 ms). Plain differentiable ops, so
-  second derivatives (attacks, gradient regularizers) need no special rule.
+  output of few channels this beat the transposed convolution alone (CIFAR
+  LeNet conv1 at batch 128: 3.1 against 11.8 ms), though not measurably in
+  whole LeNet steps. Plain differentiable ops, so second derivatives (attacks,
+  gradient regularizers) need no special rule.
   """
   kh, kw, cin, cout = w.shape
   (plh, _), (plw, _) = padding
@@ -140,11 +141,13 @@ def _col2im_input_grad(g, w, padding, in_hw):
 def _few_channel_conv(x, w, padding):
   """A stride-1 convolution of an input with few channels (`FEW_CHANNELS`), padding >= 0.
 
+  ``impl="fast"`` for the image input layers. Whole training steps, paired
+  (`benchmarks/fused_steps.py`): MNIST CNN gradient alignment 1.4x single and
+  1.5x fused, CE 1.05-1.17x; CIFAR LeNet within noise.
+
   Forward: im2col + one GEMM for one channel (`_im2col_conv`), else `lax`;
   input gradient: `_col2im_input_grad`; kernel gradient: `_weight_grad` (a
-  canonical convolution, unblocked: with a handful of input channels the
-  single convolution was faster than the blocks, MNIST CNN conv1 at batch
-  128: 1.8 against 6.0 ms).
+  canonical convolution, unblocked).
   """
   return _im2col_conv(x, w, padding) if x.shape[-1] == 1 else _lax_conv(x, w, padding)
 
@@ -268,9 +271,9 @@ def conv2d(x: jax.Array, w: jax.Array, *, stride=(1, 1), padding="SAME",
     return _strided_conv(x, w, stride, _strided_padding(padding, x.shape[1:3], w.shape[:2],
                                                         stride))
   pad = explicit_padding(padding, w.shape[:2])
-  if impl == "lax":
+  if impl == "lax" or min(min(p) for p in pad) < 0:  # a negative pad (a crop): lax only
     return _lax_conv(x, w, pad)
-  if w.shape[2] <= FEW_CHANNELS and min(min(p) for p in pad) >= 0:
+  if w.shape[2] <= FEW_CHANNELS:
     return _few_channel_conv(x, w, pad)
   if w.shape[2] == 1:
     return _im2col_conv(x, w, pad)
