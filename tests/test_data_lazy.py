@@ -99,6 +99,9 @@ def test_indexing_reads_the_right_rows(tmp_path):
   e = D.load_dataset("mnist", data_dir=tmp_path, seed=2)
   a, x = D.load_dataset("mnist", data_dir=tmp_path, seed=2, lazy=True).x_train, e.x_train
   assert a.shape == (240, 28, 28, 1) and "LazyRows" in repr(a)
+  # lazy=None: lazy exactly when the job has several processes (one here)
+  auto = D.load_dataset("mnist", data_dir=tmp_path, seed=2, lazy=None).x_train
+  assert isinstance(auto, D.LazyRows) is (jax.process_count() > 1)
   idx2 = np.array([[5, 0, 5], [239, -1, 7]])
   mask = np.arange(len(x)) % 7 == 0
   for key in (0, 17, -1, np.int64(3), slice(None), slice(10, 20), slice(None, None, -3),
@@ -233,8 +236,7 @@ def test_config_and_cli_flag():
   from rattr_jax.cli import build_parser
   from rattr_jax.cli._train import config_from_args
   assert training.preset("fast_cpu").lazy_data is None
-  assert training.preset("fast_cpu").uses_lazy_data() is (jax.process_count() > 1)
-  assert training.preset("fast_cpu", lazy_data=True).uses_lazy_data()
+  assert training.preset("fast_cpu", lazy_data=True).lazy_data is True
   with pytest.raises(ValueError, match="`lazy_data`"):
     training.preset("fast_cpu", lazy_data="yes")
   for flags, want in (([], None), (["--lazy-data"], True), (["--no-lazy-data"], False)):
@@ -323,7 +325,8 @@ def spy(self, rows):
 D.LazyRows._read = spy
 cfg = training.preset("fast_cpu", model="mlp", dataset="mnist", data_dir=data_dir, max_train=200,
                       max_test=50, batch_size=16, epochs=2, eval_batch_size=32)
-assert cfg.uses_lazy_data()  # the default with several processes
+assert cfg.lazy_data is None  # the default: lazy with several processes
+assert isinstance(D.load_dataset("mnist", data_dir=data_dir, lazy=None).x_train, D.LazyRows)
 res = training.train(cfg, progress=False)
 params = [np.asarray(dist.gather(p)).tolist() for p in jax.tree_util.tree_leaves(res.state.params)]
 with open(f"{out}.{jax.process_index()}", "w") as f:
@@ -344,7 +347,7 @@ def test_two_process_lazy_training_reads_its_columns_and_equals_one_process(tmp_
   assert rc == 0
   runs = [json.loads((tmp_path / f"out.{p}").read_text()) for p in (0, 1)]
   ref = _train(tmp_path, None)
-  assert ref.config.uses_lazy_data() is False  # one process: eager by default
+  assert ref.config.lazy_data is None  # one process: eager by default (test above)
   # Same batches as one process; float tolerance: the gradient of each batch is summed
   # over 2 devices (another order than one device).
   for run in runs:

@@ -198,7 +198,7 @@ def run(args) -> int:
   con = _common.console()
   data = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed,
                       max_train=args.max_train, max_test=max(args.num_eval, 200),
-                      lazy=_common.uses_lazy_data(args))
+                      lazy=args.lazy_data)
   model_name = args.model
   con.print(f"[bold]rattr attack[/] dataset={data.name} ({data.source}) model={model_name} "
             f"method={args.method} epsilon={args.epsilon:.4g} ({args.epsilon * 255:.3g}/255) "

@@ -47,16 +47,6 @@ def add_data_args(p, *, max_train: bool = True, lazy: bool = False) -> None:
                         "(default: on when the job has several processes)")
 
 
-def uses_lazy_data(args) -> bool:
-  """``--lazy-data``/``--no-lazy-data``, or by default whether the job has several processes
-  (as `rattr_jax.training.TrainConfig.uses_lazy_data`)."""
-  flag = getattr(args, "lazy_data", None)
-  if flag is not None:
-    return bool(flag)
-  import jax
-  return jax.process_count() > 1
-
-
 def add_multihost_args(p) -> None:
   """``--coordinator``, ``--num-processes``, ``--process-id``: the flags of
   `rattr_jax.distributed.add_cli_args`, written here so that building the parser does not

@@ -87,7 +87,7 @@ def run(args) -> int:
   con = _common.console()
   methods = tuple(args.method)
   data = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed,
-                      max_train=args.max_train, lazy=_common.uses_lazy_data(args))
+                      max_train=args.max_train, lazy=args.lazy_data)
   con.print(f"[bold]rattr explain[/] dataset={data.name} ({data.source}) "
             f"train={len(data.x_train)} test={len(data.x_test)} model={args.model} "
             f"device={jax.devices()[0]}")

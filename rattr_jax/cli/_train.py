@@ -274,7 +274,7 @@ def _robust_accuracy(model, config, args, *, num_steps: int = 10, chunk: int = 2
   from rattr_jax.data import load_dataset
   data = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
                       max_test=min(ROBUST_EVAL, config.max_test or ROBUST_EVAL),
-                      lazy=config.uses_lazy_data())
+                      lazy=config.lazy_data)
   fn = models.as_fn(model)
   eps = float(_adversarial(config).epsilon)
   x, y = data.x_test, data.y_test

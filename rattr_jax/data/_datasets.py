@@ -203,7 +203,7 @@ def _tfds(name, data_dir):
 
 def load_dataset(name: str = "mnist_embedded", *, data_dir: str | os.PathLike | None = None,
                  seed: int = 0, max_train: int | None = None,
-                 max_test: int | None = None, lazy: bool = False) -> Dataset:
+                 max_test: int | None = None, lazy: bool | None = False) -> Dataset:
   """Loads a dataset by name as float32 arrays in [0, 1].
 
   With ``lazy=True`` the file-backed datasets (``mnist``, ``fashion_mnist``,
@@ -225,6 +225,9 @@ def load_dataset(name: str = "mnist_embedded", *, data_dir: str | os.PathLike | 
     max_train: optionally keep only the first ``max_train`` training examples.
     max_test: optionally keep only the first ``max_test`` test examples.
     lazy: memory-map file-backed datasets and read rows on demand (see above).
+      ``None``: lazy when the job has several processes (``jax.process_count() > 1``;
+      this starts JAX's backend, so call it after ``jax.distributed.initialize``),
+      the default of `rattr_jax.training.TrainConfig`, the study and the CLI.
 
   Returns:
     A `Dataset`.
@@ -243,8 +246,11 @@ def load_dataset(name: str = "mnist_embedded", *, data_dir: str | os.PathLike | 
       raise ValueError(f"`{arg}` must be a positive int or None; got {v!r}.")
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f"`seed` must be a non-negative int; got {seed!r}.")
-  if not isinstance(lazy, (bool, np.bool_)):
-    raise ValueError(f"`lazy` must be True or False; got {lazy!r}.")
+  if lazy is not None and not isinstance(lazy, (bool, np.bool_)):
+    raise ValueError(f"`lazy` must be True, False or None; got {lazy!r}.")
+  if lazy is None:
+    import jax
+    lazy = jax.process_count() > 1
   if name == "mnist_embedded":
     parts = _mnist_embedded(seed)
   elif name in EMBEDDED:

@@ -242,10 +242,9 @@ def _load_data(config: C.StudyConfig):
   """The study's dataset. With several processes it is loaded lazily (memory-mapped,
   `rattr_jax.data.load_dataset`), so each process reads only the rows it trains and
   evaluates on; one process loads it eagerly (the values are the same)."""
-  import jax
   from rattr_jax.data import load_dataset
   data = load_dataset(config.data.dataset, data_dir=config.data.data_dir or None,
-                      seed=config.data.split_seed, lazy=jax.process_count() > 1)
+                      seed=config.data.split_seed, lazy=None)
   n = config.data.num_eval
   if n > len(data.x_test):
     raise ValueError(f"`data.num_eval` ({n}) exceeds the test split ({len(data.x_test)}).")

@@ -119,7 +119,7 @@ class TrainConfig:
     data_parallel: shard the batch over all devices (``None``: when there is
       more than one device).
     data_dir: directory of local dataset copies.
-    lazy_data: load the dataset with ``load_dataset(..., lazy=True)``: the
+    lazy_data: load the dataset with ``load_dataset(..., lazy=lazy_data)``: the
       local ``.npz`` files are memory-mapped and each process reads only the
       rows of its columns of each batch (and of its evaluation rows), instead
       of the whole dataset; results are identical. ``None`` (default): lazy
@@ -153,13 +153,6 @@ class TrainConfig:
   def objective(self) -> str:
     """The objective's label (term names joined by ``+``)."""
     return objective_name(self.terms)
-
-  def uses_lazy_data(self) -> bool:
-    """``lazy_data``, or when it is ``None`` whether this job has several processes."""
-    if self.lazy_data is not None:
-      return bool(self.lazy_data)
-    import jax
-    return jax.process_count() > 1
 
   def term(self, name: str) -> Term | None:
     """The objective's term called ``name``, or ``None``."""

@@ -257,7 +257,7 @@ def train(config: C.TrainConfig, *, model: nnx.Module | None = None,
       warnings.warn(f"`resume=True` but `out_dir` {os.fspath(out_dir)!r} holds no checkpoint; "
                     "training starts from scratch.", stacklevel=2)
   data = dataset if dataset is not None else load_dataset(
-      config.dataset, data_dir=config.data_dir, seed=config.seed, lazy=config.uses_lazy_data())
+      config.dataset, data_dir=config.data_dir, seed=config.seed, lazy=config.lazy_data)
   if config.max_train is not None or config.max_test is not None:
     data = data._replace(x_train=take_rows(data.x_train, slice(None, config.max_train)),
                          y_train=data.y_train[:config.max_train],
