@@ -3,18 +3,25 @@
 `rattr_jax.training.train` runs its steps fused, several per compiled call. On
 XLA:CPU a convolution differentiated inside a loop body can fall off the fast
 path (README "Speed"), so a fused step may cost more than a single
-`TrainStep.step`. This script times both, per step, before and after a
-convolution change (a switch in `rattr_jax.models._conv`, read when a program
-is traced):
+`TrainStep.step`. This script times both, per step, before and after a change
+(a switch in `rattr_jax.models._conv` or `rattr_jax.models._activation`, read
+when a program is traced):
 
 * the MNIST CNN and the CIFAR LeNet, CE and gradient alignment, with and without
-  the few-channel convolution of their input layers (``FEW_CHANNELS`` 4 / 0);
+  the few-channel convolution of their input layers (``_conv.FEW_CHANNELS`` 4 / 0);
 * ResNet-18 (quarter width), CE, with and without the rewrite of strided
-  convolutions as stride-1 ones (``STRIDED_AS_STRIDE_1``).
+  convolutions as stride-1 ones (``_conv.STRIDED_AS_STRIDE_1``);
+* the MNIST CNN and the CIFAR LeNet at batch 128 (as ``training_cost.py``), the
+  softplus with a sigmoid derivative against ``jax.nn.softplus``
+  (``_activation.FAST_SOFTPLUS``), CE, gradient alignment, Hessian norm, PGD-AT;
+* the same two at batch 128, CE and gradient alignment, the weight gradient
+  without output-channel blocks on Eigen convolutions
+  (``_conv.WEIGHT_GRAD_OUT_CHUNK`` ``"auto"``) against blocks of 16.
 
 Every variant is compiled first, then timed round-robin (paired per repeat).
 
   python benchmarks/fused_steps.py            # writes benchmarks/results/fused_steps.json
+  python benchmarks/fused_steps.py --cases cnn_softplus,lenet_softplus --out ...
   python benchmarks/fused_steps.py --quick    # 2 repeats
 """
 
@@ -38,21 +45,33 @@ rattr_jax.configure_cpu()
 from _timing import medians, round_robin  # noqa: E402
 
 from rattr_jax import models, training  # noqa: E402
-from rattr_jax.models import _conv  # noqa: E402  (the before/after switch)
+from rattr_jax.models import _activation, _conv  # noqa: E402  (the before/after switches)
 
-#: name -> (zoo model, input shape, widths, batch, methods, the `_conv` switch and its
-#: (after, before) values)
+_SWITCH_MODULES = {"_conv": _conv, "_activation": _activation}
+_SOFTPLUS_METHODS = ("ce", "gradient_alignment", "hessian_norm", "pgd")
+
+#: name -> (zoo model, input shape, widths, batch, methods, the switch (module, name) and
+#: its (after, before) values)
 CASES = {
-    "cnn": ("cnn", (28, 28, 1), None, 32, ("ce", "gradient_alignment"), "FEW_CHANNELS", (4, 0)),
-    "lenet": ("lenet", (32, 32, 3), None, 32, ("ce", "gradient_alignment"), "FEW_CHANNELS",
-              (4, 0)),
+    "cnn": ("cnn", (28, 28, 1), None, 32, ("ce", "gradient_alignment"),
+            ("_conv", "FEW_CHANNELS"), (4, 0)),
+    "lenet": ("lenet", (32, 32, 3), None, 32, ("ce", "gradient_alignment"),
+              ("_conv", "FEW_CHANNELS"), (4, 0)),
     "resnet18_quarter": ("resnet18", (32, 32, 3), (16, 32, 64, 128), 64, ("ce",),
-                         "STRIDED_AS_STRIDE_1", (True, False)),
+                         ("_conv", "STRIDED_AS_STRIDE_1"), (True, False)),
+    "cnn_softplus": ("cnn", (28, 28, 1), None, 128, _SOFTPLUS_METHODS,
+                     ("_activation", "FAST_SOFTPLUS"), (True, False)),
+    "lenet_softplus": ("lenet", (32, 32, 3), None, 128, _SOFTPLUS_METHODS,
+                       ("_activation", "FAST_SOFTPLUS"), (True, False)),
+    "cnn_wgrad": ("cnn", (28, 28, 1), None, 128, ("ce", "gradient_alignment"),
+                  ("_conv", "WEIGHT_GRAD_OUT_CHUNK"), ("auto", 16)),
+    "lenet_wgrad": ("lenet", (32, 32, 3), None, 128, ("ce", "gradient_alignment"),
+                    ("_conv", "WEIGHT_GRAD_OUT_CHUNK"), ("auto", 16)),
 }
 
 
 def _variant(model_name, shape, widths, batch, steps, method, switch, value):
-  """Compiled single and fused step callables for one model (traced with ``_conv.<switch> = value``)."""
+  """Compiled single and fused step callables for one model (traced with ``<module>.<name> = value``)."""
   m = models.create_model(model_name, input_shape=shape, num_classes=10, widths=widths,
                           activation="softplus:3")
   rng = np.random.default_rng(0)
@@ -62,8 +81,9 @@ def _variant(model_name, shape, widths, batch, steps, method, switch, value):
   terms = training.resolve_terms(training.method_terms(method), m, x, y)
   ts = training.make_train_step(m, optax.adam(1e-3), terms)
   box = {"state": ts.init(0)}
-  old = getattr(_conv, switch)
-  setattr(_conv, switch, value)
+  module, attr = _SWITCH_MODULES[switch[0]], switch[1]
+  old = getattr(module, attr)
+  setattr(module, attr, value)
   try:
     t0 = time.perf_counter()
     box["state"], *_ = ts.step(box["state"], x[:batch], y[:batch])
@@ -74,7 +94,7 @@ def _variant(model_name, shape, widths, batch, steps, method, switch, value):
     jax.block_until_ready(box["state"])
     compile_run = time.perf_counter() - t0
   finally:
-    setattr(_conv, switch, old)
+    setattr(module, attr, old)
 
   def single():
     for i in range(steps):
@@ -111,12 +131,12 @@ def main():
         single, fused, first = _variant(name, shape, widths, batch, args.steps, method,
                                         switch, value)
         fns[f"single{tag}"], fns[f"fused{tag}"] = single, fused
-        firsts[f"{switch}={value}"] = first
+        firsts[f"{switch[1]}={value}"] = first
       times, _ = round_robin(fns, repeats, warmup=1)
       med = {k: v / args.steps for k, v in medians(times).items()}
       row = {"case": case, "model": name, "widths": widths, "batch": batch,
              "steps": args.steps, "method": method,
-             "switch": {"name": f"rattr_jax.models._conv.{switch}", "after": values[0],
+             "switch": {"name": f"rattr_jax.models.{switch[0]}.{switch[1]}", "after": values[0],
                         "before": values[1]},
              "median_s_per_step": med, "all_s": times, "first_call_s": firsts,
              "load_average": list(os.getloadavg())}

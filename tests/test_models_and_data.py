@@ -22,6 +22,27 @@ def test_softplus_beta_formula_and_limit():
     models.Activation("softplus", 0.0)
 
 
+@pytest.mark.parametrize("beta", [0.5, 3.0, 10.0, 100.0])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softplus_beta_derivatives_are_sigmoid_and_its_derivative(x64, beta, dtype):
+  # Closed forms: f' = sigmoid(beta z), f'' = beta s (1 - s); z = 0 exactly and
+  # |beta z| past exp's float32 range included. Also through forward-over-reverse.
+  z = np.concatenate([np.linspace(-8, 8, 161), [0.0, -1e-30, 1e-30, -60.0, 60.0]]).astype(dtype)
+  act = models.Activation.softplus(beta)
+  bz = beta * z.astype(np.float64)
+  s = 1 / (1 + np.exp(-bz))
+  tol = dict(rtol=2e-6, atol=2e-7) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
+  f = act(jnp.asarray(z))
+  assert f.dtype == z.dtype
+  np.testing.assert_allclose(f, np.logaddexp(bz, 0) / beta, **tol)
+  d1 = jax.vmap(jax.grad(act))(jnp.asarray(z))
+  np.testing.assert_allclose(d1, s, **tol)
+  d2 = jax.vmap(jax.grad(jax.grad(act)))(jnp.asarray(z))
+  np.testing.assert_allclose(d2, beta * s * (1 - s), **{k: v * beta for k, v in tol.items()})
+  fwd_rev = jax.vmap(lambda t: jax.jvp(jax.grad(act), (t,), (jnp.ones_like(t),))[1])(jnp.asarray(z))
+  np.testing.assert_allclose(fwd_rev, d2, rtol=1e-6 if dtype == "float32" else 1e-12, atol=1e-30)
+
+
 @pytest.mark.parametrize("cin,k,padding", [(1, 5, "SAME"), (3, 3, "SAME"), (4, 3, "VALID"),
                                            (2, 3, ((2, 0), (1, 1))), (8, 3, "SAME"),
                                            (9, 5, ((2, 1), (0, 2))),
@@ -103,15 +124,18 @@ def test_fast_conv_weight_gradient_finite_differences(x64, cin):
   np.testing.assert_allclose(jnp.vdot(jax.grad(f)(w), v), fd, rtol=1e-6)  # O(h^2) = 1e-8 rel.
 
 
+@pytest.mark.parametrize("out_chunk", [16, 0])
 @pytest.mark.parametrize("bsz,cin,cout,padding", [(37, 8, 35, ((1, 2), (0, 1))),
-                                                  (16, 9, 17, "SAME"), (17, 12, 16, "VALID")])
+                                                  (20, 9, 17, "SAME"), (17, 12, 16, "VALID")])
 def test_fast_conv_blocked_weight_gradient_matches_lax_and_finite_differences(
-    x64, bsz, cin, cout, padding):
-  # Batch or output channels above WEIGHT_GRAD_FEATURE_CHUNK: the weight gradient is
-  # summed over blocks of batch elements and concatenated over blocks of channels
-  # (ragged last blocks here); it must equal autodiff's own and the one-convolution form.
+    x64, monkeypatch, bsz, cin, cout, padding, out_chunk):
+  # Batch above WEIGHT_GRAD_FEATURE_CHUNK or output channels above the output block
+  # (16, as on YNNPACK; 0: none, as on Eigen): the weight gradient is summed over
+  # blocks of batch elements and concatenated over blocks of channels (ragged last
+  # blocks here); it must equal autodiff's own and the one-convolution form.
   from rattr_jax.models import _conv
-  assert bsz > _conv.WEIGHT_GRAD_FEATURE_CHUNK or cout > _conv.WEIGHT_GRAD_FEATURE_CHUNK
+  monkeypatch.setattr(_conv, "WEIGHT_GRAD_OUT_CHUNK", out_chunk)
+  assert bsz > _conv.WEIGHT_GRAD_FEATURE_CHUNK or cout > _conv._weight_grad_out_chunk() > 0
   x = jax.random.normal(jax.random.key(0), (bsz, 6, 7, cin), jnp.float64)
   w = jax.random.normal(jax.random.key(1), (3, 3, cin, cout), jnp.float64)
   loss = lambda impl: lambda w: jnp.sum(jnp.tanh(models.conv2d(x, w, padding=padding,
@@ -121,17 +145,28 @@ def test_fast_conv_blocked_weight_gradient_matches_lax_and_finite_differences(
   pad = _conv.explicit_padding(padding, (3, 3))
   y = _conv._lax_conv(x, w, pad)
   g = jnp.cos(y)
-  chunk = _conv.WEIGHT_GRAD_FEATURE_CHUNK
-  try:
-    _conv.WEIGHT_GRAD_FEATURE_CHUNK = 0
-    one = _conv._weight_grad(x, g, (3, 3), pad)
-  finally:
-    _conv.WEIGHT_GRAD_FEATURE_CHUNK = chunk
+  one = _conv._weight_grad(x, g, (3, 3), pad, blocked=False)
   np.testing.assert_allclose(_conv._weight_grad(x, g, (3, 3), pad), one, rtol=1e-10, atol=1e-10)
   v = jax.random.normal(jax.random.key(2), w.shape, jnp.float64)
   h = 1e-5
   fd = (loss("fast")(w + h * v) - loss("fast")(w - h * v)) / (2 * h)
   np.testing.assert_allclose(jnp.vdot(g_fast, v), fd, rtol=1e-5)  # O(h^2) truncation
+
+
+@pytest.mark.parametrize("flags,eigen,chunk", [
+    ("", False, 16), ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution", True, 0),
+    ("--foo=1 --xla_cpu_experimental_ynn_fusion_type=", True, 0),
+    ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution "
+     "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution", False, 16),
+    ("--xla_cpu_experimental_ynn_fusion_type=-individual_dot", False, 16)])
+def test_weight_gradient_output_blocks_follow_the_convolution_backend(monkeypatch, flags,
+                                                                      eigen, chunk):
+  from rattr_jax.models import _conv
+  monkeypatch.setenv("XLA_FLAGS", flags)
+  assert _conv.convolutions_on_eigen() is eigen
+  assert _conv._weight_grad_out_chunk() == chunk
+  monkeypatch.setattr(_conv, "WEIGHT_GRAD_OUT_CHUNK", 8)
+  assert _conv._weight_grad_out_chunk() == 8
 
 
 @pytest.mark.parametrize("cin", [1, 3, 16])

@@ -23,6 +23,7 @@ function with ``conv_impl="lax"`` (see `rattr_jax.models.as_fn`).
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -30,11 +31,18 @@ from jax import lax
 
 CONV_IMPLS = ("auto", "fast", "lax")
 _DN = ("NHWC", "HWIO", "NHWC")
-#: Block size of the weight-gradient convolution's batch and output channels
-#: (`_weight_grad`); ``0`` or ``None``: one convolution. XLA:CPU sends
-#: convolutions whose input and output feature counts are both <= 16 to its
-#: Eigen path rather than the YNNPACK fusion.
+#: Block size of the weight-gradient convolution's batch (its input features;
+#: `_weight_grad`); ``0`` or ``None``: no batch blocks.
 WEIGHT_GRAD_FEATURE_CHUNK = 16
+#: Block size of its output channels: an int (``0``/``None``: no blocks) or
+#: ``"auto"``: `WEIGHT_GRAD_FEATURE_CHUNK` while XLA:CPU runs convolutions on
+#: YNNPACK (it sends those whose input and output feature counts are both <= 16
+#: to Eigen instead, which was faster for this shape), none when ``XLA_FLAGS``
+#: already sends every convolution to Eigen (`rattr_jax.EIGEN_CONV_FLAG`, set by
+#: `rattr_jax.configure_cpu`), where output blocks only cost: per weight gradient
+#: at batch 128 (idle, medians of 9), CIFAR LeNet conv2 44.5 -> 38.1 ms, conv3
+#: 14.5 -> 9.9, conv4 26.4 -> 19.3, MNIST CNN conv2 6.2 -> 4.7. Read when traced.
+WEIGHT_GRAD_OUT_CHUNK = "auto"
 #: Whether ``impl="fast"`` rewrites strided convolutions as stride-1 ones
 #: (`_strided_conv`); ``False`` leaves them to `lax.conv_general_dilated` (for
 #: `benchmarks/fused_steps.py`'s before/after comparison).
@@ -86,22 +94,23 @@ def _weight_grad(x, g, kernel_size, padding, *, blocked=True):
   cout = g.shape[-1]
   xt = x.transpose(3, 1, 2, 0)      # [Cin, H, W, B]
   gt = g.transpose(1, 2, 0, 3)      # [Ho, Wo, B, Cout]: an HWIO kernel
-  c = WEIGHT_GRAD_FEATURE_CHUNK if blocked else 0
   bsz = x.shape[0]
-  if not c or (bsz <= c and cout <= c):
+  cb = (WEIGHT_GRAD_FEATURE_CHUNK or bsz) if blocked else bsz
+  co = (_weight_grad_out_chunk() or cout) if blocked else cout
+  if bsz <= cb and cout <= co:
     r = lax.conv_general_dilated(xt, gt, (1, 1), padding, dimension_numbers=_DN)
   else:
-    # Blocks of <= c batch elements (the convolution's input features) and
-    # <= c output channels: XLA:CPU leaves such small convolutions to its
-    # Eigen path instead of the YNNPACK fusion, which ran this
-    # large-window shape 1.3-1.8x slower (CIFAR LeNet, batch 128).
+    # Blocks of <= cb batch elements (the convolution's input features) and
+    # <= co output channels. On YNNPACK this large-window shape ran 1.3-1.8x
+    # slower than as blocks of <= 16 x 16, which XLA:CPU leaves to Eigen
+    # (CIFAR LeNet, batch 128); on Eigen, batch blocks alone are fastest.
     xp = jnp.pad(xt, ((0, 0),) + tuple(padding) + ((0, 0),))
     nopad = ((0, 0), (0, 0))
     cols = []
-    for o in range(0, cout, c):
+    for o in range(0, cout, co):
       acc = None
-      for b in range(0, bsz, c):
-        part = lax.conv_general_dilated(xp[..., b:b + c], gt[:, :, b:b + c, o:o + c], (1, 1),
+      for b in range(0, bsz, cb):
+        part = lax.conv_general_dilated(xp[..., b:b + cb], gt[:, :, b:b + cb, o:o + co], (1, 1),
                                         nopad, dimension_numbers=_DN)
         acc = part if acc is None else acc + part
       cols.append(acc)
@@ -110,6 +119,28 @@ def _weight_grad(x, g, kernel_size, padding, *, blocked=True):
 
 
 _fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
+
+
+def convolutions_on_eigen() -> bool:
+  """Whether ``XLA_FLAGS`` takes convolutions off XLA:CPU's YNNPACK fusions (onto Eigen).
+
+  True when the last ``--xla_cpu_experimental_ynn_fusion_type=`` option is empty
+  (every YNNPACK fusion off) or lists ``-individual_convolution``
+  (`rattr_jax.EIGEN_CONV_FLAG`). XLA reads the flags when its CPU backend starts,
+  so this is exact when they are set before the first JAX computation (as
+  `rattr_jax.configure_cpu` requires).
+  """
+  value = None
+  for token in os.environ.get("XLA_FLAGS", "").split():
+    if token.startswith("--xla_cpu_experimental_ynn_fusion_type="):
+      value = token.split("=", 1)[1]
+  return value is not None and (value == "" or "-individual_convolution" in value.split(","))
+
+
+def _weight_grad_out_chunk() -> int:
+  if WEIGHT_GRAD_OUT_CHUNK == "auto":
+    return 0 if convolutions_on_eigen() else (WEIGHT_GRAD_FEATURE_CHUNK or 0)
+  return WEIGHT_GRAD_OUT_CHUNK or 0
 
 
 def _col2im_input_grad(g, w, padding, in_hw):
@@ -145,9 +176,10 @@ def _few_channel_conv(x, w, padding):
   (`benchmarks/fused_steps.py`): MNIST CNN gradient alignment 1.4x single and
   1.5x fused, CE 1.05-1.17x; CIFAR LeNet within noise.
 
-  Forward: im2col + one GEMM for one channel (`_im2col_conv`), else `lax`;
-  input gradient: `_col2im_input_grad`; kernel gradient: `_weight_grad` (a
-  canonical convolution, unblocked).
+  Forward: im2col + one GEMM for one channel (`_im2col_conv`), else `lax`
+  (shifted multiply-adds, 1.8-5x faster alone, made whole steps 0.7-0.9x:
+  README "tried and not kept"); input gradient: `_col2im_input_grad`; kernel
+  gradient: `_weight_grad` (a canonical convolution, unblocked).
   """
   return _im2col_conv(x, w, padding) if x.shape[-1] == 1 else _lax_conv(x, w, padding)
 
