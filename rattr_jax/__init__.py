@@ -14,8 +14,8 @@ class RattrDeprecationWarning(DeprecationWarning):
   """A deprecation of rattr_jax itself (the test suite turns these into errors)."""
 
 
-#: The XLA:CPU flag `configure_cpu` adds with ``eigen_convolutions=True``.
-EIGEN_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+from rattr_jax._xla_flags import EIGEN_CONV_FLAG  # noqa: E402
+from rattr_jax._xla_flags import convolutions_on_eigen as _convolutions_on_eigen  # noqa: E402
 
 
 def configure_cpu(*, inline_dispatch: bool = True, eigen_convolutions: bool = True) -> dict:
@@ -53,8 +53,8 @@ def configure_cpu(*, inline_dispatch: bool = True, eigen_convolutions: bool = Tr
 
   Returns:
     ``{"inline_dispatch": bool, "eigen_convolutions": bool}``: whether async
-    CPU dispatch is off, and whether the convolution flag is in ``XLA_FLAGS``,
-    afterwards.
+    CPU dispatch is off, and whether ``XLA_FLAGS`` puts convolutions on Eigen
+    (`EIGEN_CONV_FLAG`, or every YNNPACK fusion off), afterwards.
   """
   import jax
   opt_out = bool(_os.environ.get("RATTR_JAX_NO_XLA_FLAGS"))
@@ -68,7 +68,7 @@ def configure_cpu(*, inline_dispatch: bool = True, eigen_convolutions: bool = Tr
   if (eigen_convolutions and not opt_out and not started
       and "xla_cpu_experimental_ynn_fusion_type" not in flags):
     _os.environ["XLA_FLAGS"] = (flags + " " + EIGEN_CONV_FLAG).strip()
-  eigen = EIGEN_CONV_FLAG in _os.environ.get("XLA_FLAGS", "").split()
+  eigen = _convolutions_on_eigen()
   return {"inline_dispatch": current, "eigen_convolutions": eigen}
 
 

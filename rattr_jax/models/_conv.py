@@ -23,11 +23,12 @@ function with ``conv_impl="lax"`` (see `rattr_jax.models.as_fn`).
 from __future__ import annotations
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from rattr_jax._xla_flags import convolutions_on_eigen
 
 CONV_IMPLS = ("auto", "fast", "lax")
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -119,22 +120,6 @@ def _weight_grad(x, g, kernel_size, padding, *, blocked=True):
 
 
 _fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
-
-
-def convolutions_on_eigen() -> bool:
-  """Whether ``XLA_FLAGS`` takes convolutions off XLA:CPU's YNNPACK fusions (onto Eigen).
-
-  True when the last ``--xla_cpu_experimental_ynn_fusion_type=`` option is empty
-  (every YNNPACK fusion off) or lists ``-individual_convolution``
-  (`rattr_jax.EIGEN_CONV_FLAG`). XLA reads the flags when its CPU backend starts,
-  so this is exact when they are set before the first JAX computation (as
-  `rattr_jax.configure_cpu` requires).
-  """
-  value = None
-  for token in os.environ.get("XLA_FLAGS", "").split():
-    if token.startswith("--xla_cpu_experimental_ynn_fusion_type="):
-      value = token.split("=", 1)[1]
-  return value is not None and (value == "" or "-individual_convolution" in value.split(","))
 
 
 def _weight_grad_out_chunk() -> int:
