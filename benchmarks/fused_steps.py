@@ -16,7 +16,9 @@ when a program is traced):
   (``_activation.FAST_SOFTPLUS``), CE, gradient alignment, Hessian norm, PGD-AT;
 * the same two at batch 128, CE and gradient alignment, the weight gradient
   without output-channel blocks on Eigen convolutions
-  (``_conv.WEIGHT_GRAD_OUT_CHUNK`` ``"auto"``) against blocks of 16.
+  (``_conv.WEIGHT_GRAD_OUT_CHUNK`` ``"auto"``) against blocks of 16;
+* the same two at batch 128, the four softplus methods, float32 softplus with the
+  series ``log1p`` (``_activation.LOG1P_SERIES``) against ``jnp.log1p``.
 
 Every variant is compiled first, then timed round-robin (paired per repeat).
 
@@ -67,6 +69,10 @@ CASES = {
                   ("_conv", "WEIGHT_GRAD_OUT_CHUNK"), ("auto", 16)),
     "lenet_wgrad": ("lenet", (32, 32, 3), None, 128, ("ce", "gradient_alignment"),
                     ("_conv", "WEIGHT_GRAD_OUT_CHUNK"), ("auto", 16)),
+    "cnn_log1p": ("cnn", (28, 28, 1), None, 128, _SOFTPLUS_METHODS,
+                  ("_activation", "LOG1P_SERIES"), (True, False)),
+    "lenet_log1p": ("lenet", (32, 32, 3), None, 128, _SOFTPLUS_METHODS,
+                    ("_activation", "LOG1P_SERIES"), (True, False)),
 }
 
 
