@@ -1,8 +1,8 @@
-"""The XLA:CPU convolution flag and whether ``XLA_FLAGS`` puts convolutions on Eigen.
+"""rattr_jax's XLA:CPU flags, and whether ``XLA_FLAGS`` puts convolutions on Eigen.
 
-One definition for `rattr_jax.configure_cpu` (which sets the flag and reports it) and
-`rattr_jax.models._conv` (which picks its weight-gradient blocks by it). Only `os`: it
-is read before JAX's backend starts.
+One definition for `rattr_jax.configure_cpu` (which sets the flags and reports them) and
+`rattr_jax.models._conv` (which picks its weight-gradient blocks by the first). Only `os`:
+it is read before JAX's backend starts.
 """
 
 from __future__ import annotations
@@ -11,6 +11,14 @@ import os
 
 #: The XLA:CPU flag `rattr_jax.configure_cpu` adds with ``eigen_convolutions=True``.
 EIGEN_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+
+#: The option `rattr_jax.configure_cpu` adds with ``channel_vectorization=True``: XLA:CPU's
+#: LLVM fully unrolls only loops of at most 8 iterations. Its default (a cost threshold)
+#: fully unrolled the innermost loop of an elementwise fusion over 16 or 32 channels and then
+#: vectorized the next loop out, across pixels 16 or 32 floats apart: eight scalar loads and
+#: stores per vector (softplus-3 of ``[128, 28, 28, 16]`` with a scalar broadcast in it:
+#: ``exp(3 z)`` 1.22 -> 0.44 ms, as fast as the same array flattened).
+UNROLL_FLAG = "--xla_backend_extra_options=-unroll-full-max-count=8"
 
 
 def convolutions_on_eigen() -> bool:

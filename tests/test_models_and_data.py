@@ -363,13 +363,15 @@ def test_import_changes_no_jax_setting_and_configure_cpu_is_explicit(setting):
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        check=True).stdout.strip().splitlines()
   inline = setting in ("configure", "jax_env")
-  # The only XLA flag ever set: YNNPACK off for convolutions, by configure_cpu, before the
-  # backend starts, unless opted out. JAX's own async-dispatch variable wins over ours.
-  flags = (repr(rattr_jax.EIGEN_CONV_FLAG) if setting in ("configure", "jax_env") else "None")
+  # The only XLA flags ever set: YNNPACK off for convolutions and LLVM's full unrolling
+  # limited to 8 iterations, by configure_cpu, before the backend starts, unless opted
+  # out. JAX's own async-dispatch variable wins over ours.
+  both = f"{rattr_jax.EIGEN_CONV_FLAG} {rattr_jax.UNROLL_FLAG}"
+  flags = (repr(both) if setting in ("configure", "jax_env") else "None")
   assert out[-1] == f"{setting != 'configure'} {flags}", out
   if setting != "import_only":
     assert out[0] == str({"inline_dispatch": setting == "configure",
-                          "eigen_convolutions": inline}), out
+                          "eigen_convolutions": inline, "channel_vectorization": inline}), out
 
 
 def test_enable_compilation_cache_writes_and_reuses_entries(tmp_path):
