@@ -284,3 +284,19 @@ def test_console_script_exit_status(argv, flag):
   assert r.returncode == 2
   lines = r.stderr.strip().splitlines()
   assert len(lines) == 1 and flag in lines[0] and "Traceback" not in r.stderr
+
+
+def test_out_dir_check_tolerates_another_process_creating_the_directory(tmp_path, monkeypatch):
+  # Every process of a multi-process job checks the same --out at once: a directory that
+  # appears between this process's look and its mkdir (another process made it) is fine,
+  # and is not removed by this process's clean-up.
+  from rattr_jax.cli import _checks
+  target = tmp_path / "run" / "out"
+  real = _checks._nearest_existing
+  def stale(path):  # what this process saw before the other one created the directories
+    base = real(path)
+    os.makedirs(target, exist_ok=True)
+    return base
+  monkeypatch.setattr(_checks, "_nearest_existing", stale)
+  assert _checks.out_dir(str(target), "--out") == str(target)
+  assert target.is_dir()

@@ -10,6 +10,7 @@ JAX is imported.
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import tempfile
@@ -220,12 +221,36 @@ def out_dir(path: str, flag: str = "--out") -> str:
     raise CLIError(f"{flag} must not contain NUL characters; got {path!r}.")
   if os.path.exists(path) and not os.path.isdir(path):
     raise CLIError(f"{flag} {path!r} is an existing file, not a directory.")
-  base = _nearest_existing(path)
-  if not os.path.isdir(base):
-    raise CLIError(f"{flag} {path!r} lies under {base!r}, which is a file, not a directory.")
-  if not os.access(base, os.W_OK | os.X_OK):
-    raise CLIError(f"{flag} {path!r}: {base!r} is not writable.")
-  # os.access can say yes (root, special file systems such as /proc): create and probe.
+  # Every process of a multi-process job checks the same directory at the same time: a
+  # directory that another process creates (or removes after its own probe) while this one
+  # checks is a retry, not an error.
+  for attempt in range(3):
+    base = _nearest_existing(path)
+    if not os.path.isdir(base):
+      raise CLIError(f"{flag} {path!r} lies under {base!r}, which is a file, not a directory.")
+    if not os.access(base, os.W_OK | os.X_OK):
+      raise CLIError(f"{flag} {path!r}: {base!r} is not writable.")
+    # os.access can say yes (root, special file systems such as /proc): create and probe.
+    try:
+      _create_and_probe(path, base)
+      return path
+    except _ProbeError as e:
+      if e.errno == errno.ENOENT and attempt < 2:
+        continue
+      raise CLIError(f"{flag} {path!r} is not writable ({e.strerror or e}).") from None
+    except OSError as e:
+      if e.errno in (errno.ENOENT, errno.EEXIST) and attempt < 2:
+        continue
+      raise CLIError(f"{flag} {path!r} cannot be created ({e.strerror or e}).") from None
+  return path
+
+
+class _ProbeError(OSError):
+  """The write probe inside an existing or just-created directory failed."""
+
+
+def _create_and_probe(path: str, base: str) -> None:
+  """Creates the missing directories below ``base``, writes a probe file, removes what it made."""
   created = []
   p = os.path.abspath(path)
   todo = []
@@ -234,18 +259,25 @@ def out_dir(path: str, flag: str = "--out") -> str:
     p = os.path.dirname(p)
   try:
     for d in reversed(todo):
-      os.mkdir(d)
+      try:
+        os.mkdir(d)
+      except FileExistsError:
+        if not os.path.isdir(d):
+          raise
+        continue  # created meanwhile by another process: not ours to remove
       created.append(d)
-    _probe_writable(path, flag)
-  except OSError as e:
-    raise CLIError(f"{flag} {path!r} cannot be created ({e.strerror or e}).") from None
+    try:
+      fd, probe = tempfile.mkstemp(prefix=".rattr_probe_", dir=path)
+      os.close(fd)
+      os.remove(probe)
+    except OSError as e:
+      raise _ProbeError(e.errno, e.strerror) from None
   finally:
     for d in reversed(created):
       try:
         os.rmdir(d)
       except OSError:
         pass
-  return path
 
 
 def existing_dir(path: str, flag: str) -> str:
