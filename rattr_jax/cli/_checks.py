@@ -190,11 +190,16 @@ def choice(choices, aliases=None):
 # ------------------------------------------------------------------------------ paths
 
 
+def _probe(path: str) -> None:
+  """Writes and removes a probe file in directory ``path`` (raises `OSError` if it cannot)."""
+  fd, probe = tempfile.mkstemp(prefix=".rattr_probe_", dir=path)
+  os.close(fd)
+  os.remove(probe)
+
+
 def _probe_writable(path: str, flag: str) -> None:
   try:
-    fd, probe = tempfile.mkstemp(prefix=".rattr_probe_", dir=path)
-    os.close(fd)
-    os.remove(probe)
+    _probe(path)
   except OSError as e:
     raise CLIError(f"{flag} {path!r} is not writable ({e.strerror or e}).") from None
 
@@ -267,9 +272,7 @@ def _create_and_probe(path: str, base: str) -> None:
         continue  # created meanwhile by another process: not ours to remove
       created.append(d)
     try:
-      fd, probe = tempfile.mkstemp(prefix=".rattr_probe_", dir=path)
-      os.close(fd)
-      os.remove(probe)
+      _probe(path)
     except OSError as e:
       raise _ProbeError(e.errno, e.strerror) from None
   finally:
