@@ -18,7 +18,12 @@ when a program is traced):
   without output-channel blocks on Eigen convolutions
   (``_conv.WEIGHT_GRAD_OUT_CHUNK`` ``"auto"``) against blocks of 16;
 * the same two at batch 128, the four softplus methods, float32 softplus with the
-  series ``log1p`` (``_activation.LOG1P_SERIES``) against ``jnp.log1p``.
+  series ``log1p`` (``_activation.LOG1P_SERIES``) against ``jnp.log1p``;
+* the same two at batch 128, the input layer's forward with output columns folded
+  into channels (``_conv.FEW_CHANNEL_FORWARD_BLOCK`` 4) against im2col / ``lax``
+  (0), the four softplus methods;
+* the same two at batch 128, the max-pool's windows before the channels
+  (``_layers.WINDOW_AXIS`` -2) against after them (-1), the four softplus methods.
 
 Every variant is compiled first, then timed round-robin (paired per repeat).
 
@@ -47,9 +52,9 @@ rattr_jax.configure_cpu()
 from _timing import medians, round_robin  # noqa: E402
 
 from rattr_jax import models, training  # noqa: E402
-from rattr_jax.models import _activation, _conv  # noqa: E402  (the before/after switches)
+from rattr_jax.models import _activation, _conv, _layers  # noqa: E402  (the before/after switches)
 
-_SWITCH_MODULES = {"_conv": _conv, "_activation": _activation}
+_SWITCH_MODULES = {"_conv": _conv, "_activation": _activation, "_layers": _layers}
 _SOFTPLUS_METHODS = ("ce", "gradient_alignment", "hessian_norm", "pgd")
 
 #: name -> (zoo model, input shape, widths, batch, methods, the switch (module, name) and
@@ -73,6 +78,18 @@ CASES = {
                   ("_activation", "LOG1P_SERIES"), (True, False)),
     "lenet_log1p": ("lenet", (32, 32, 3), None, 128, _SOFTPLUS_METHODS,
                     ("_activation", "LOG1P_SERIES"), (True, False)),
+    "cnn_colblock": ("cnn", (28, 28, 1), None, 128, _SOFTPLUS_METHODS,
+                     ("_conv", "FEW_CHANNEL_FORWARD_BLOCK"), (4, 0)),
+    "lenet_colblock": ("lenet", (32, 32, 3), None, 128, _SOFTPLUS_METHODS,
+                       ("_conv", "FEW_CHANNEL_FORWARD_BLOCK"), (4, 0)),
+    "cnn_pool": ("cnn", (28, 28, 1), None, 128, _SOFTPLUS_METHODS,
+                 ("_layers", "WINDOW_AXIS"), (-2, -1)),
+    "lenet_pool": ("lenet", (32, 32, 3), None, 128, _SOFTPLUS_METHODS,
+                   ("_layers", "WINDOW_AXIS"), (-2, -1)),
+    "cnn_pool_select": ("cnn", (28, 28, 1), None, 128, _SOFTPLUS_METHODS,
+                        ("_layers", "POOL_VALUE_BY_SELECT"), (True, False)),
+    "lenet_pool_select": ("lenet", (32, 32, 3), None, 128, _SOFTPLUS_METHODS,
+                          ("_layers", "POOL_VALUE_BY_SELECT"), (True, False)),
 }
 
 

@@ -1,13 +1,43 @@
-"""rattr_jax's XLA:CPU flags, and whether ``XLA_FLAGS`` puts convolutions on Eigen.
+"""rattr_jax's XLA:CPU flags, whether ``XLA_FLAGS`` puts convolutions on Eigen, and the heap pad.
 
 One definition for `rattr_jax.configure_cpu` (which sets the flags and reports them) and
-`rattr_jax.models._conv` (which picks its weight-gradient blocks by the first). Only `os`:
-it is read before JAX's backend starts.
+`rattr_jax.models._conv` (which picks its weight-gradient blocks by the first). Only the
+standard library: it is read before JAX's backend starts.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
+
+#: Bytes that glibc's ``malloc`` keeps at the top of each heap when it trims
+#: (``mallopt(M_TOP_PAD, ...)``), set by `rattr_jax.configure_cpu` with
+#: ``retain_heap=True``. By default glibc gave the memory freed after every XLA:CPU
+#: call back to the kernel, and the next call took page faults to touch it again:
+#: 17,000 minor faults per MNIST CNN gradient-alignment step at batch 128, 1,750 with
+#: this pad (step 103 -> 87 ms, same process otherwise). Peak memory is unchanged (the
+#: pad keeps what was already in use; measured max RSS within 1%).
+HEAP_TOP_PAD = 512 * 2**20
+_M_TOP_PAD = -2  # glibc's <malloc.h>
+
+
+def set_heap_top_pad(nbytes: int) -> bool:
+  """``mallopt(M_TOP_PAD, nbytes)`` on Linux with glibc; whether it was applied.
+
+  Process-wide and immediate (it applies to later ``malloc``/``free`` calls); a no-op
+  returning ``False`` on other platforms or C libraries.
+  """
+  if not sys.platform.startswith("linux"):
+    return False
+  try:
+    libc = ctypes.CDLL(None)
+    libc.gnu_get_libc_version  # glibc only (musl's mallopt does nothing)
+    mallopt = libc.mallopt
+  except (OSError, AttributeError):
+    return False
+  mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+  return bool(mallopt(_M_TOP_PAD, int(nbytes)))
 
 #: The XLA:CPU flag `rattr_jax.configure_cpu` adds with ``eigen_convolutions=True``.
 EIGEN_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"

@@ -26,6 +26,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from rattr_jax._xla_flags import convolutions_on_eigen
@@ -51,6 +52,14 @@ STRIDED_AS_STRIDE_1 = True
 #: Stride-1 convolutions with at most this many input channels take
 #: `_few_channel_conv` under ``impl="fast"``; ``0``: none do (for benchmarks).
 FEW_CHANNELS = 4
+#: `_few_channel_conv`'s forward folds this many adjacent output columns into
+#: the channels (`_column_block_conv`); ``0``: the forward it had before
+#: (im2col for one channel, else `lax`), for `benchmarks/fused_steps.py`.
+#: Alone at batch 128 (idle, medians of 15): MNIST CNN conv1 (1 -> 16 channels,
+#: 5x5) 3.79 ms as im2col, 2.47 as `lax`, 1.38 with blocks of 2, 0.70 with 4,
+#: 0.92 with 7 (PyTorch 0.61); CIFAR LeNet conv1 (3 -> 32, 3x3) 3.87 ms as
+#: `lax`, 1.88 with blocks of 4 (PyTorch 1.94).
+FEW_CHANNEL_FORWARD_BLOCK = 4
 
 
 def _lax_conv(x, w, padding, stride=(1, 1)):
@@ -161,11 +170,15 @@ def _few_channel_conv(x, w, padding):
   (`benchmarks/fused_steps.py`): MNIST CNN gradient alignment 1.4x single and
   1.5x fused, CE 1.05-1.17x; CIFAR LeNet within noise.
 
-  Forward: im2col + one GEMM for one channel (`_im2col_conv`), else `lax`
-  (shifted multiply-adds, 1.8-5x faster alone, made whole steps 0.7-0.9x:
-  README "tried and not kept"); input gradient: `_col2im_input_grad`; kernel
-  gradient: `_weight_grad` (a canonical convolution, unblocked).
+  Forward: `_column_block_conv` (`FEW_CHANNEL_FORWARD_BLOCK` output columns as
+  channels: one convolution with 4x the channels, which XLA:CPU's Eigen
+  kernels run 2-5x faster than the few-channel one); input gradient:
+  `_col2im_input_grad`; kernel gradient: `_weight_grad` (a canonical
+  convolution, unblocked).
   """
+  r = FEW_CHANNEL_FORWARD_BLOCK
+  if r:
+    return _column_block_conv(x, w, padding, r)
   return _im2col_conv(x, w, padding) if x.shape[-1] == 1 else _lax_conv(x, w, padding)
 
 
@@ -176,11 +189,64 @@ def _few_channel_conv_fwd(x, w, padding):
 def _few_channel_conv_bwd(padding, res, g):
   x, w = res
   dx = _col2im_input_grad(g, w, padding, x.shape[1:3])
+  # The weight gradient in column blocks too was 1.42 -> 0.62 ms alone (MNIST CNN
+  # conv1, batch 128, blocks of 2) but whole steps 0.94-1.03x: not kept.
   dw = _weight_grad(x, g, w.shape[:2], padding, blocked=False)
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
 _few_channel_conv.defvjp(_few_channel_conv_fwd, _few_channel_conv_bwd)
+
+
+def _column_blocks(x, padding, kernel_size, r):
+  """The padded input with ``r`` adjacent columns folded into the channels.
+
+  ``[B, H, W, C]`` -> ``[B, Ho + KH - 1, nb - 1 + kb, r*C]`` with ``nb = ceil(Wo / r)``
+  output column blocks and ``kb = ceil((r + KW - 1) / r)`` kernel column blocks:
+  output columns ``r*J .. r*J + r - 1`` read input blocks ``J .. J + kb - 1``.
+  The right edge is zero-padded (or cropped) to whole blocks.
+  """
+  kh, kw = kernel_size
+  (plh, phh), (plw, phw) = padding
+  b, h, wd, c = x.shape
+  wo = wd + plw + phw - kw + 1
+  nb, kb = -(-wo // r), -(-(r + kw - 1) // r)
+  win = (nb - 1 + kb) * r
+  xp = jnp.pad(x, ((0, 0), (plh, phh), (plw, max(win - wd - plw, 0)), (0, 0)))[:, :, :win]
+  return xp.reshape(b, h + plh + phh, nb - 1 + kb, r * c), nb, kb, wo
+
+
+def _column_block_selector(kw, r):
+  """``S[q, s, m, t] = 1`` where input column ``r*s + m`` of a block feeds output column ``t`` at kernel column ``q``."""
+  kb = -(-(r + kw - 1) // r)
+  q = (np.arange(kb)[:, None, None] * r + np.arange(r)[None, :, None]
+       - np.arange(r)[None, None, :])                      # [kb, m, t]
+  return (q[None] == np.arange(kw)[:, None, None, None]).astype(np.float32)  # [kw, kb, m, t]
+
+
+def _column_block_kernel(w, r):
+  """``[KH, KW, C, O]`` -> ``[KH, kb, r*C, r*O]``: the kernel of the column-blocked convolution."""
+  kh, kw, c, o = w.shape
+  sel = jnp.asarray(_column_block_selector(kw, r), w.dtype)
+  wb = jnp.einsum("pqco,qsmt->psmcto", w, sel, precision=lax.Precision.HIGHEST)
+  return wb.reshape(kh, sel.shape[1], r * c, r * o)
+
+
+def _column_block_conv(x, w, padding, r):
+  """Stride-1 ``conv(x, w)`` (padding >= 0) with ``r`` output columns folded into the channels.
+
+  One `lax` convolution of the column-blocked input (`_column_blocks`) with a
+  ``[KH, kb, r*Cin, r*Cout]`` kernel that is zero where a block's input column
+  is outside an output column's window; exact (the same products, plus zeros).
+  It costs ``kb*r / KW`` times the multiply-adds (1.6x for 5x5 with ``r = 4``)
+  but gives the few-channel input layers a GEMM-shaped convolution.
+  """
+  kh, kw, _, cout = w.shape
+  r = max(1, min(r, x.shape[2] + sum(padding[1]) - kw + 1))
+  xs, nb, _, wo = _column_blocks(x, padding, (kh, kw), r)
+  y = _lax_conv(xs, _column_block_kernel(w, r), ((0, 0), (0, 0)))
+  b, ho = y.shape[:2]
+  return y.reshape(b, ho, nb * r, cout)[:, :, :wo]
 
 
 def _im2col_conv(x, w, padding):

@@ -38,17 +38,33 @@ class Conv2D(nnx.Module):
     return y
 
 
+#: Where `_windows` puts the window axis: ``-2`` (``[B, H2, W2, 4, C]``, channels
+#: stay the contiguous minor axis, so the pool and its derivative vectorize over
+#: them and its transposes move whole channel rows) or ``-1`` (``[B, H2, W2, C,
+#: 4]``, the layout before; for `benchmarks/fused_steps.py`). Read when traced.
+WINDOW_AXIS = -2
+#: Whether the pool's value in its derivative rule is the window's element at the
+#: argmax picked by a select and a 4-term sum (``True``) or by `take_along_axis`
+#: (a gather whose index array, 5 int32 per element, XLA:CPU builds in full).
+POOL_VALUE_BY_SELECT = True
+
+
 def _windows(x):
-  """``[B, 2 H2, 2 W2, C] -> [B, H2, W2, C, 4]``: each 2x2 window, in row-major order."""
+  """``[B, 2 H2, 2 W2, C] -> [B, H2, W2, 4, C]``: each 2x2 window, in row-major order.
+
+  (``[B, H2, W2, C, 4]`` with `WINDOW_AXIS` ``-1``.)
+  """
   b, h, w, c = x.shape
-  x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4)
-  return x.reshape(b, h // 2, w // 2, c, 4)
+  x = x.reshape(b, h // 2, 2, w // 2, 2, c)
+  if WINDOW_AXIS == -1:
+    return x.transpose(0, 1, 3, 5, 2, 4).reshape(b, h // 2, w // 2, c, 4)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2, w // 2, 4, c)
 
 
 @jax.custom_jvp
 def _max4(x):
   """Max over each 2x2 window of ``[B, 2 H2, 2 W2, C]``."""
-  return jnp.max(_windows(x), -1)
+  return jnp.max(_windows(x), WINDOW_AXIS)
 
 
 @_max4.defjvp
@@ -61,11 +77,16 @@ def _max4_jvp(primals, tangents):
   # on the MNIST CNN's first layer at batch 128 took 13.6 ms, now 6.8 ms
   # (README, "Training steps against plain PyTorch").
   (x,), (t,) = primals, tangents
+  ax = WINDOW_AXIS
   r = _windows(x)
-  i = jnp.argmax(r, -1)
-  m = jnp.take_along_axis(r, i[..., None], -1)[..., 0]
-  pick = i[..., None] == jnp.arange(4, dtype=i.dtype)
-  return m, jnp.sum(jnp.where(pick, _windows(t), jnp.zeros((), t.dtype)), -1)
+  i = jnp.expand_dims(jnp.argmax(r, ax), ax)
+  pick = i == jnp.arange(4, dtype=i.dtype).reshape((4, 1) if ax == -2 else (4,))
+  zero = jnp.zeros((), x.dtype)
+  if POOL_VALUE_BY_SELECT:
+    m = jnp.sum(jnp.where(pick, r, zero), ax)
+  else:
+    m = jnp.take_along_axis(r, i, ax).squeeze(ax)
+  return m, jnp.sum(jnp.where(pick, _windows(t), jnp.zeros((), t.dtype)), ax)
 
 
 def max_pool2(x: jax.Array) -> jax.Array:
