@@ -15,6 +15,13 @@ process; ``torch_over_jax`` holds the paired per-repeat ratios (median, min,
 max) and ``peer_check`` shows that each torch regularizer equals rattr_jax's on
 the same random draw.
 
+Timing: round-robin over all steps (ours and PyTorch's) in one process; each
+timed call follows ``--rewarm`` (default 1) untimed calls of the same step, as
+in a training loop. Without it a JAX step right after a PyTorch one shared the
+2 cores with PyTorch's OpenMP threads, which keep spinning after their work:
+MNIST CNN CE 13.8 ms after itself, 17.3 ms right after a PyTorch step, 13.4 ms
+after a 50 ms pause (PyTorch's step 11.4 / 12.1 ms after itself / ours).
+
 Fused steps: `TrainStep.run` (the `lax.scan` over steps that `train()` uses)
 against `TrainStep.step`, per step, for CE and gradient alignment at batch 32
 and 128 (``--run-batches``). Inside a loop body XLA:CPU once compiled plain
@@ -361,6 +368,8 @@ def child(args) -> dict:
     times = {k: [] for k in runners}
     for _ in range(args.repeats):
       for k, run in runners.items():
+        for _ in range(args.rewarm):  # untimed: the timed call follows a call of its own
+          run()
         t0 = time.perf_counter()
         n = run() or 1
         times[k].append((time.perf_counter() - t0) / n)
@@ -461,6 +470,8 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--quick", action="store_true", help="fewer repeats")
   p.add_argument("--repeats", type=int, default=None)
+  p.add_argument("--rewarm", type=int, default=1,
+                 help="untimed calls of a step right before each timed call (default 1)")
   p.add_argument("--child", default=None, help=argparse.SUPPRESS)
   p.add_argument("--models", default="cnn,lenet")
   p.add_argument("--methods", default=None)
@@ -494,7 +505,7 @@ def main():
     env["XLA_FLAGS"] = " ".join(flags)
     env.setdefault("JAX_PLATFORMS", "cpu")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "on" if flag_on else "off",
-           "--repeats", str(repeats), "--models", args.models,
+           "--repeats", str(repeats), "--rewarm", str(args.rewarm), "--models", args.models,
            "--run-batches", args.run_batches, "--many", args.many,
            "--many-s", args.many_s] + (["--no-run-rows"] if args.no_run_rows else []) + extra
     print("$", " ".join(cmd), f"(XLA_FLAGS={env['XLA_FLAGS']!r})", flush=True)
@@ -530,7 +541,8 @@ def main():
       flag_effect[name] = {f"flag_speedup_{k}": b[k] / a[k] for k in a if k in b}
   result = {
       "benchmark": "training_cost",
-      "settings": {"quick": args.quick, "repeats": repeats, "batch": BATCH,
+      "settings": {"quick": args.quick, "repeats": repeats, "rewarm": args.rewarm,
+                   "batch": BATCH,
                    "run_batches": args.run_batches,
                    "activation": "softplus:3", "optimizer": "adam 1e-3",
                    "methods": {k: v.to_dict() for k, v in method_configs().items()},

@@ -19,13 +19,18 @@ import sys
 #: this pad (step 103 -> 87 ms, same process otherwise). Peak memory is unchanged (the
 #: pad keeps what was already in use; measured max RSS within 1%).
 HEAP_TOP_PAD = 512 * 2**20
-_M_TOP_PAD = -2  # glibc's <malloc.h>
+#: Blocks up to this size come from the heap, larger ones from ``mmap``
+#: (``mallopt(M_MMAP_THRESHOLD, ...)``; 32 MiB is the most glibc accepts on 64-bit).
+#: Setting the pad fixes glibc's otherwise adaptive threshold at its 128 KiB start,
+#: which would send every larger block to ``mmap`` (and its page faults) again.
+HEAP_MMAP_THRESHOLD = 32 * 2**20
+_M_TOP_PAD, _M_MMAP_THRESHOLD = -2, -3  # glibc's <malloc.h>
 
 
-def set_heap_top_pad(nbytes: int) -> bool:
-  """``mallopt(M_TOP_PAD, nbytes)`` on Linux with glibc; whether it was applied.
+def retain_heap(top_pad: int = HEAP_TOP_PAD, mmap_threshold: int = HEAP_MMAP_THRESHOLD) -> bool:
+  """``mallopt`` the heap pad and ``mmap`` threshold on Linux with glibc; whether both applied.
 
-  Process-wide and immediate (it applies to later ``malloc``/``free`` calls); a no-op
+  Process-wide and immediate (they apply to later ``malloc``/``free`` calls); a no-op
   returning ``False`` on other platforms or C libraries.
   """
   if not sys.platform.startswith("linux"):
@@ -37,7 +42,9 @@ def set_heap_top_pad(nbytes: int) -> bool:
   except (OSError, AttributeError):
     return False
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-  return bool(mallopt(_M_TOP_PAD, int(nbytes)))
+  return bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) & bool(
+      mallopt(_M_TOP_PAD, int(top_pad)))
+
 
 #: The XLA:CPU flag `rattr_jax.configure_cpu` adds with ``eigen_convolutions=True``.
 EIGEN_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"

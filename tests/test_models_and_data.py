@@ -371,8 +371,7 @@ def test_import_changes_no_jax_setting_and_configure_cpu_is_explicit(setting):
   assert out[-1] == f"{setting != 'configure'} {flags}", out
   if setting != "import_only":
     # the heap pad is a C-library setting, applied at any time, unless opted out
-    pad = setting != "opt_out" and rattr_jax._xla_flags.set_heap_top_pad(
-        rattr_jax.HEAP_TOP_PAD)
+    pad = setting != "opt_out" and rattr_jax._xla_flags.retain_heap()
     assert out[0] == str({"inline_dispatch": setting == "configure",
                           "eigen_convolutions": inline, "channel_vectorization": inline,
                           "retain_heap": pad}), out
@@ -384,7 +383,7 @@ def test_configure_cpu_retain_heap_stops_the_page_faults_of_every_call():
   import os
   import subprocess
   import sys
-  if not rattr_jax._xla_flags.set_heap_top_pad(rattr_jax.HEAP_TOP_PAD):
+  if not rattr_jax._xla_flags.retain_heap():
     pytest.skip("not Linux with glibc")
   code = """
 import resource, sys
