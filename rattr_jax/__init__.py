@@ -63,11 +63,12 @@ def configure_cpu(*, inline_dispatch: bool = True, eigen_convolutions: bool = Tr
     the top of its heaps when it trims (``mallopt(M_TOP_PAD)``; blocks up to
     `HEAP_MMAP_THRESHOLD`, 32 MiB, from the heap; Linux with glibc only),
     instead of giving the memory freed after each XLA:CPU call back to the
-    kernel and faulting it in again on the next call. Single training steps
-    at batch 128 (paired, same process): MNIST CNN gradient alignment 79 ->
-    59 ms, Hessian norm 110 -> 61 ms; CIFAR LeNet CE 105 -> 80 ms, gradient
-    alignment 330 -> 266 ms; page faults per call down ~10x, peak memory the
-    same. Process-wide and applied at any time; a PyTorch peer in the same
+    kernel and faulting it in again on the next call. Both settings in one
+    process, alternating (`benchmarks/retain_heap.py`, batch 128, single /
+    fused steps, without / with): MNIST CNN CE 1.79x / 1.33x (page faults per
+    step 7,300 -> 110), gradient alignment 1.26x / 1.20x, Hessian norm 1.13x /
+    1.26x, PGD-AT 1.07x / 1.05x; CIFAR LeNet 1.01-1.06x. Peak memory the same.
+    Process-wide and applied at any time; a PyTorch peer in the same
     process gains too (its MNIST CNN CE step 21.6 -> 10.4 ms).
 
   The first three are read when the CPU client starts, so they apply only if no
