@@ -5,6 +5,9 @@ top-k objective with k = 50, 100 signed steps):
   * rattr_jax `topk_attack` (one compiled `lax.scan`), batch 16 and 64;
   * the floor: ONE jitted gradient of the objective (the double backward through
     the surrogate) at the same batch, times the number of steps;
+  * the step floor: ONE jitted call of what every step of the loop (and of the
+    PyTorch loop) must compute, that gradient and the real model's label check
+    (a forward pass of the ReLU model), times the number of steps;
   * a plain PyTorch eager implementation of the same attack on the same
     weights (written here), in the same run, round-robin.
 Also an MLP (64-128-128-10 on 8x8 digits, batch 1 and 16) and the IG attack
@@ -61,6 +64,19 @@ def jax_floor(fn, sur, x, t, k, num_steps, reduce="abs_sum"):
     return jax.grad(lambda zz: jnp.sum(O.topk_objective(
         O.to_map(target_gradient(sur, zz, t), reduce, "sum_to_one"), mask)))(z)
   return lambda: one(x), num_steps
+
+
+def jax_step_floor(fn, sur, x, t, k, reduce="abs_sum"):
+  """One jitted call of a step's work: the objective's gradient and the label check."""
+  ref = O.to_map(target_gradient(fn, x, t), reduce, "sum_to_one")
+  mask = O.topk_mask(ref, k)
+
+  @jax.jit
+  def one(z):
+    g = jax.grad(lambda zz: jnp.sum(O.topk_objective(
+        O.to_map(target_gradient(sur, zz, t), reduce, "sum_to_one"), mask)))(z)
+    return g, jnp.argmax(fn(z), -1) == t
+  return lambda: one(x)
 
 
 # ---------------------------------------------------------------- torch ----
@@ -182,6 +198,8 @@ def main():
         row["speedup_vs_torch_one_chunk"] = med["torch_eager"] / med["rattr_jax_one_chunk"]
     if "floor" in med:
       row["loop_over_floor"] = med["rattr_jax"] / med["floor"]
+    if "step_floor" in med:
+      row["loop_over_step_floor"] = med["rattr_jax"] / med["step_floor"]
     results.append(row)
     print(json.dumps({k: v for k, v in row.items() if k != "raw_seconds"}), flush=True)
 
@@ -194,9 +212,11 @@ def main():
     x = jnp.asarray(x_np)
     t = jnp.argmax(fn(x), -1)
     floor_one, _ = jax_floor(fn, sur, x, t, K, num_steps)
+    step_one = jax_step_floor(fn, sur, x, t, K)
     cases = {"rattr_jax": jax_attack(fn, sur, gradient, x, t, num_steps, K),
-             "floor": lambda: [floor_one() for _ in range(num_steps)][-1]}
-    sync = {"rattr_jax": jsync, "floor": jsync}
+             "floor": lambda: [floor_one() for _ in range(num_steps)][-1],
+             "step_floor": lambda: [step_one() for _ in range(num_steps)][-1]}
+    sync = {"rattr_jax": jsync, "floor": jsync, "step_floor": jsync}
     if torch is not None:
       tf = torch_cnn(cnn)
       np.testing.assert_allclose(tf(torch.tensor(x_np), F.relu).numpy(), np.asarray(fn(x)),
