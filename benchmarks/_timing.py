@@ -1,11 +1,15 @@
 """Shared timing for the benchmarks: one warm-up call each, then round-robin repeats.
 
+Also `write_result`, the one way every benchmark writes its JSON.
+
 Round-robin (every repeat times each variant once, in turn) makes load from
 other processes hit all variants alike, so per-repeat ratios stay paired.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -65,3 +69,11 @@ def round_robin(fns: Mapping[str, Callable[[], object]], repeats: int, *,
 def medians(times: Mapping[str, list[float]]) -> dict[str, float]:
   """Median seconds per name."""
   return {n: statistics.median(v) for n, v in times.items()}
+
+
+def write_result(path: str, result: dict) -> None:
+  """Writes ``result`` to ``path`` as indented JSON (making its directory) and says so."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(result, f, indent=2)
+  print("wrote", path)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _timing import medians, round_robin
+from _timing import medians, round_robin, write_result
 from rattr_jax import attacks, models
 import rattr_jax  # noqa: E402
 rattr_jax.configure_cpu()  # inline CPU dispatch, as `rattr` does
@@ -284,10 +284,7 @@ def main():
                  "load_average": os.getloadavg()},
       "results": results,
   }
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(payload, f, indent=2)
-  print("wrote", args.out)
+  write_result(args.out, payload)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ Every variant is compiled first, then timed round-robin (paired per repeat).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -49,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rattr_jax  # noqa: E402
 
 rattr_jax.configure_cpu()
-from _timing import medians, round_robin  # noqa: E402
+from _timing import medians, round_robin, write_result  # noqa: E402
 
 from rattr_jax import models, training  # noqa: E402
 from rattr_jax.models import _activation, _conv, _layers  # noqa: E402  (the before/after switches)
@@ -186,10 +185,7 @@ def main():
                        "load_average_end": list(os.getloadavg())},
             "versions": {"jax": jax.__version__},
             "results": rows}
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
-  print("wrote", args.out)
+  write_result(args.out, result)
 
 
 if __name__ == "__main__":

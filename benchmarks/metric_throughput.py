@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _timing import medians, round_robin  # noqa: E402
+from _timing import medians, round_robin, write_result  # noqa: E402
 from rattr_jax import attribution, metrics, models  # noqa: E402
 import rattr_jax  # noqa: E402
 rattr_jax.configure_cpu()  # inline CPU dispatch, as `rattr` does
@@ -174,10 +174,7 @@ def main():
                  "load_average": os.getloadavg()},
       "results": results,
   }
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(payload, f, indent=2)
-  print("wrote", args.out)
+  write_result(args.out, payload)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import platform
 import resource
@@ -44,6 +43,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 from rattr_jax import models, training  # noqa: E402
+from _timing import write_result  # noqa: E402
 from training_cost import MODELS, method_configs, objective  # noqa: E402
 
 _M_TOP_PAD, _M_MMAP_THRESHOLD = -2, -3
@@ -133,10 +133,7 @@ def main():
                        "load_average_start": load_start,
                        "load_average_end": list(os.getloadavg())},
             "results": rows}
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
-  print("wrote", args.out)
+  write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -178,10 +178,8 @@ def main() -> None:
       "load_average_before": load_before, "load_average_after": os.getloadavg(),
       "results": results,
   }
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(payload, f, indent=2)
-  print(f"wrote {args.out}")
+  from _timing import write_result
+  write_result(args.out, payload)
 
 
 if __name__ == "__main__":

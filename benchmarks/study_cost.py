@@ -67,10 +67,8 @@ def main() -> None:
   payload = {"device": str(jax.devices()[0]), "backend": jax.default_backend(),
              "num_devices": jax.device_count(), "cpu_count": os.cpu_count(),
              "platform": platform.platform(), "jax": jax.__version__, "results": results}
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(payload, f, indent=2)
-  print(f"wrote {args.out}")
+  from _timing import write_result
+  write_result(args.out, payload)
 
 
 if __name__ == "__main__":

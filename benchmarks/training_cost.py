@@ -560,10 +560,8 @@ def main():
       "flag_effect": flag_effect,
   }
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", args.out)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(result, f, indent=2)
-  print("wrote", path)
+  from _timing import write_result
+  write_result(path, result)
   for name, r in default["models"].items():
     print(name, "cost vs CE:", {k: round(v, 2) for k, v in r["cost_vs_ce"].items()})
     print(name, "fused / single step:", {k: round(v, 2) for k, v in r["fused_over_single"].items()})

@@ -137,10 +137,8 @@ def main():
                        "platform": platform.platform(), "load_average_start": load_start,
                        "load_average_end": list(os.getloadavg())},
             "summary": summary, "runs": runs}
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
-  print("wrote", args.out)
+  from _timing import write_result
+  write_result(args.out, result)
 
 
 if __name__ == "__main__":
