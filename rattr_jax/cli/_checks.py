@@ -229,7 +229,9 @@ def out_dir(path: str, flag: str = "--out") -> str:
   # Every process of a multi-process job checks the same directory at the same time: a
   # directory that another process creates (or removes after its own probe) while this one
   # checks is a retry, not an error.
-  for attempt in range(3):
+  tries = 3
+  for attempt in range(tries):
+    retry = attempt < tries - 1
     base = _nearest_existing(path)
     if not os.path.isdir(base):
       raise CLIError(f"{flag} {path!r} lies under {base!r}, which is a file, not a directory.")
@@ -240,14 +242,14 @@ def out_dir(path: str, flag: str = "--out") -> str:
       _create_and_probe(path, base)
       return path
     except _ProbeError as e:
-      if e.errno == errno.ENOENT and attempt < 2:
+      if e.errno == errno.ENOENT and retry:
         continue
       raise CLIError(f"{flag} {path!r} is not writable ({e.strerror or e}).") from None
     except OSError as e:
-      if e.errno in (errno.ENOENT, errno.EEXIST) and attempt < 2:
+      if e.errno in (errno.ENOENT, errno.EEXIST) and retry:
         continue
       raise CLIError(f"{flag} {path!r} cannot be created ({e.strerror or e}).") from None
-  return path
+  raise AssertionError("unreachable: the last try returns or raises")
 
 
 class _ProbeError(OSError):
