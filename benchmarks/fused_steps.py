@@ -23,7 +23,12 @@ when a program is traced):
   into channels (``_conv.FEW_CHANNEL_FORWARD_BLOCK`` 4) against im2col / ``lax``
   (0), the four softplus methods;
 * the same two at batch 128, the max-pool's windows before the channels
-  (``_layers.WINDOW_AXIS`` -2) against after them (-1), the four softplus methods.
+  (``_layers.WINDOW_AXIS`` -2) against after them (-1), the four softplus methods;
+* the same two at batch 128, the max-pool's undifferentiated value as four corner
+  views compared elementwise (``_layers.POOL_FORWARD`` ``"pairs"``) against ``max``
+  over a window axis (``"windows"``): the model's forward (method ``forward``:
+  logits only, no training step; "fused" is a `lax.map` over the batches) and CE
+  (which never evaluates the undifferentiated value: a control).
 
 Every variant is compiled first, then timed round-robin (paired per repeat).
 
@@ -89,7 +94,39 @@ CASES = {
                         ("_layers", "POOL_VALUE_BY_SELECT"), (True, False)),
     "lenet_pool_select": ("lenet", (32, 32, 3), None, 128, _SOFTPLUS_METHODS,
                           ("_layers", "POOL_VALUE_BY_SELECT"), (True, False)),
+    "cnn_pool_forward": ("cnn", (28, 28, 1), None, 128, ("forward", "ce"),
+                         ("_layers", "POOL_FORWARD"), ("pairs", "windows")),
+    "lenet_pool_forward": ("lenet", (32, 32, 3), None, 128, ("forward", "ce"),
+                           ("_layers", "POOL_FORWARD"), ("pairs", "windows")),
 }
+
+
+def _forward_variant(m, x, batch, steps, switch, value):
+  """The model's undifferentiated forward (logits) per batch: jitted per batch, and `lax.map`-ped."""
+  fn = models.as_fn(m)
+  one = jax.jit(fn)
+  many = jax.jit(lambda xs: jax.lax.map(fn, xs))
+  xs = x.reshape(steps, batch, *x.shape[1:])
+  module, attr = _SWITCH_MODULES[switch[0]], switch[1]
+  old = getattr(module, attr)
+  setattr(module, attr, value)
+  try:
+    t0 = time.perf_counter()
+    jax.block_until_ready(one(x[:batch]))
+    compile_step = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    jax.block_until_ready(many(xs))
+    compile_run = time.perf_counter() - t0
+  finally:
+    setattr(module, attr, old)
+
+  def single():
+    return jax.block_until_ready([one(xs[i]) for i in range(steps)])
+
+  def fused():
+    return jax.block_until_ready(many(xs))
+
+  return single, fused, {"first_step_s": compile_step, "first_run_s": compile_run}
 
 
 def _variant(model_name, shape, widths, batch, steps, method, switch, value):
@@ -100,6 +137,8 @@ def _variant(model_name, shape, widths, batch, steps, method, switch, value):
   x = rng.random((steps * batch, *shape), dtype=np.float32)
   y = rng.integers(0, 10, steps * batch).astype(np.int32)
   idx = np.arange(steps * batch, dtype=np.int32).reshape(steps, batch)
+  if method == "forward":
+    return _forward_variant(m, x, batch, steps, switch, value)
   terms = training.resolve_terms(training.method_terms(method), m, x, y)
   ts = training.make_train_step(m, optax.adam(1e-3), terms)
   box = {"state": ts.init(0)}

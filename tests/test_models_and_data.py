@@ -210,6 +210,52 @@ def test_fast_conv_gradients_inside_scan_match_lax_float32(cin):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(b))))
 
 
+def _first_max_selection(x):
+  """numpy: ``P[b, i, j, c] -> (row, col)`` of each 2x2 window's FIRST maximum (row-major)."""
+  b, h, w, c = x.shape
+  win = x[:, :h - h % 2, :w - w % 2].reshape(b, h // 2, 2, w // 2, 2, c)
+  win = win.transpose(0, 1, 3, 5, 2, 4).reshape(b, h // 2, w // 2, c, 4)
+  k = win.argmax(-1)  # numpy's argmax: the first maximum
+  return 2 * np.arange(h // 2)[None, :, None, None] + k // 2, \
+      2 * np.arange(w // 2)[None, None, :, None] + k % 2
+
+
+@pytest.mark.parametrize("form", ["pairs", "windows"])
+@pytest.mark.parametrize("jit", [False, True])
+def test_max_pool2_value_gradient_and_hessian_follow_the_first_maximum(monkeypatch, form, jit):
+  # Value: lax.reduce_window's max (odd trailing row / column dropped), with either
+  # form of the undifferentiated value. Derivatives, to second order: the first
+  # maximum of each window in row-major order takes the whole derivative (PyTorch's
+  # rule), on integer inputs where many windows tie.
+  from rattr_jax.models import _layers
+  monkeypatch.setattr(_layers, "POOL_FORWARD", form)
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 3, (2, 7, 9, 3)).astype(np.float32)
+  pool = jax.jit(models.max_pool2) if jit else models.max_pool2
+  ref = jax.lax.reduce_window(jnp.asarray(x), -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+                              "VALID")
+  np.testing.assert_array_equal(pool(jnp.asarray(x)), ref)
+  nan = x.copy()
+  nan[0, 0, 1, 0] = np.nan
+  assert np.isnan(pool(jnp.asarray(nan))[0, 0, 0, 0])
+  rows, cols = _first_max_selection(x)
+  bi, ci = np.arange(2)[:, None, None, None], np.arange(3)[None, None, None, :]
+  c = rng.normal(size=ref.shape).astype(np.float32)
+  want = np.zeros_like(x)
+  want[bi, rows, cols, ci] = c
+  g = jax.grad(lambda v: jnp.sum(c * pool(v)))(jnp.asarray(x))
+  np.testing.assert_array_equal(g, want)
+  t = rng.normal(size=x.shape).astype(np.float32)
+  _, tout = jax.jvp(pool, (jnp.asarray(x),), (jnp.asarray(t),))
+  np.testing.assert_array_equal(tout, t[bi, rows, cols, ci])
+  # Hessian-vector product of sum(c * pool(v)^2): 2 c at the selected element, times t there.
+  hvp = jax.jvp(jax.grad(lambda v: jnp.sum(c * pool(v) ** 2)), (jnp.asarray(x),),
+                (jnp.asarray(t),))[1]
+  want_h = np.zeros_like(x)
+  want_h[bi, rows, cols, ci] = 2 * c * t[bi, rows, cols, ci]
+  np.testing.assert_allclose(hvp, want_h, rtol=1e-6, atol=1e-6)
+
+
 def test_zoo_shapes_and_surrogate():
   x = jax.random.uniform(jax.random.key(2), (3, 28, 28, 1))
   for name in ("mlp", "cnn"):

@@ -38,10 +38,24 @@ class Conv2D(nnx.Module):
     return y
 
 
-#: Where `_windows` puts the window axis: ``-2`` (``[B, H2, W2, 4, C]``, channels
-#: stay the contiguous minor axis, so the pool and its derivative vectorize over
-#: them and its transposes move whole channel rows) or ``-1`` (``[B, H2, W2, C,
-#: 4]``, the layout before; for `benchmarks/fused_steps.py`). Read when traced.
+#: How the pool's value is computed where it is not differentiated (evaluation,
+#: attack loops' label checks, metrics): ``"pairs"`` (the four corners of each
+#: window as ``[B, H2, W2, C]`` views of one reshape, `_pairs`, and three
+#: elementwise maxima: the activation before the pool fuses into one plain loop)
+#: or ``"windows"`` (``max`` over `_windows`' window axis; the form before, for
+#: `benchmarks/fused_steps.py`). With ``"windows"`` XLA:CPU fused the softplus
+#: into the reduction and emitted it slowly: the MNIST CNN's first layer
+#: (convolution, bias, softplus-3, pool) at batch 128, 3.5 against 1.0 ms alone;
+#: its whole forward 6.0 against 4.3 ms. The derivative rule keeps the window
+#: axis: the corner views' transposes (pads) made gradient-alignment and PGD-AT
+#: steps 0.83-0.90x. Read when traced.
+POOL_FORWARD = "pairs"
+#: Where `_windows` puts the window axis (the derivative rule's, and the value's
+#: with ``POOL_FORWARD="windows"``): ``-2``
+#: (``[B, H2, W2, 4, C]``, channels stay the contiguous minor axis, so the pool
+#: and its derivative vectorize over them and its transposes move whole channel
+#: rows) or ``-1`` (``[B, H2, W2, C, 4]``, the layout before; for
+#: `benchmarks/fused_steps.py`). Read when traced.
 WINDOW_AXIS = -2
 #: Whether the pool's value in its derivative rule is the window's element at the
 #: argmax picked by a select and a 4-term sum (``True``) or by `take_along_axis`
@@ -61,9 +75,24 @@ def _windows(x):
   return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2, w // 2, 4, c)
 
 
+def _pairs(x):
+  """``[B, 2 H2, 2 W2, C]`` -> the four ``[B, H2, W2, C]`` corners of each window, row-major.
+
+  One reshape (a bitcast) to ``[B, H2, 2, W2, 2 C]``: the window's rows are axis
+  2, its two columns the halves of the channel axis.
+  """
+  b, h, w, c = x.shape
+  r = x.reshape(b, h // 2, 2, w // 2, 2 * c)
+  top, bottom = r[:, :, 0], r[:, :, 1]
+  return top[..., :c], top[..., c:], bottom[..., :c], bottom[..., c:]
+
+
 @jax.custom_jvp
 def _max4(x):
   """Max over each 2x2 window of ``[B, 2 H2, 2 W2, C]``."""
+  if POOL_FORWARD == "pairs":
+    a, b, c, d = _pairs(x)
+    return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
   return jnp.max(_windows(x), WINDOW_AXIS)
 
 
@@ -71,12 +100,12 @@ def _max4(x):
 def _max4_jvp(primals, tangents):
   # PyTorch's tie rule: the derivative is that of the FIRST maximum of the
   # window in row-major order (jnp.max would split it evenly between ties).
+  (x,), (t,) = primals, tangents
   # One argmax per window, and the tangent picked by that index: an earlier
   # form compared each of the four positions with the max, and XLA fused the
   # (recomputed) activation into every comparison: softplus + pool backward
   # on the MNIST CNN's first layer at batch 128 took 13.6 ms, now 6.8 ms
   # (README, "Training steps against plain PyTorch").
-  (x,), (t,) = primals, tangents
   ax = WINDOW_AXIS
   r = _windows(x)
   i = jnp.expand_dims(jnp.argmax(r, ax), ax)
