@@ -1,6 +1,7 @@
 """Shared timing for the benchmarks: one warm-up call each, then round-robin repeats.
 
-Also `write_result`, the one way every benchmark writes its JSON.
+Also `write_result`, the one way every benchmark writes its JSON, and
+`device_info`, the one "device" block they record.
 
 Round-robin (every repeat times each variant once, in turn) makes load from
 other processes hit all variants alike, so per-repeat ratios stay paired.
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping
 
@@ -77,3 +80,24 @@ def write_result(path: str, result: dict) -> None:
   with open(path, "w") as f:
     json.dump(result, f, indent=2)
   print("wrote", path)
+
+
+def device_info(**extra) -> dict:
+  """The machine a result was measured on: JAX devices and version, the peer's
+  version (``torch``: ``None`` without the ``bench`` extra), CPU count, platform,
+  Python and the load average now (``extra`` entries are added as given)."""
+  info = {"jax_devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
+          "cpu_count": os.cpu_count(), "platform": platform.platform(),
+          "python": sys.version.split()[0]}
+  try:
+    import torch
+    info["torch"] = torch.__version__
+    info["torch_threads"] = torch.get_num_threads()
+  except ImportError:  # pragma: no cover - the bench extra is optional
+    info["torch"] = None
+  try:
+    info["load_average"] = list(os.getloadavg())
+  except OSError:  # pragma: no cover - not on every platform
+    info["load_average"] = None
+  info.update(extra)
+  return info
