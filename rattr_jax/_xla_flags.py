@@ -27,21 +27,34 @@ HEAP_MMAP_THRESHOLD = 32 * 2**20
 _M_TOP_PAD, _M_MMAP_THRESHOLD = -2, -3  # glibc's <malloc.h>
 
 
+def _glibc_mallopt():
+  """glibc's ``mallopt`` (argument and result types set), or ``None`` off Linux / glibc."""
+  if not sys.platform.startswith("linux"):
+    return None
+  try:
+    libc = ctypes.CDLL(None)
+    libc.gnu_get_libc_version  # glibc only (musl's mallopt does nothing)
+    mallopt = libc.mallopt
+  except (OSError, AttributeError):
+    return None
+  mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+  return mallopt
+
+
+def heap_settings_supported() -> bool:
+  """Whether `retain_heap` can apply here (Linux with glibc); changes nothing."""
+  return _glibc_mallopt() is not None
+
+
 def retain_heap(top_pad: int = HEAP_TOP_PAD, mmap_threshold: int = HEAP_MMAP_THRESHOLD) -> bool:
   """``mallopt`` the heap pad and ``mmap`` threshold on Linux with glibc; whether both applied.
 
   Process-wide and immediate (they apply to later ``malloc``/``free`` calls); a no-op
   returning ``False`` on other platforms or C libraries.
   """
-  if not sys.platform.startswith("linux"):
+  mallopt = _glibc_mallopt()
+  if mallopt is None:
     return False
-  try:
-    libc = ctypes.CDLL(None)
-    libc.gnu_get_libc_version  # glibc only (musl's mallopt does nothing)
-    mallopt = libc.mallopt
-  except (OSError, AttributeError):
-    return False
-  mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
   return bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) & bool(
       mallopt(_M_TOP_PAD, int(top_pad)))
 

@@ -417,7 +417,7 @@ def test_import_changes_no_jax_setting_and_configure_cpu_is_explicit(setting):
   assert out[-1] == f"{setting != 'configure'} {flags}", out
   if setting != "import_only":
     # the heap pad is a C-library setting, applied at any time, unless opted out
-    pad = setting != "opt_out" and rattr_jax._xla_flags.retain_heap()
+    pad = setting != "opt_out" and rattr_jax._xla_flags.heap_settings_supported()
     assert out[0] == str({"inline_dispatch": setting == "configure",
                           "eigen_convolutions": inline, "channel_vectorization": inline,
                           "retain_heap": pad}), out
@@ -453,7 +453,7 @@ mmapped = libc.mallinfo2().hblkhd >= n
 libc.free(p)
 print(mmapped, libc.mallinfo2().arena - before >= n)
 """
-  if not rattr_jax._xla_flags.retain_heap():
+  if not rattr_jax._xla_flags.heap_settings_supported():
     pytest.skip("not Linux with glibc")
   env = {k: v for k, v in os.environ.items() if k != "RATTR_JAX_NO_XLA_FLAGS"}
   out = {}
