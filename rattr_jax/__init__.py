@@ -143,11 +143,14 @@ def enable_compilation_cache(path: str, *, min_compile_time_secs: float = 0.5,
 
 
 def _backend_started() -> bool:
-  try:
-    from jax._src import xla_bridge as _xb
-    return bool(getattr(_xb, "_backends", None))
-  except Exception:  # pragma: no cover - private API moved
-    return False
+  """Whether a JAX backend has been obtained in this process (its flags are then fixed).
+
+  Public API only: every computation, ``jax.devices()`` and ``jax.default_backend()``
+  go through `jax.extend.backend.get_backend`, which caches the backends it returns.
+  """
+  from jax.extend import backend as _backend
+  info = getattr(_backend.get_backend, "cache_info", None)
+  return bool(info is not None and info().currsize)
 
 
 # Subpackages are imported on first use (``rattr_jax.metrics``, ``from rattr_jax import
