@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import rattr_jax
@@ -37,6 +36,7 @@ from rattr_jax import attacks, maps, metrics, models  # noqa: E402
 from rattr_jax._quicktrain import accuracy, fit  # noqa: E402
 from rattr_jax.attribution import gradient  # noqa: E402
 from rattr_jax.data import load_dataset  # noqa: E402
+from _timing import device_info  # noqa: E402
 
 ATTACKS = {"random_sign": attacks.random_sign_attack, "topk": attacks.topk_attack,
            "mass_center": attacks.mass_center_attack}
@@ -116,9 +116,7 @@ def main(argv=None):
     else:
       results.append(evaluate(*setup, epsilons, args.num_images, args.num_steps, 10.0))
   out = {"benchmark": "attack_strength", "quick": args.quick,
-         "device": {"jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
-                    "platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "load_average": os.getloadavg()},
+         "device": device_info(),
          "settings": {"step_size_255": 0.5, "maps": "gradient, abs-sum over channels, sum to 1",
                       "metrics": "on the real (ReLU) model's maps; means over images"},
          "results": results, "seconds": time.perf_counter() - t_all}

@@ -22,13 +22,12 @@ import argparse
 import functools
 import json
 import os
-import platform
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _timing import medians, round_robin, write_result
+from _timing import device_info, medians, round_robin, write_result
 from rattr_jax import attacks, models
 import rattr_jax  # noqa: E402
 rattr_jax.configure_cpu()  # inline CPU dispatch, as `rattr` does
@@ -277,11 +276,7 @@ def main():
                          "20 (one chunk, no remat)",
                    "note": "round-robin in one process, ratios paired within the run; "
                            "device.load_average shows whether the machine was shared"},
-      "device": {"jax_devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
-                 "torch": None if torch is None else torch.__version__,
-                 "torch_threads": None if torch is None else torch.get_num_threads(),
-                 "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                 "load_average": os.getloadavg()},
+      "device": device_info(),
       "results": results,
   }
   write_result(args.out, payload)

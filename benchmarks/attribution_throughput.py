@@ -259,14 +259,10 @@ def run(args) -> dict:
                     "captum_time / ours_time (>1: rattr_jax faster)",
           "model_init": "random (seed 0), relu, 10 classes; inputs uniform in [0, 1]",
       },
-      "device": {
-          "jax_devices": [str(d) for d in jax.devices()],
-          "jax_backend": jax.default_backend(),
-          "cpu_count": os.cpu_count(),
-          "platform": platform.platform(),
-          "processor": platform.processor() or platform.machine(),
-          "load_average_at_end": list(os.getloadavg()),
-      },
+      "device": _timing.device_info(
+          jax_backend=jax.default_backend(),
+          processor=platform.processor() or platform.machine(),
+          load_average_at_end=list(os.getloadavg())),
       "versions": {
           "python": platform.python_version(), "jax": jax.__version__,
           "jaxlib": getattr(__import__("jaxlib"), "__version__", None),

@@ -43,6 +43,7 @@ import rattr_jax  # noqa: E402
 rattr_jax.configure_cpu()  # inline CPU dispatch, as `rattr` does
 from rattr_jax.attribution import _gradient  # noqa: E402
 from rattr_jax.curvature import _hvp, _spectrum  # noqa: E402
+from _timing import device_info  # noqa: E402
 
 BATCH = 16
 BETA = 10.0
@@ -213,20 +214,13 @@ def main():
   if args.repeats is None:
     args.repeats = 3 if args.quick else 15
   results = run(args)
-  try:
-    import torch
-    torch_version = torch.__version__
-  except ImportError:
-    torch_version = None
   out = {
       "benchmark": "curvature_cost",
       "settings": {"batch": BATCH, "activation": f"softplus:{BETA}", "dtype": "float32",
                    "lanczos": {"k": 5, "num_iters": 20}, "repeats": args.repeats,
                    "quick": args.quick, "timing": "round-robin, median of repeats, jitted cores",
                    "weights": "random init (seed 0); timings do not depend on training"},
-      "device": {"jax_devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
-                 "torch": torch_version, "cpu_count": os.cpu_count(),
-                 "platform": platform.platform(), "processor": platform.processor()},
+      "device": device_info(processor=platform.processor()),
       "results": results,
   }
   Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -46,6 +45,7 @@ import rattr_jax  # noqa: E402
 rattr_jax.configure_cpu()  # inline CPU dispatch, as `rattr` does
 from rattr_jax import attribution as A
 from rattr_jax.testing import trained_mnist_cnn
+from _timing import device_info
 
 METHODS = ("gradient", "smoothgrad", "integrated_gradients")
 ATTACKS = ("topk", "targeted", "mass_center")
@@ -53,21 +53,6 @@ ATTACKS = ("topk", "targeted", "mass_center")
 
 def post(attr):
   return maps.saliency_map(attr, reduce="max_abs", normalize="winsorize")
-
-
-def device_info():
-  info = {"jax_devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
-          "cpu_count": os.cpu_count(), "platform": platform.platform()}
-  try:
-    import torch
-    info["torch"] = torch.__version__
-  except ImportError:  # pragma: no cover
-    info["torch"] = None
-  try:
-    info["load_average"] = list(os.getloadavg())
-  except OSError:  # pragma: no cover
-    pass
-  return info
 
 
 def block(tree):

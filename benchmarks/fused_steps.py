@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -53,7 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rattr_jax  # noqa: E402
 
 rattr_jax.configure_cpu()
-from _timing import medians, round_robin, write_result  # noqa: E402
+from _timing import device_info, medians, round_robin, write_result  # noqa: E402
 
 from rattr_jax import models, training  # noqa: E402
 from rattr_jax.models import _activation, _conv, _layers  # noqa: E402  (the before/after switches)
@@ -218,10 +217,8 @@ def main():
                          "optimizer": "adam 1e-3", "timing": "round-robin per repeat, medians "
                          "per step; fused = one TrainStep.run of `steps` steps; speedup = "
                          "before / after per repeat"},
-            "device": {"jax_devices": [str(d) for d in jax.devices()],
-                       "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                       "load_average_start": load_start,
-                       "load_average_end": list(os.getloadavg())},
+            "device": device_info(load_average_start=load_start,
+                                  load_average_end=list(os.getloadavg())),
             "versions": {"jax": jax.__version__},
             "results": rows}
   write_result(args.out, result)

@@ -25,7 +25,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import sys
 import warnings
 
@@ -35,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _timing import medians, round_robin, write_result  # noqa: E402
+from _timing import device_info, medians, round_robin, write_result  # noqa: E402
 from rattr_jax import attribution, metrics, models  # noqa: E402
 import rattr_jax  # noqa: E402
 rattr_jax.configure_cpu()  # inline CPU dispatch, as `rattr` does
@@ -166,12 +165,7 @@ def main():
   payload = {
       "benchmark": "metric_throughput",
       "quick": args.quick, "repeats": repeats, "explanation": "gradient of the target logit",
-      "device": {"jax_devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
-                 "torch": None if torch is None else torch.__version__,
-                 "quantus": None if quantus is None else quantus.__version__,
-                 "torch_threads": None if torch is None else torch.get_num_threads(),
-                 "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                 "load_average": os.getloadavg()},
+      "device": device_info(quantus=None if quantus is None else quantus.__version__),
       "results": results,
   }
   write_result(args.out, payload)

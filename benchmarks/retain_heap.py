@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -43,7 +42,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 from rattr_jax import models, training  # noqa: E402
-from _timing import write_result  # noqa: E402
+from _timing import device_info, write_result  # noqa: E402
 from training_cost import MODELS, method_configs, objective  # noqa: E402
 
 _M_TOP_PAD, _M_MMAP_THRESHOLD = -2, -3
@@ -128,10 +127,8 @@ def main():
                          "timing": "one process; settings alternate per repeat; one untimed "
                                    "call then one timed call each; ratio = off / on "
                                    "(> 1: retaining the heap helps)"},
-            "device": {"jax": jax.__version__, "jax_devices": [str(d) for d in jax.devices()],
-                       "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                       "load_average_start": load_start,
-                       "load_average_end": list(os.getloadavg())},
+            "device": device_info(load_average_start=load_start,
+                                  load_average_end=list(os.getloadavg())),
             "results": rows}
   write_result(args.out, result)
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -162,6 +161,7 @@ def main() -> None:
   for r in results.values():
     r["attack_relative_to_1p1d"] = r["attack_examples_per_s"] / base["attack_examples_per_s"]
     r["train_relative_to_1p1d"] = r["train_examples_per_s"] / base["train_examples_per_s"]
+  from _timing import device_info, write_result
   payload = {
       "benchmark": "scaling",
       "note": ("All configurations share the same 2 CPU cores: this measures the overhead of "
@@ -173,12 +173,10 @@ def main() -> None:
                    "training": f"CE + Adam, global batch {args.train_batch}, "
                                f"{args.train_steps} fused steps per call",
                    "repeats": args.repeats, "statistic": "median"},
-      "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                  "python": platform.python_version()},
+      "device": device_info(),
       "load_average_before": load_before, "load_average_after": os.getloadavg(),
       "results": results,
   }
-  from _timing import write_result
   write_result(args.out, payload)
 
 

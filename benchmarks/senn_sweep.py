@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import time
 
 import jax
@@ -37,21 +35,10 @@ import rattr_jax  # noqa: E402
 rattr_jax.configure_cpu()  # inline CPU dispatch, as `rattr` does
 from rattr_jax.senn import _report as R
 from rattr_jax.senn import senn_preset
+from _timing import device_info
 
 LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def device_info():
-  info = {"jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
-          "platform": platform.platform(), "python": sys.version.split()[0],
-          "cpu_count": os.cpu_count()}
-  try:
-    import torch
-    info["torch"] = torch.__version__
-  except ImportError:
-    info["torch"] = None
-  return info
 
 
 def run_dataset(name, cfg, settings, lambdas, key, blackbox_epochs, max_train=None):

@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import tempfile
 import time
 
@@ -64,10 +63,10 @@ def main() -> None:
                     "units": man.get("units"), "load": man.get("load"),
                     "devices": man.get("devices"), "created": man.get("created")})
     print(json.dumps(results[-1], indent=2))
-  payload = {"device": str(jax.devices()[0]), "backend": jax.default_backend(),
-             "num_devices": jax.device_count(), "cpu_count": os.cpu_count(),
-             "platform": platform.platform(), "jax": jax.__version__, "results": results}
-  from _timing import write_result
+  from _timing import device_info, write_result
+  payload = {"device": device_info(backend=jax.default_backend(),
+                                   num_devices=jax.device_count()),
+             "results": results}
   write_result(args.out, payload)
 
 

@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -527,12 +526,7 @@ def main():
   if args.with_flag:
     flagged = run_child(True, ["--methods", "ce,gradient_alignment", "--many", ""])
 
-  import jax
-  try:
-    import torch
-    torch_version = torch.__version__
-  except ImportError:  # pragma: no cover
-    torch_version = None
+  from _timing import device_info, write_result
   flag_effect = {}
   if flagged is not None:
     for name in default["models"]:
@@ -550,17 +544,14 @@ def main():
                    "xla_flag_compared": args.flag if args.with_flag else None,
                    "note": "each setting in its own process; round-robin within a process; "
                            "machine shared with other jobs (see load averages)"},
-      "device": {"jax_devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
-                 "torch": torch_version, "torch_threads": 2, "cpu_count": os.cpu_count(),
-                 "platform": platform.platform(), "load_average_start": load_start,
-                 "load_average_end": list(os.getloadavg())},
+      "device": device_info(torch_threads=2, load_average_start=load_start,
+                            load_average_end=list(os.getloadavg())),
       "rattr_train_epoch": epoch,
       "default": default,
       "flag_on": flagged,
       "flag_effect": flag_effect,
   }
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", args.out)
-  from _timing import write_result
   write_result(path, result)
   for name, r in default["models"].items():
     print(name, "cost vs CE:", {k: round(v, 2) for k, v in r["cost_vs_ce"].items()})

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -125,7 +124,7 @@ def main():
                                      "median_ratio": round(float(np.median(ratios)), 3)}
     summary[key] = row
     print(key, {k: v["median_ratio"] for k, v in row.items()})
-  import jax
+  from _timing import device_info, write_result
   result = {"benchmark": "xla_flags",
             "settings": {"flag": args.flag, "models": args.models, "methods": args.methods,
                          "batch": args.batch, "steps": args.steps, "repeats": args.repeats,
@@ -133,11 +132,9 @@ def main():
                          "optimizer": "adam 1e-3",
                          "timing": "each setting in its own process, processes alternating; "
                                    "per step; ratio = without / with (> 1: the flag helps)"},
-            "device": {"jax": jax.__version__, "cpu_count": os.cpu_count(),
-                       "platform": platform.platform(), "load_average_start": load_start,
-                       "load_average_end": list(os.getloadavg())},
+            "device": device_info(load_average_start=load_start,
+                                  load_average_end=list(os.getloadavg())),
             "summary": summary, "runs": runs}
-  from _timing import write_result
   write_result(args.out, result)
 
 
