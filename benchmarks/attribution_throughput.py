@@ -32,7 +32,11 @@ untimed calls of a variant right before each of its timed calls, and
 go idle, so each timed call starts cold; measured, that made Captum 3x slower
 on the MLP, so it is not a fair default. Both default to 0 (plain
 round-robin). Small-call ratios (MLP, batch 1) vary by +-30% between runs of
-the same code.
+the same code. On 2026-12-05 eight rows (CNN and LeNet, gradient and IG, batch 1
+and 16) were timed in three regimes, plain, ``--rewarm 3`` and ``--settle 0.05
+--rewarm 1`` (each call as in a loop of itself): ratios moved by up to 0.5 between
+regimes, none favoured either side consistently (`results/attribution_throughput_settle.json`
+is a full run of the last).
 
 Usage:
   python benchmarks/attribution_throughput.py            # full run (~10 min on 2 cores)

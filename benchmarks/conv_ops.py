@@ -16,7 +16,12 @@ PyTorch, its native layout) it times, round-robin in one process:
   ``torch.autograd.grad(y, conv.weight, g)``.
 
 ``torch_over_jax`` holds the paired per-repeat ratios (> 1: ours faster).
-Each timed call follows one untimed call of itself (``rewarm``), as in a loop.
+Each timed call follows a pause (``--settle``, 50 ms) and one untimed call of
+itself (``rewarm``), so that it runs as in a loop of itself: without the pause a
+millisecond-long JAX call right after a PyTorch one shared the two cores with
+PyTorch's OpenMP threads, which keep spinning after their work (CIFAR LeNet conv3
+forward 5.95 ms after PyTorch's weight gradient, 3.01 ms without PyTorch in the
+process; MNIST CNN conv1 forward 1.09 against 0.62 ms).
 
 Usage: python benchmarks/conv_ops.py [--quick] [--repeats N] [--out PATH]
 """
@@ -43,8 +48,10 @@ BATCH = 128
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--quick", action="store_true", help="3 repeats")
-  p.add_argument("--repeats", type=int, default=9)
+  p.add_argument("--repeats", type=int, default=25)
   p.add_argument("--layers", default=",".join(LAYERS))
+  p.add_argument("--settle", type=float, default=0.05,
+                 help="seconds of sleep before each variant's untimed + timed call (0: none)")
   p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                "results", "conv_ops.json"))
   args = p.parse_args()
@@ -105,7 +112,7 @@ def main():
                 fns["torch:weight_grad"]()[0].numpy().transpose(2, 3, 1, 0))
       check = {key: float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-30))
                for key, a, b in zip(("forward", "input_grad", "weight_grad"), ours, theirs)}
-    times, _ = round_robin(fns, repeats, sync=sync, warmup=2, rewarm=1)
+    times, _ = round_robin(fns, repeats, sync=sync, warmup=2, rewarm=1, settle=args.settle)
     med = medians(times)
     row = {"layer": name, "spatial": hw, "in_channels": cin, "out_channels": cout,
            "kernel": k, "batch": BATCH, "median_ms": {n: 1e3 * v for n, v in med.items()},
@@ -124,7 +131,8 @@ def main():
             "settings": {"repeats": repeats, "batch": BATCH, "dtype": "float32",
                          "padding": "SAME", "configure_cpu": settings,
                          "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                         "timing": "round-robin in one process, warmup 2, rewarm 1; "
+                         "settle_s": args.settle,
+                         "timing": "round-robin in one process, warmup 2, settle, rewarm 1; "
                                    "torch_over_jax paired per repeat (> 1: rattr_jax faster)"},
             "device": device_info(load_average_start=load_start),
             "results": rows}
