@@ -100,32 +100,37 @@ CASES = {
 }
 
 
+def _first_calls(switch, value, first_step, first_run):
+  """Seconds of the first (tracing + compiling) call of ``first_step`` and ``first_run``,
+  both made with ``<module>.<name> = value`` (the switch is read when a program is traced)."""
+  module, attr = _SWITCH_MODULES[switch[0]], switch[1]
+  old = getattr(module, attr)
+  setattr(module, attr, value)
+  try:
+    seconds = {}
+    for key, call in (("first_step_s", first_step), ("first_run_s", first_run)):
+      t0 = time.perf_counter()
+      jax.block_until_ready(call())
+      seconds[key] = time.perf_counter() - t0
+    return seconds
+  finally:
+    setattr(module, attr, old)
+
+
 def _forward_variant(m, x, batch, steps, switch, value):
   """The model's undifferentiated forward (logits) per batch: jitted per batch, and `lax.map`-ped."""
   fn = models.as_fn(m)
   one = jax.jit(fn)
   many = jax.jit(lambda xs: jax.lax.map(fn, xs))
   xs = x.reshape(steps, batch, *x.shape[1:])
-  module, attr = _SWITCH_MODULES[switch[0]], switch[1]
-  old = getattr(module, attr)
-  setattr(module, attr, value)
-  try:
-    t0 = time.perf_counter()
-    jax.block_until_ready(one(x[:batch]))
-    compile_step = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    jax.block_until_ready(many(xs))
-    compile_run = time.perf_counter() - t0
-  finally:
-    setattr(module, attr, old)
 
   def single():
-    return jax.block_until_ready([one(xs[i]) for i in range(steps)])
+    return [one(xs[i]) for i in range(steps)]
 
   def fused():
-    return jax.block_until_ready(many(xs))
+    return many(xs)
 
-  return single, fused, {"first_step_s": compile_step, "first_run_s": compile_run}
+  return single, fused, _first_calls(switch, value, lambda: one(x[:batch]), fused)
 
 
 def _variant(model_name, shape, widths, batch, steps, method, switch, value):
@@ -141,20 +146,16 @@ def _variant(model_name, shape, widths, batch, steps, method, switch, value):
   terms = training.resolve_terms(training.method_terms(method), m, x, y)
   ts = training.make_train_step(m, optax.adam(1e-3), terms)
   box = {"state": ts.init(0)}
-  module, attr = _SWITCH_MODULES[switch[0]], switch[1]
-  old = getattr(module, attr)
-  setattr(module, attr, value)
-  try:
-    t0 = time.perf_counter()
+
+  def first_step():
     box["state"], *_ = ts.step(box["state"], x[:batch], y[:batch])
-    jax.block_until_ready(box["state"])
-    compile_step = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    return box["state"]
+
+  def first_run():
     box["state"], *_ = ts.run(box["state"], x, y, idx)
-    jax.block_until_ready(box["state"])
-    compile_run = time.perf_counter() - t0
-  finally:
-    setattr(module, attr, old)
+    return box["state"]
+
+  first = _first_calls(switch, value, first_step, first_run)
 
   def single():
     for i in range(steps):
@@ -162,11 +163,7 @@ def _variant(model_name, shape, widths, batch, steps, method, switch, value):
                                  y[i * batch:(i + 1) * batch])
     return box["state"]
 
-  def fused():
-    box["state"], *_ = ts.run(box["state"], x, y, idx)
-    return box["state"]
-
-  return single, fused, {"first_step_s": compile_step, "first_run_s": compile_run}
+  return single, first_run, first
 
 
 def main():
