@@ -40,6 +40,7 @@ Every variant is compiled first, then timed round-robin (paired per repeat).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -56,6 +57,7 @@ from _timing import device_info, medians, round_robin, write_result  # noqa: E40
 
 from rattr_jax import models, training  # noqa: E402
 from rattr_jax.models import _activation, _conv, _layers  # noqa: E402  (the before/after switches)
+from rattr_jax.regularizers import _hessian_norm  # noqa: E402
 
 _SWITCH_MODULES = {"_conv": _conv, "_activation": _activation, "_layers": _layers}
 _SOFTPLUS_METHODS = ("ce", "gradient_alignment", "hessian_norm", "pgd")
@@ -93,6 +95,11 @@ CASES = {
                         ("_layers", "POOL_VALUE_BY_SELECT"), (True, False)),
     "lenet_pool_select": ("lenet", (32, 32, 3), None, 128, _SOFTPLUS_METHODS,
                           ("_layers", "POOL_VALUE_BY_SELECT"), (True, False)),
+    "cnn_ad_rules": ("cnn", (28, 28, 1), None, 128, _SOFTPLUS_METHODS + ("activation_sensitivity",),
+                     ("_conv", "AD_RULES"), ("primitive", "custom_vjp")),
+    "lenet_ad_rules": ("lenet", (32, 32, 3), None, 128,
+                       _SOFTPLUS_METHODS + ("activation_sensitivity",),
+                       ("_conv", "AD_RULES"), ("primitive", "custom_vjp")),
     "cnn_pool_forward": ("cnn", (28, 28, 1), None, 128, ("forward", "ce"),
                          ("_layers", "POOL_FORWARD"), ("pairs", "windows")),
     "lenet_pool_forward": ("lenet", (32, 32, 3), None, 128, ("forward", "ce"),
@@ -100,21 +107,30 @@ CASES = {
 }
 
 
-def _first_calls(switch, value, first_step, first_run):
-  """Seconds of the first (tracing + compiling) call of ``first_step`` and ``first_run``,
-  both made with ``<module>.<name> = value`` (the switch is read when a program is traced)."""
+@contextlib.contextmanager
+def _switched(switch, value):
+  """``<module>.<name> = value`` inside the block (the switches are read when a program is traced)."""
   module, attr = _SWITCH_MODULES[switch[0]], switch[1]
   old = getattr(module, attr)
   setattr(module, attr, value)
+  _hessian_norm._MODE_CACHE.clear()  # the HVP mode probe's answer may depend on the switch
   try:
+    yield
+  finally:
+    setattr(module, attr, old)
+    _hessian_norm._MODE_CACHE.clear()
+
+
+def _first_calls(switch, value, first_step, first_run):
+  """Seconds of the first (tracing + compiling) call of ``first_step`` and ``first_run``,
+  both made with ``<module>.<name> = value``."""
+  with _switched(switch, value):
     seconds = {}
     for key, call in (("first_step_s", first_step), ("first_run_s", first_run)):
       t0 = time.perf_counter()
       jax.block_until_ready(call())
       seconds[key] = time.perf_counter() - t0
     return seconds
-  finally:
-    setattr(module, attr, old)
 
 
 def _forward_variant(m, x, batch, steps, switch, value):
@@ -143,7 +159,8 @@ def _variant(model_name, shape, widths, batch, steps, method, switch, value):
   idx = np.arange(steps * batch, dtype=np.int32).reshape(steps, batch)
   if method == "forward":
     return _forward_variant(m, x, batch, steps, switch, value)
-  terms = training.resolve_terms(training.method_terms(method), m, x, y)
+  with _switched(switch, value):  # terms may probe the model (e.g. the HVP mode)
+    terms = training.resolve_terms(training.method_terms(method), m, x, y)
   ts = training.make_train_step(m, optax.adam(1e-3), terms)
   box = {"state": ts.init(0)}
 

@@ -150,19 +150,31 @@ def test_hvp_cnn_matches_dense_hessian_all_modes(x64, cnn_setup):
   ref = np.einsum("bij,bj->bi", dense, v.reshape(3, -1)).reshape(x.shape)
   assert np.abs(ref).max() > 1e-3  # a genuinely curved function
   np.testing.assert_allclose(C.hvp(lax_, x, t, v, mode=FWD), ref, atol=1e-10)
-  # The fast conv is a custom_vjp: "auto" falls back to reverse over reverse.
-  np.testing.assert_allclose(C.hvp(fast, x, t, v), ref, atol=1e-10)
+  # The fast conv is a primitive with its own JVP and transposes: both modes, "auto" too.
+  for mode in ("auto", FWD, REV):
+    np.testing.assert_allclose(C.hvp(fast, x, t, v, mode=mode), ref, atol=1e-10, err_msg=mode)
 
 
 def test_forward_mode_detection_and_error(nets):
   m = nets[0]
   x = jnp.zeros((2, 8, 8, 1))
-  assert not C.supports_forward_mode(models.as_fn(m), x)
+  # Both convolutions have forward mode (the fast one is a primitive with a JVP).
+  assert C.supports_forward_mode(models.as_fn(m), x)
   assert C.supports_forward_mode(models.as_fn(m, conv_impl="lax"), x)
-  assert _hvp.resolve_mode("auto", models.as_fn(m), x) == REV
+  assert _hvp.resolve_mode("auto", models.as_fn(m), x) == FWD
   assert _hvp.resolve_mode("auto", models.as_fn(m, conv_impl="lax"), x) == FWD
-  with pytest.raises(ValueError, match="conv_impl"):
-    C.hvp(models.as_fn(m), x, 0, x, mode=FWD)
+
+  # A function with a jax.custom_vjp inside has none: "auto" falls back, FWD is refused.
+  @jax.custom_vjp
+  def square(z):
+    return z * z
+  # its forward rule calls itself, as the old custom_vjp convolution's did: no jvp
+  square.defvjp(lambda z: (square(z), z), lambda z, g: (2 * z * g,))
+  fn = lambda z: models.as_fn(m)(square(z))  # noqa: E731
+  assert not C.supports_forward_mode(fn, x)
+  assert _hvp.resolve_mode("auto", fn, x) == REV
+  with pytest.raises(ValueError, match="custom_vjp"):
+    C.hvp(fn, x, 0, x, mode=FWD)
 
 
 def test_param_hvp_matches_dense(x64, nets):

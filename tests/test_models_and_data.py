@@ -94,6 +94,46 @@ def test_fast_conv_matches_lax_to_second_order(x64, cin, k, padding):
     np.testing.assert_allclose(h(impl), h("lax"), rtol=1e-8, atol=1e-9)
     hw = lambda impl: jax.grad(lambda w: jnp.sum(jax.grad(loss(impl))(x, w) ** 2))(w)
     np.testing.assert_allclose(hw(impl), hw("lax"), rtol=1e-8, atol=1e-9)
+    # Forward mode (the fast convolution is a primitive with a JVP): tangents, and
+    # forward-over-reverse Hessian-vector products in (x, w) jointly, equal lax's and
+    # reverse-over-reverse's; third order: the weight gradient of |H v|^2.
+    vx = jax.random.normal(jax.random.key(2), x.shape, jnp.float64)
+    vw = jax.random.normal(jax.random.key(3), w.shape, jnp.float64)
+    conv = lambda impl: lambda x, w: models.conv2d(x, w, padding=padding, impl=impl)
+    for a, b in zip(jax.jvp(conv(impl), (x, w), (vx, vw)), jax.jvp(conv("lax"), (x, w), (vx, vw))):
+      np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    hvp = lambda impl, x, w: jax.jvp(jax.grad(loss(impl), (0, 1)), (x, w), (vx, vw))[1]
+    rr = jax.grad(lambda x, w: sum(jnp.vdot(a, b) for a, b in zip(
+        jax.grad(loss(impl), (0, 1))(x, w), (vx, vw))), (0, 1))(x, w)
+    for a, b, c in zip(hvp(impl, x, w), hvp("lax", x, w), rr):
+      np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+      np.testing.assert_allclose(a, c, rtol=1e-9, atol=1e-10)
+    t3 = lambda impl: jax.grad(lambda w: sum(jnp.sum(h ** 2) for h in hvp(impl, x, w)))(w)
+    np.testing.assert_allclose(t3(impl), t3("lax"), rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("cin", [1, 8])
+@pytest.mark.parametrize("jit", [False, True])
+def test_fast_conv_vmap_matches_lax_and_per_example(x64, cin, jit):
+  # vmap over the input (folded into the batch) and over input and kernel (one
+  # convolution per mapped kernel), with the mapped axis first or not; and
+  # per-example gradients (vmap of grad) with respect to input and kernel.
+  x = jax.random.normal(jax.random.key(0), (3, 2, 6, 5, cin), jnp.float64)
+  w = jax.random.normal(jax.random.key(1), (3, 3, 3, cin, 4), jnp.float64)
+  conv = lambda impl: lambda x, w: models.conv2d(x, w, impl=impl)
+  t = jax.jit if jit else (lambda f: f)
+  for in_axes, args in (((0, None), (x, w[0])), ((0, 0), (x, w)),
+                        ((1, None), (jnp.moveaxis(x, 0, 1), w[0])), ((None, 0), (x[0], w))):
+    got = t(jax.vmap(conv("fast"), in_axes))(*args)
+    np.testing.assert_allclose(got, jax.vmap(conv("lax"), in_axes)(*args), rtol=1e-10, atol=1e-12)
+    loss = lambda impl: lambda x, w: jnp.sum(jnp.tanh(conv(impl)(x, w)) ** 2)
+    for a, b in zip(t(jax.vmap(jax.grad(loss("fast"), (0, 1)), in_axes))(*args),
+                    jax.vmap(jax.grad(loss("lax"), (0, 1)), in_axes)(*args)):
+      np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+  # batched = per-example: one image at a time through vmap equals the whole batch
+  xb = x[0]
+  per = jax.vmap(lambda xi: conv("fast")(xi[None], w[0])[0])(xb)
+  np.testing.assert_allclose(per, conv("fast")(xb, w[0]), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("hw,k,stride,padding", [

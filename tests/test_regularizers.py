@@ -323,20 +323,31 @@ def test_hessian_norm_param_grads_fd(x64):
 
 
 def test_hessian_norm_auto_mode_with_fast_conv(cnn):
-  """The custom-VJP fast conv has no jvp: "auto" falls back to reverse-over-reverse."""
+  """The fast conv is a primitive with a JVP: "auto" picks forward-over-reverse for both
+  convolutions; a `jax.custom_vjp` inside the model makes it fall back."""
   x = jnp.zeros((2, 8, 8, 1))
   t = jnp.zeros((2,), jnp.int32)
-  assert R.hessian_mode(models.as_fn(cnn, conv_impl="fast"), x, t) == "reverse_over_reverse"
+  assert R.hessian_mode(models.as_fn(cnn, conv_impl="fast"), x, t) == "forward_over_reverse"
   assert R.hessian_mode(models.as_fn(cnn, conv_impl="lax"), x, t) == "forward_over_reverse"
+
+  @jax.custom_vjp
+  def square(z):
+    return z * z
+  # its forward rule calls itself, as the old custom_vjp convolution's did: no jvp
+  square.defvjp(lambda z: (square(z), z), lambda z, g: (2 * z * g,))
+  fn = lambda z: models.as_fn(cnn, conv_impl="fast")(square(z))  # noqa: E731
+  assert R.hessian_mode(fn, x, t) == "reverse_over_reverse"
 
 
 @pytest.mark.parametrize("activation", ["relu", "softplus:3"])
 def test_hessian_norm_term_on_a_fast_conv_cnn_trains(activation):
   """Regression: with jax 0.10 `jax.jvp` of `jax.grad` lowers through a `custom_vjp`
-  convolution and fails only when differentiated again (no rule for 'custom_lin'),
-  so the "auto" probe must include that outer gradient. A 28x28 MNIST CNN's
-  ReLU CNN's hessian_norm term resolved to forward-over-reverse and its training step
-  raised; the ReLU net's input Hessian is 0 almost everywhere."""
+  and fails only when differentiated again (no rule for 'custom_lin'), so the "auto"
+  probe includes that outer gradient. When the fast convolution was a `custom_vjp`,
+  a 28x28 ReLU MNIST CNN's hessian_norm term resolved to forward-over-reverse and its
+  training step raised. The convolution is now a primitive with a JVP: the term
+  resolves to forward-over-reverse and trains. The ReLU net's input Hessian is 0
+  almost everywhere."""
   import optax
   from rattr_jax import training
   cnn = models.create_model("cnn", input_shape=(28, 28, 1), num_classes=10, seed=0,
@@ -344,11 +355,49 @@ def test_hessian_norm_term_on_a_fast_conv_cnn_trains(activation):
   x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
   y = jnp.array([0, 1, 2, 3])
   terms = training.resolve_terms(training.method_terms("hessian_norm"), cnn, x, y)
-  assert [t.fn.__self__.mode for t in terms if t.name == "hessian_norm"] == ["reverse_over_reverse"]
+  assert [t.fn.__self__.mode for t in terms if t.name == "hessian_norm"] == ["forward_over_reverse"]
   ts = training.make_train_step(cnn, optax.adam(1e-3), terms)
   state, metrics = ts.step(ts.init(0), x, y)
   value = float(metrics["hessian_norm"])
   assert np.isfinite(value) and (value > 0 if activation != "relu" else value >= 0)
+
+
+def test_hessian_norm_parameter_gradient_through_the_fast_conv_all_modes(x64):
+  """Third order through the fast convolution (a primitive whose transposes are again
+  primitives): the Hessian-norm penalty and its gradient with respect to the weights,
+  forward-over-reverse and reverse-over-reverse, equal plain `lax` convolutions'
+  (float64), and a finite difference along a random weight direction."""
+  cnn = models.create_model("cnn", input_shape=(12, 12, 1), num_classes=3, seed=0,
+                            widths=(4, 6, 8), activation="softplus:3")
+  x = jax.random.uniform(jax.random.key(0), (3, 12, 12, 1), jnp.float64)
+  y = jnp.array([0, 1, 2])
+  vals, grads = {}, {}
+  for impl in ("fast", "lax"):
+    apply, params = models.functional(cnn, conv_impl=impl)
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    for mode in ("forward_over_reverse", "reverse_over_reverse"):
+      pen = lambda p, mode=mode, apply=apply: R.hessian_norm(  # noqa: E731
+          lambda z: apply(p, z), x, y, key=jax.random.key(1), mode=mode)
+      vals[impl, mode], grads[impl, mode] = jax.value_and_grad(pen)(params)
+  ref = ("lax", "reverse_over_reverse")
+  assert float(vals[ref]) > 1e-6
+  for k in vals:
+    np.testing.assert_allclose(vals[k], vals[ref], rtol=1e-10, err_msg=str(k))
+    for a, b in zip(jax.tree.leaves(grads[k]), jax.tree.leaves(grads[ref])):
+      np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12, err_msg=str(k))
+  apply, params = models.functional(cnn)
+  params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+  pen = lambda p: R.hessian_norm(lambda z: apply(p, z), x, y, key=jax.random.key(1),  # noqa: E731
+                                 mode="forward_over_reverse")
+  leaves, tree = jax.tree.flatten(params)
+  v = jax.tree.unflatten(tree, [jax.random.normal(jax.random.key(i), a.shape, a.dtype)
+                                for i, a in enumerate(leaves)])
+  h = 1e-5
+  shift = lambda s: jax.tree.map(lambda p, d: p + s * h * d, params, v)  # noqa: E731
+  fd = (pen(shift(1)) - pen(shift(-1))) / (2 * h)
+  got = sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(grads["fast", "forward_over_reverse"]),
+                                           jax.tree.leaves(v)))
+  np.testing.assert_allclose(got, fd, rtol=1e-6)
 
 
 # --------------------------------------------------------------------------- input-gradient norm

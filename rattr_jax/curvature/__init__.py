@@ -5,9 +5,9 @@ target logit (``objective="logit"``) or of the target cross-entropy
 (``objective="loss"``); `param_hvp` and `param_hessian_eigs` differentiate
 with respect to the parameters instead. Nothing forms a dense Hessian except
 `dense_hessian` (small inputs only). Hessian-vector products are
-forward-over-reverse when ``fn`` allows forward-mode AD, and fall back to
-reverse-over-reverse when it contains a `jax.custom_vjp` (the default fast
-CPU convolution); see `hvp`.
+forward-over-reverse when ``fn`` allows forward-mode AD (every
+`rattr_jax.models` layer does, the fast CPU convolution included), and fall
+back to reverse-over-reverse when it contains a `jax.custom_vjp`; see `hvp`.
 
 For ReLU networks the input Hessian of the logit is zero almost everywhere:
 every function returns zeros (never NaN). Study their geometry through a

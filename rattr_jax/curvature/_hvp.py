@@ -12,11 +12,12 @@ Two ways of differentiating twice are offered (``mode``):
 
 * ``"forward_over_reverse"``: ``jax.jvp`` of ``jax.grad`` (Pearlmutter's
   trick), the cheapest in theory (about 2-3 gradients). It needs forward-mode
-  AD through ``fn``, which a `jax.custom_vjp` does not have: the default CPU
-  convolution of `rattr_jax.models.Conv2D` (``conv_impl="fast"``) is one.
+  AD through ``fn``, which a `jax.custom_vjp` does not have. Every
+  `rattr_jax.models` layer has it, the default fast CPU convolution included
+  (a primitive with its own JVP and transposes).
 * ``"reverse_over_reverse"``: the VJP of the gradient, ``grad_x <grad s, v>``,
-  which equals ``H v`` because ``H`` is symmetric. It works through
-  ``custom_vjp`` functions (the fast convolution differentiates itself).
+  which equals ``H v`` because ``H`` is symmetric. It also works through
+  ``custom_vjp`` functions.
 * ``"auto"`` (default) picks forward-over-reverse when ``fn`` has no
   ``custom_vjp`` inside (checked once on its jaxpr, before tracing) and falls
   back to reverse-over-reverse otherwise.
@@ -90,8 +91,8 @@ def _detect_cached(f: Callable, spec_key: Any) -> bool:
 def supports_forward_mode(f: Callable, *args: Any) -> bool:
   """Whether ``f(*args)`` can be differentiated in forward mode (``jax.jvp``).
 
-  ``False`` when the jaxpr of ``f`` contains a `jax.custom_vjp` call (for
-  example `rattr_jax.models.Conv2D` with its default fast CPU convolution).
+  ``False`` when the jaxpr of ``f`` contains a `jax.custom_vjp` call (every
+  `rattr_jax.models` layer, the fast CPU convolution included, has forward mode).
   Only shapes and dtypes of ``args`` are used; the answer is cached per
   (hashable) ``f`` and shape.
 
@@ -127,10 +128,8 @@ def resolve_mode(mode: str, f: Callable, *args: Any, name: str = "fn") -> str:
   if not ok:
     raise ValueError(
         f"`mode`='forward_over_reverse' needs forward-mode AD (jax.jvp) through `{name}`, but "
-        f"`{name}` contains a jax.custom_vjp (e.g. the default fast CPU convolution of "
-        "rattr_jax.models.Conv2D). Build it with `rattr_jax.models.as_fn(model, "
-        "conv_impl=\"lax\")`, or pass mode='reverse_over_reverse' (or 'auto', which falls "
-        "back to it).")
+        f"`{name}` contains a jax.custom_vjp, which has none. Pass "
+        "mode='reverse_over_reverse' (or 'auto', which falls back to it).")
   return mode
 
 
@@ -221,8 +220,8 @@ def hvp(fn: Callable, x: jax.Array, target: Target, v: jax.Array, *,
       the target class).
     mode: ``"auto"``, ``"forward_over_reverse"`` (``jax.jvp`` of
       ``jax.grad``) or ``"reverse_over_reverse"``. ``"auto"`` uses forward over
-      reverse unless ``fn`` contains a ``custom_vjp`` (such as the default fast
-      CPU convolution), then falls back to reverse over reverse.
+      reverse unless ``fn`` contains a ``custom_vjp`` (e.g. a user's layer), then
+      falls back to reverse over reverse.
 
   Returns:
     ``[B, *F]``: ``H_b v_b`` for every example. Exactly zero for networks that

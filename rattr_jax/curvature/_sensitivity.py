@@ -37,7 +37,8 @@ def reverse_jvp(f: Callable, x: jax.Array, v: jax.Array) -> tuple[jax.Array, jax
   """``(f(x), J v)`` by reverse mode only (the "double VJP" trick).
 
   ``u -> J^T u`` is linear; its VJP with cotangent ``v`` is ``J v``. Works
-  through `jax.custom_vjp` functions, which have no forward mode.
+  through `jax.custom_vjp` functions, which have no forward mode (the library's
+  own layers all have one).
   """
   y, vjp = jax.vjp(f, x)
   _, vjp2 = jax.vjp(lambda u: vjp(u)[0], jnp.zeros_like(y))

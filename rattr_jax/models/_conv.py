@@ -4,20 +4,27 @@ Plain `lax.conv_general_dilated` differentiated inside `lax.scan`/`lax.map`
 lowers its transposed convolution to a slow generic emitter on CPU (measured
 3.5-4x slower, `shared/research/cpu_performance.md`). Here:
 
-* ``impl="fast"``: a `jax.custom_vjp` convolution whose input-gradient is the
-  same custom convolution with the flipped, in/out-swapped kernel (so second
-  derivatives stay fast) and whose kernel-gradient is a canonical-layout
-  convolution that XLA:CPU keeps on its fast path inside loops too (see
-  `_weight_grad`). Convolutions with at most `FEW_CHANNELS` input channels
-  (image input layers) take `_few_channel_conv`, whose input gradient is the
-  transpose of im2col (one GEMM, then shifted adds) and differentiates well.
-* ``impl="lax"``: plain `lax.conv_general_dilated` (supports forward-mode AD,
-  e.g. `jax.jvp` of `jax.grad` for Hessian-vector products).
+* ``impl="fast"``: a JAX primitive, bilinear in ``(x, w)``, whose transposes are
+  written by hand (`_bilinear_primitive`): the input gradient is the same
+  primitive with the flipped, in/out-swapped kernel, and the kernel gradient
+  a canonical-layout convolution (the primitive again) that XLA:CPU keeps on
+  its fast path inside loops too (see `_weight_grad`). JAX derives the JVP
+  (``conv(dx, w) + conv(x, dw)``), so forward mode (``jax.jvp``,
+  forward-over-reverse Hessian-vector products) and reverse mode work to any
+  order, and every derivative is again one of these fast forms. Convolutions
+  with at most `FEW_CHANNELS` input channels (image input layers) take
+  `_few_channel_conv`, a primitive whose input gradient is the transpose of
+  im2col (one GEMM, then shifted adds).
+* ``impl="lax"``: plain `lax.conv_general_dilated`.
 * ``impl="auto"`` (default): ``fast`` on the CPU backend, ``lax`` elsewhere.
 
-Note: a `custom_vjp` function has no forward-mode derivative. Code that needs
-``jax.jvp`` through a model (forward-over-reverse HVPs) should build the model
-function with ``conv_impl="lax"`` (see `rattr_jax.models.as_fn`).
+Until 2026-12-05 ``fast`` was a `jax.custom_vjp`, which has no forward mode
+(``AD_RULES = "custom_vjp"`` keeps that form for benchmarks). First- and
+second-order reverse-mode steps compile to the same program either way
+(gradient alignment, activation sensitivity, PGD-AT: identical optimized
+HLO); what changed is that forward-over-reverse is now available on the
+fast path: Hessian-norm training steps 1.07-1.11x faster (MNIST CNN and
+CIFAR LeNet, batch 128, `benchmarks/fused_steps.py` case ``*_ad_rules``).
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.core import ShapedArray
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
 from rattr_jax._xla_flags import convolutions_on_eigen
 
@@ -60,29 +70,105 @@ FEW_CHANNELS = 4
 #: 0.92 with 7 (PyTorch 0.61); CIFAR LeNet conv1 (3 -> 32, 3x3) 3.87 ms as
 #: `lax`, 1.88 with blocks of 4 (PyTorch 1.94).
 FEW_CHANNEL_FORWARD_BLOCK = 4
+#: How ``impl="fast"`` convolutions are differentiated: ``"primitive"`` (JAX
+#: primitives with a JVP and their own transposes, `_bilinear_primitive`: forward
+#: and reverse mode, to any order, on the fast forms) or ``"custom_vjp"``
+#: (`jax.custom_vjp`: reverse mode only; the form before, for
+#: `benchmarks/fused_steps.py`). Read when traced.
+AD_RULES = "primitive"
 
 
 def _lax_conv(x, w, padding, stride=(1, 1)):
   return lax.conv_general_dilated(x, w, stride, padding, dimension_numbers=_DN)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _fast_conv(x, w, padding):
-  return _lax_conv(x, w, padding)
+def _shape_of(a):
+  """The shape of an operand that may be a transpose rule's undefined primal."""
+  return a.aval.shape if hasattr(a, "aval") and not hasattr(a, "shape") else a.shape
 
 
-def _fast_conv_fwd(x, w, padding):
-  return _fast_conv(x, w, padding), (x, w)
+def _bilinear_primitive(name, forward, transpose_x, transpose_w, static_names):
+  """A primitive ``p(x, w, **params)``, bilinear in ``(x, w)``, with its own transposes.
+
+  ``forward(x, w, **params)`` gives its value (and lowering; ``static_names``
+  names its keyword parameters, hashable settings); ``transpose_x(ct, w, x_shape,
+  **params)`` and ``transpose_w(ct, x, w_shape, **params)`` its transposes. JAX derives the rest: ``jvp = p(dx, w) + p(x, dw)`` (forward
+  mode, e.g. forward-over-reverse Hessian-vector products), reverse mode by
+  transposing that, to any order, as long as the transposes are written with
+  differentiable operations (the primitives here, `jnp`). Vmapped over ``x``
+  alone, the mapped axis is folded into the batch; over ``w``, it is the
+  `lax` computation under `jax.vmap` (a grouped convolution).
+  """
+  p = Primitive(name)
+
+  def abstract(x, w, **params):
+    out = jax.eval_shape(functools.partial(forward, **params),
+                         jax.ShapeDtypeStruct(x.shape, x.dtype),
+                         jax.ShapeDtypeStruct(w.shape, w.dtype))
+    return ShapedArray(out.shape, out.dtype)
+
+  p.def_impl(jax.jit(forward, static_argnames=static_names))  # eager calls: one compiled program
+  p.def_abstract_eval(abstract)
+  mlir.register_lowering(p, mlir.lower_fun(forward, multiple_results=False))
+  ad.defbilinear(
+      p,
+      lambda ct, x, w, **params: transpose_x(ct, w, _shape_of(x), **params),
+      lambda ct, x, w, **params: transpose_w(ct, x, _shape_of(w), **params))
+
+  def batch(args, dims, **params):
+    (x, w), (bx, bw) = args, dims
+    if bw is None:
+      x = jnp.moveaxis(x, bx, 0)
+      v, b = x.shape[:2]
+      y = p.bind(x.reshape(v * b, *x.shape[2:]), w, **params)
+      return y.reshape(v, b, *y.shape[1:]), 0
+    return jax.vmap(functools.partial(forward, **params), in_axes=(bx, bw))(x, w), 0
+
+  batching.primitive_batchers[p] = batch
+  return p
 
 
-def _fast_conv_bwd(padding, res, g):
-  x, w = res
+def _conv_transpose_x(g, w, x_shape, *, padding):
+  """``dL/dx`` of the stride-1 ``y = conv(x, w)``: the convolution of ``g`` with the flipped,
+  in/out-swapped kernel, itself `_fast_conv` (so its own derivatives stay fast)."""
   kh, kw = w.shape[0], w.shape[1]
   (plh, phh), (plw, phw) = padding
   w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
   dx = _fast_conv(g, w_t, ((kh - 1 - plh, kh - 1 - phh), (kw - 1 - plw, kw - 1 - phw)))
-  dw = _weight_grad(x, g, (kh, kw), padding)
-  return dx, dw.astype(w.dtype)
+  return dx.astype(w.dtype)
+
+
+def _conv_transpose_w(g, x, w_shape, *, padding):
+  return _weight_grad(x, g, tuple(w_shape[:2]), padding).astype(x.dtype)
+
+
+def _fast_conv(x, w, padding):
+  """Stride-1 NHWC/HWIO convolution with explicit non-negative ``padding``, whose
+  input and weight gradients (its transposes) stay on XLA:CPU's fast paths, in loops
+  too. A primitive (`_bilinear_primitive`): forward and reverse mode to any order."""
+  padding = tuple(tuple(int(v) for v in p) for p in padding)
+  if AD_RULES == "custom_vjp":
+    return _fast_conv_vjp(x, w, padding)
+  return _CONV_P.bind(x, w, padding=padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _fast_conv_vjp(x, w, padding):
+  """`_fast_conv` with ``AD_RULES="custom_vjp"``: reverse mode only (the form before)."""
+  return _lax_conv(x, w, padding)
+
+
+def _fast_conv_vjp_fwd(x, w, padding):
+  return _fast_conv_vjp(x, w, padding), (x, w)
+
+
+def _fast_conv_vjp_bwd(padding, res, g):
+  x, w = res
+  return _conv_transpose_x(g, w, x.shape, padding=padding), \
+      _conv_transpose_w(g, x, w.shape, padding=padding)
+
+
+_fast_conv_vjp.defvjp(_fast_conv_vjp_fwd, _fast_conv_vjp_bwd)
 
 
 def _weight_grad(x, g, kernel_size, padding, *, blocked=True):
@@ -107,8 +193,11 @@ def _weight_grad(x, g, kernel_size, padding, *, blocked=True):
   bsz = x.shape[0]
   cb = (WEIGHT_GRAD_FEATURE_CHUNK or bsz) if blocked else bsz
   co = (_weight_grad_out_chunk() or cout) if blocked else cout
+  # In the primitive's transpose: the primitive again, so that derivatives of any
+  # order stay on these forms (with AD_RULES="custom_vjp", `lax`'s as before).
+  conv = _fast_conv if AD_RULES == "primitive" else _lax_conv
   if bsz <= cb and cout <= co:
-    r = lax.conv_general_dilated(xt, gt, (1, 1), padding, dimension_numbers=_DN)
+    r = conv(xt, gt, padding)
   else:
     # Blocks of <= cb batch elements (the convolution's input features) and
     # <= co output channels. On YNNPACK this large-window shape ran 1.3-1.8x
@@ -120,15 +209,16 @@ def _weight_grad(x, g, kernel_size, padding, *, blocked=True):
     for o in range(0, cout, co):
       acc = None
       for b in range(0, bsz, cb):
-        part = lax.conv_general_dilated(xp[..., b:b + cb], gt[:, :, b:b + cb, o:o + co], (1, 1),
-                                        nopad, dimension_numbers=_DN)
+        part = conv(xp[..., b:b + cb], gt[:, :, b:b + cb, o:o + co], nopad)
         acc = part if acc is None else acc + part
       cols.append(acc)
     r = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
   return r.transpose(1, 2, 0, 3)    # [Cin, KH, KW, Cout] -> [KH, KW, Cin, Cout]
 
 
-_fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
+_CONV_P = _bilinear_primitive(
+    "rattr_conv2d", lambda x, w, *, padding: _lax_conv(x, w, padding),
+    _conv_transpose_x, _conv_transpose_w, ("padding",))
 
 
 def _weight_grad_out_chunk() -> int:
@@ -162,7 +252,27 @@ def _col2im_input_grad(g, w, padding, in_hw):
   return dxp[:, plh:plh + in_hw[0], plw:plw + in_hw[1]]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _few_channel_forward(x, w, *, padding, block):
+  if block:
+    return _column_block_conv(x, w, padding, block)
+  return _im2col_conv(x, w, padding) if x.shape[-1] == 1 else _lax_conv(x, w, padding)
+
+
+def _few_channel_transpose_x(g, w, x_shape, *, padding, block):
+  return _col2im_input_grad(g, w, padding, tuple(x_shape[1:3])).astype(w.dtype)
+
+
+def _few_channel_transpose_w(g, x, w_shape, *, padding, block):
+  # The weight gradient in column blocks too was 1.42 -> 0.62 ms alone (MNIST CNN
+  # conv1, batch 128, blocks of 2) but whole steps 0.94-1.03x: not kept.
+  return _weight_grad(x, g, tuple(w_shape[:2]), padding, blocked=False).astype(x.dtype)
+
+
+_FEW_CHANNEL_P = _bilinear_primitive("rattr_few_channel_conv2d", _few_channel_forward,
+                                     _few_channel_transpose_x, _few_channel_transpose_w,
+                                     ("padding", "block"))
+
+
 def _few_channel_conv(x, w, padding):
   """A stride-1 convolution of an input with few channels (`FEW_CHANNELS`), padding >= 0.
 
@@ -174,28 +284,32 @@ def _few_channel_conv(x, w, padding):
   channels: one convolution with 4x the channels, which XLA:CPU's Eigen
   kernels run 2-5x faster than the few-channel one); input gradient:
   `_col2im_input_grad`; kernel gradient: `_weight_grad` (a canonical
-  convolution, unblocked).
+  convolution, unblocked). A primitive (`_bilinear_primitive`).
   """
-  r = FEW_CHANNEL_FORWARD_BLOCK
-  if r:
-    return _column_block_conv(x, w, padding, r)
-  return _im2col_conv(x, w, padding) if x.shape[-1] == 1 else _lax_conv(x, w, padding)
+  padding = tuple(tuple(int(v) for v in p) for p in padding)
+  block = int(FEW_CHANNEL_FORWARD_BLOCK or 0)
+  if AD_RULES == "custom_vjp":
+    return _few_channel_conv_vjp(x, w, padding, block)
+  return _FEW_CHANNEL_P.bind(x, w, padding=padding, block=block)
 
 
-def _few_channel_conv_fwd(x, w, padding):
-  return _few_channel_conv(x, w, padding), (x, w)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _few_channel_conv_vjp(x, w, padding, block):
+  """`_few_channel_conv` with ``AD_RULES="custom_vjp"`` (the form before)."""
+  return _few_channel_forward(x, w, padding=padding, block=block)
 
 
-def _few_channel_conv_bwd(padding, res, g):
+def _few_channel_conv_vjp_fwd(x, w, padding, block):
+  return _few_channel_conv_vjp(x, w, padding, block), (x, w)
+
+
+def _few_channel_conv_vjp_bwd(padding, block, res, g):
   x, w = res
-  dx = _col2im_input_grad(g, w, padding, x.shape[1:3])
-  # The weight gradient in column blocks too was 1.42 -> 0.62 ms alone (MNIST CNN
-  # conv1, batch 128, blocks of 2) but whole steps 0.94-1.03x: not kept.
-  dw = _weight_grad(x, g, w.shape[:2], padding, blocked=False)
-  return dx.astype(x.dtype), dw.astype(w.dtype)
+  return (_few_channel_transpose_x(g, w, x.shape, padding=padding, block=block),
+          _few_channel_transpose_w(g, x, w.shape, padding=padding, block=block))
 
 
-_few_channel_conv.defvjp(_few_channel_conv_fwd, _few_channel_conv_bwd)
+_few_channel_conv_vjp.defvjp(_few_channel_conv_vjp_fwd, _few_channel_conv_vjp_bwd)
 
 
 def _column_blocks(x, padding, kernel_size, r):

@@ -185,8 +185,8 @@ def feature_fn(model: nnx.Module, layer: str | Sequence[str], *, train: bool = F
     train: run in training mode (BatchNorm batch statistics; the statistics
       update is discarded). Default inference mode.
     activation: optional replacement activation on the same weights.
-    conv_impl: optional convolution-implementation override (``"lax"`` for
-      forward-mode AD).
+    conv_impl: optional convolution-implementation override (``"fast"`` or
+      ``"lax"``; both have forward- and reverse-mode AD).
     with_logits: also return the logits: ``f(x) -> (features, logits)``.
 
   Returns:

@@ -77,8 +77,8 @@ def functional(model: nnx.Module, *, activation=None, conv_impl: str | None = No
   Args:
     model: an NNX module mapping ``[B, *F]`` to ``[B, C]``.
     activation: optional replacement activation (e.g. ``Activation.softplus(10)``).
-    conv_impl: optional convolution implementation override (``"lax"`` enables
-      forward-mode AD through `rattr_jax.models.Conv2D`).
+    conv_impl: optional convolution implementation override (``"fast"``,
+      ``"lax"``; both have forward- and reverse-mode AD).
     train: ``True`` for training mode (BatchNorm batch statistics). In train
       mode ``apply`` returns ``(logits, new_state)`` so statistics updates are
       explicit; in inference mode it returns logits only.

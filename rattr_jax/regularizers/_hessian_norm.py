@@ -24,9 +24,10 @@ def target_hvp(fn: Callable, x: jax.Array, t: jax.Array, v: jax.Array,
   """Per-example input-Hessian-vector products ``H_b v_b`` of the target logits.
 
   ``forward_over_reverse``: ``jax.jvp`` of the input gradient (needs a model
-  with forward-mode support, e.g. ``conv_impl="lax"``). ``reverse_over_reverse``:
-  the gradient of ``<g(x), v>``, as in the reference PyTorch code; works with
-  the custom-VJP fast convolution. Both are exact and equal.
+  with forward-mode support: every `rattr_jax.models` layer has it, the fast
+  CPU convolution included). ``reverse_over_reverse``: the gradient of
+  ``<g(x), v>``, as in the reference PyTorch code; also works through a
+  `jax.custom_vjp`. Both are exact and equal.
   """
   grad_fn = lambda z: core.target_gradient(fn, z, t)  # noqa: E731
   if mode == "auto":
@@ -44,7 +45,7 @@ def hessian_mode(fn: Callable, x: jax.Array, target: Target) -> str:
 
   Decided by lowering (no FLOPs; the error surfaces only at lowering) and
   cached per function structure and shape: a model with a `jax.custom_vjp`
-  layer (the fast CPU convolution) has no forward-mode rule.
+  layer has no forward-mode rule (`rattr_jax.models`' layers all have one).
   """
   x, t = _common.prepare(fn, x, target)
   return _resolve_mode(fn, x, t)
@@ -120,9 +121,9 @@ def hessian_norm(fn: Callable, x: Float[Array, "B ..."], target: Target, *,
     key: PRNG key for the probe vectors.
     num_samples: probe vectors per example.
     mode: ``"forward_over_reverse"`` (`jax.jvp` of the input gradient, which
-      needs forward-mode support: build the model function with
-      ``conv_impl="lax"``), ``"reverse_over_reverse"`` (gradient of
-      ``<g, v>``; works with the custom-VJP fast convolution), or ``"auto"``
+      needs forward-mode support; `rattr_jax.models`' layers have it),
+      ``"reverse_over_reverse"`` (gradient of ``<g, v>``; also through a
+      `jax.custom_vjp`), or ``"auto"``
       (default): forward-over-reverse when ``fn`` supports `jax.jvp`,
       otherwise reverse-over-reverse. All give the same values.
     reduction: ``"mean"`` over the batch or ``"none"`` (``[B]``).

@@ -525,7 +525,7 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
         sub = {"robust_accuracy": E.robust_accuracy(
             fn, x_eval[:nd], y_eval[:nd], epsilon=dg.pgd_epsilon, num_steps=dg.pgd_steps,
             restarts=dg.pgd_restarts, key=key)}
-        sub.update(E.geometry(Mo.as_fn(model, conv_impl="lax"), x_eval[:nd], y_eval[:nd],
+        sub.update(E.geometry(Mo.as_fn(model), x_eval[:nd], y_eval[:nd],
                               iters=dg.hessian_iters, samples=dg.hutchinson_samples,
                               key=jax.random.fold_in(key, 1)))
         vals.update(E.pad(sub, len(x_eval)))

@@ -137,7 +137,7 @@ def default_conv_impls() -> tuple[str | None, str | None]:
   """``(training passes, inner-attack loops)`` convolution implementations.
 
   ``(None, None)``: every pass keeps the model's own setting, whose
-  ``"auto"`` is the custom-VJP ``"fast"`` convolution on XLA:CPU and plain
+  ``"auto"`` is the ``"fast"`` convolution primitive on XLA:CPU and plain
   ``"lax"`` on GPU/TPU, whatever ``XLA_FLAGS`` says. Plain ``lax``
   convolutions must not be used for training on CPU: `TrainStep.run` fuses
   the steps in a `lax.scan`, and inside a loop body XLA:CPU compiles their
