@@ -112,12 +112,16 @@ def test_fast_conv_matches_lax_to_second_order(x64, cin, k, padding):
     np.testing.assert_allclose(t3(impl), t3("lax"), rtol=1e-8, atol=1e-9)
 
 
+@pytest.mark.parametrize("unrolled", [8, 0])
 @pytest.mark.parametrize("cin", [1, 8])
 @pytest.mark.parametrize("jit", [False, True])
-def test_fast_conv_vmap_matches_lax_and_per_example(x64, cin, jit):
-  # vmap over the input (folded into the batch) and over input and kernel (one
-  # convolution per mapped kernel), with the mapped axis first or not; and
-  # per-example gradients (vmap of grad) with respect to input and kernel.
+def test_fast_conv_vmap_matches_lax_and_per_example(x64, monkeypatch, cin, jit, unrolled):
+  # vmap over the input (folded into the batch), over input and kernel (one
+  # convolution per mapped pair, or with `MAPPED_KERNELS_UNROLLED` 0 a grouped
+  # one) and over the kernel alone, with the mapped axis first or not; and
+  # gradients under vmap with respect to input and kernel.
+  from rattr_jax.models import _conv
+  monkeypatch.setattr(_conv, "MAPPED_KERNELS_UNROLLED", unrolled)
   x = jax.random.normal(jax.random.key(0), (3, 2, 6, 5, cin), jnp.float64)
   w = jax.random.normal(jax.random.key(1), (3, 3, 3, cin, 4), jnp.float64)
   conv = lambda impl: lambda x, w: models.conv2d(x, w, impl=impl)

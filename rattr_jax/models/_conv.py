@@ -76,6 +76,15 @@ FEW_CHANNEL_FORWARD_BLOCK = 4
 #: (`jax.custom_vjp`: reverse mode only; the form before, for
 #: `benchmarks/fused_steps.py`). Read when traced.
 AD_RULES = "primitive"
+#: Vmapped over both input and kernel (several models in one program,
+#: `rattr_jax.training.train_many`), up to this many mapped pairs become one fast
+#: convolution each; more (or ``0``) become one grouped `lax` convolution, which
+#: XLA:CPU runs on a slow path. `train_many`'s CE program against S sequential runs
+#: (`benchmarks/training_cost.py --many`, batch 32, S = 2/4/8): MNIST CNN
+#: 0.69/0.63/0.52x grouped, 1.10/0.98/0.91x one each; CIFAR LeNet 0.63/0.52/0.44x,
+#: 0.79/0.75/0.64x (a `lax.map` over the pairs instead: CNN 0.98/0.91/0.84x, LeNet
+#: 0.86/0.83/0.64x). Read when traced.
+MAPPED_KERNELS_UNROLLED = 8
 
 
 def _lax_conv(x, w, padding, stride=(1, 1)):
@@ -122,6 +131,10 @@ def _bilinear_primitive(name, forward, transpose_x, transpose_w, static_names):
       v, b = x.shape[:2]
       y = p.bind(x.reshape(v * b, *x.shape[2:]), w, **params)
       return y.reshape(v, b, *y.shape[1:]), 0
+    count = w.shape[bw]
+    if count <= MAPPED_KERNELS_UNROLLED and bx is not None:
+      ws, xs = jnp.moveaxis(w, bw, 0), jnp.moveaxis(x, bx, 0)
+      return jnp.stack([p.bind(xs[i], ws[i], **params) for i in range(count)]), 0
     return jax.vmap(functools.partial(forward, **params), in_axes=(bx, bw))(x, w), 0
 
   batching.primitive_batchers[p] = batch
