@@ -28,7 +28,12 @@ when a program is traced):
   views compared elementwise (``_layers.POOL_FORWARD`` ``"pairs"``) against ``max``
   over a window axis (``"windows"``): the model's forward (method ``forward``:
   logits only, no training step; "fused" is a `lax.map` over the batches) and CE
-  (which never evaluates the undifferentiated value: a control).
+  (which never evaluates the undifferentiated value: a control);
+* the same two at batch 128, the fast convolution as a primitive with its own
+  transposes (``_conv.AD_RULES`` ``"primitive"``) against a ``jax.custom_vjp``
+  (``"custom_vjp"``), the four softplus methods and activation sensitivity (the
+  Hessian-norm term's HVP mode is probed with the switch set: forward-over-reverse
+  with the primitive, reverse-over-reverse with the custom VJP).
 
 Every variant is compiled first, then timed round-robin (paired per repeat).
 
