@@ -545,3 +545,38 @@ def test_senn_scores_compile_once_per_shape_and_match_senn_stability(monkeypatch
                        epsilon=0.2, denominator="input", num_steps=3, num_restarts=1)[0])
             for i in range(3)]
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["topk", "frame"])
+def test_study_attacks_compile_once_for_every_epsilon(monkeypatch, name):
+  """The study's attack radius and step are traced config leaves: a second epsilon (the
+  epsilon curve) reuses the compiled program, and each result equals the library attack
+  called with that epsilon per example (example i's key folded with i)."""
+  import jax
+  import jax.numpy as jnp
+  from rattr_jax import attacks, explainers, models
+  from rattr_jax.study import _eval as E
+  model = models.create_model("cnn", input_shape=(12, 12, 1), num_classes=3, widths=(4, 4, 8),
+                              activation="softplus:3", seed=0)
+  fn = models.as_fn(model)
+  x = np.asarray(jax.random.uniform(jax.random.key(0), (3, 12, 12, 1)), np.float32)
+  t = np.asarray(jnp.argmax(fn(jnp.asarray(x)), -1), np.int32)
+  grad = explainers.get("gradient")
+  traces = []
+  lib = attacks.topk_attack if name == "topk" else attacks.frame_attack
+  monkeypatch.setattr(E.A, lib.__name__, lambda *a, **k: (traces.append(1), lib(*a, **k))[1])
+  E._runner.cache_clear()
+  out = {}
+  for eps in (0.05, 0.1, 0.05):
+    out[eps] = E.attack(fn, None, grad, x, t, name=name, epsilon=eps, num_steps=3,
+                        step_size=None, k=10, select_on="surrogate", key=jax.random.key(1))
+  assert len(traces) == 1, "a second epsilon recompiled the attack"
+  for eps in (0.05, 0.1):
+    assert np.max(np.abs(out[eps] - x)) <= eps + 1e-6
+    if name == "topk":
+      cfg = attacks.AttackConfig(epsilon=eps, step_size=2.5 * eps / 3, num_steps=3, k=10)
+      want = [np.asarray(lib(fn, grad, jnp.asarray(x[i:i + 1]), jnp.asarray(t[i:i + 1]),
+                             key=jax.random.fold_in(jax.random.key(1), i), config=cfg).x_adv[0])
+              for i in range(3)]
+      np.testing.assert_allclose(out[eps], np.stack(want), atol=1e-6)
+  E._runner.cache_clear()

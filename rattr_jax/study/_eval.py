@@ -210,6 +210,9 @@ def attack(fn, surrogate, ex, x, t, *, name: str, epsilon: float, num_steps: int
   activations) starts from a random-sign corner of the ball (`mass_center_random_start`).
   """
   step = step_size if step_size is not None else 2.5 * epsilon / num_steps
+  # The radius and step as numpy scalars: traced leaves of the config (a Python
+  # float would be a static leaf), so one program serves every epsilon of the study.
+  epsilon, step = np.float32(epsilon), np.float32(step)
   sel = select_on
   if name == "frame":
     cfg = A.frame_config(epsilon=epsilon, num_steps=num_steps, select_on=sel)
