@@ -16,6 +16,18 @@ def x64():
 
 
 @pytest.fixture(scope="session")
+def square_without_jvp():
+  """``z -> z * z`` as a `jax.custom_vjp` whose forward rule calls itself (as the fast
+  convolution's did before it became a primitive): no forward-mode derivative, and
+  `jax.jvp` of `jax.grad` through it fails when differentiated again."""
+  @jax.custom_vjp
+  def square(z):
+    return z * z
+  square.defvjp(lambda z: (square(z), z), lambda z, g: (2 * z * g,))
+  return square
+
+
+@pytest.fixture(scope="session")
 def trained_cnn():
   """``(model, dataset)``: the small MNIST CNN trained on the embedded dataset."""
   from rattr_jax.testing import trained_mnist_cnn

@@ -155,7 +155,7 @@ def test_hvp_cnn_matches_dense_hessian_all_modes(x64, cnn_setup):
     np.testing.assert_allclose(C.hvp(fast, x, t, v, mode=mode), ref, atol=1e-10, err_msg=mode)
 
 
-def test_forward_mode_detection_and_error(nets):
+def test_forward_mode_detection_and_error(nets, square_without_jvp):
   m = nets[0]
   x = jnp.zeros((2, 8, 8, 1))
   # Both convolutions have forward mode (the fast one is a primitive with a JVP).
@@ -165,12 +165,7 @@ def test_forward_mode_detection_and_error(nets):
   assert _hvp.resolve_mode("auto", models.as_fn(m, conv_impl="lax"), x) == FWD
 
   # A function with a jax.custom_vjp inside has none: "auto" falls back, FWD is refused.
-  @jax.custom_vjp
-  def square(z):
-    return z * z
-  # its forward rule calls itself, as the old custom_vjp convolution's did: no jvp
-  square.defvjp(lambda z: (square(z), z), lambda z, g: (2 * z * g,))
-  fn = lambda z: models.as_fn(m)(square(z))  # noqa: E731
+  fn = lambda z: models.as_fn(m)(square_without_jvp(z))  # noqa: E731
   assert not C.supports_forward_mode(fn, x)
   assert _hvp.resolve_mode("auto", fn, x) == REV
   with pytest.raises(ValueError, match="custom_vjp"):

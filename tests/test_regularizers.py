@@ -322,20 +322,14 @@ def test_hessian_norm_param_grads_fd(x64):
                                                 key=jax.random.key(5)), p)
 
 
-def test_hessian_norm_auto_mode_with_fast_conv(cnn):
+def test_hessian_norm_auto_mode_with_fast_conv(cnn, square_without_jvp):
   """The fast conv is a primitive with a JVP: "auto" picks forward-over-reverse for both
   convolutions; a `jax.custom_vjp` inside the model makes it fall back."""
   x = jnp.zeros((2, 8, 8, 1))
   t = jnp.zeros((2,), jnp.int32)
   assert R.hessian_mode(models.as_fn(cnn, conv_impl="fast"), x, t) == "forward_over_reverse"
   assert R.hessian_mode(models.as_fn(cnn, conv_impl="lax"), x, t) == "forward_over_reverse"
-
-  @jax.custom_vjp
-  def square(z):
-    return z * z
-  # its forward rule calls itself, as the old custom_vjp convolution's did: no jvp
-  square.defvjp(lambda z: (square(z), z), lambda z, g: (2 * z * g,))
-  fn = lambda z: models.as_fn(cnn, conv_impl="fast")(square(z))  # noqa: E731
+  fn = lambda z: models.as_fn(cnn, conv_impl="fast")(square_without_jvp(z))  # noqa: E731
   assert R.hessian_mode(fn, x, t) == "reverse_over_reverse"
 
 

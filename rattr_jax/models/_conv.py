@@ -97,16 +97,22 @@ def _shape_of(a):
 
 
 def _bilinear_primitive(name, forward, transpose_x, transpose_w, static_names):
-  """A primitive ``p(x, w, **params)``, bilinear in ``(x, w)``, with its own transposes.
+  """``apply(x, w, **params)``: a primitive bilinear in ``(x, w)`` with its own transposes.
 
   ``forward(x, w, **params)`` gives its value (and lowering; ``static_names``
   names its keyword parameters, hashable settings); ``transpose_x(ct, w, x_shape,
-  **params)`` and ``transpose_w(ct, x, w_shape, **params)`` its transposes. JAX derives the rest: ``jvp = p(dx, w) + p(x, dw)`` (forward
-  mode, e.g. forward-over-reverse Hessian-vector products), reverse mode by
-  transposing that, to any order, as long as the transposes are written with
-  differentiable operations (the primitives here, `jnp`). Vmapped over ``x``
-  alone, the mapped axis is folded into the batch; over ``w``, it is the
+  **params)`` and ``transpose_w(ct, x, w_shape, **params)`` its transposes. JAX
+  derives the rest: ``jvp = p(dx, w) + p(x, dw)`` (forward mode, e.g.
+  forward-over-reverse Hessian-vector products), reverse mode by transposing
+  that, to any order, as long as the transposes are written with differentiable
+  operations (the primitives here, `jnp`). Vmapped over ``x`` alone, the mapped
+  axis is folded into the batch; over ``x`` and ``w``, up to
+  `MAPPED_KERNELS_UNROLLED` pairs are one primitive each; otherwise it is the
   `lax` computation under `jax.vmap` (a grouped convolution).
+
+  With ``AD_RULES="custom_vjp"`` (read when traced) ``apply`` is instead a
+  `jax.custom_vjp` of ``forward`` whose backward pass is the same two transposes
+  (reverse mode only; the form before, for benchmarks).
   """
   p = Primitive(name)
 
@@ -143,7 +149,24 @@ def _bilinear_primitive(name, forward, transpose_x, transpose_w, static_names):
     return jax.vmap(functools.partial(forward, **params), in_axes=(bx, bw))(x, w), 0
 
   batching.primitive_batchers[p] = batch
-  return p
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+  def vjp_form(x, w, params):
+    return forward(x, w, **dict(params))
+
+  def vjp_bwd(params, res, g):
+    (x, w), kw = res, dict(params)
+    return transpose_x(g, w, x.shape, **kw), transpose_w(g, x, w.shape, **kw)
+
+  vjp_form.defvjp(lambda x, w, params: (vjp_form(x, w, params), (x, w)), vjp_bwd)
+
+  def apply(x, w, *, padding, **params):
+    params["padding"] = tuple(tuple(int(v) for v in pair) for pair in padding)
+    if AD_RULES == "custom_vjp":
+      return vjp_form(x, w, tuple(sorted(params.items())))
+    return p.bind(x, w, **params)
+
+  return apply
 
 
 def _conv_transpose_x(g, w, x_shape, *, padding):
@@ -164,29 +187,7 @@ def _fast_conv(x, w, padding):
   """Stride-1 NHWC/HWIO convolution with explicit non-negative ``padding``, whose
   input and weight gradients (its transposes) stay on XLA:CPU's fast paths, in loops
   too. A primitive (`_bilinear_primitive`): forward and reverse mode to any order."""
-  padding = tuple(tuple(int(v) for v in p) for p in padding)
-  if AD_RULES == "custom_vjp":
-    return _fast_conv_vjp(x, w, padding)
-  return _CONV_P.bind(x, w, padding=padding)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _fast_conv_vjp(x, w, padding):
-  """`_fast_conv` with ``AD_RULES="custom_vjp"``: reverse mode only (the form before)."""
-  return _lax_conv(x, w, padding)
-
-
-def _fast_conv_vjp_fwd(x, w, padding):
-  return _fast_conv_vjp(x, w, padding), (x, w)
-
-
-def _fast_conv_vjp_bwd(padding, res, g):
-  x, w = res
-  return _conv_transpose_x(g, w, x.shape, padding=padding), \
-      _conv_transpose_w(g, x, w.shape, padding=padding)
-
-
-_fast_conv_vjp.defvjp(_fast_conv_vjp_fwd, _fast_conv_vjp_bwd)
+  return _CONV(x, w, padding=padding)
 
 
 def _weight_grad(x, g, kernel_size, padding, *, blocked=True):
@@ -234,7 +235,7 @@ def _weight_grad(x, g, kernel_size, padding, *, blocked=True):
   return r.transpose(1, 2, 0, 3)    # [Cin, KH, KW, Cout] -> [KH, KW, Cin, Cout]
 
 
-_CONV_P = _bilinear_primitive(
+_CONV = _bilinear_primitive(
     "rattr_conv2d", lambda x, w, *, padding: _lax_conv(x, w, padding),
     _conv_transpose_x, _conv_transpose_w, ("padding",))
 
@@ -286,9 +287,9 @@ def _few_channel_transpose_w(g, x, w_shape, *, padding, block):
   return _weight_grad(x, g, tuple(w_shape[:2]), padding, blocked=False).astype(x.dtype)
 
 
-_FEW_CHANNEL_P = _bilinear_primitive("rattr_few_channel_conv2d", _few_channel_forward,
-                                     _few_channel_transpose_x, _few_channel_transpose_w,
-                                     ("padding", "block"))
+_FEW_CHANNEL = _bilinear_primitive("rattr_few_channel_conv2d", _few_channel_forward,
+                                   _few_channel_transpose_x, _few_channel_transpose_w,
+                                   ("padding", "block"))
 
 
 def _few_channel_conv(x, w, padding):
@@ -304,30 +305,7 @@ def _few_channel_conv(x, w, padding):
   `_col2im_input_grad`; kernel gradient: `_weight_grad` (a canonical
   convolution, unblocked). A primitive (`_bilinear_primitive`).
   """
-  padding = tuple(tuple(int(v) for v in p) for p in padding)
-  block = int(FEW_CHANNEL_FORWARD_BLOCK or 0)
-  if AD_RULES == "custom_vjp":
-    return _few_channel_conv_vjp(x, w, padding, block)
-  return _FEW_CHANNEL_P.bind(x, w, padding=padding, block=block)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _few_channel_conv_vjp(x, w, padding, block):
-  """`_few_channel_conv` with ``AD_RULES="custom_vjp"`` (the form before)."""
-  return _few_channel_forward(x, w, padding=padding, block=block)
-
-
-def _few_channel_conv_vjp_fwd(x, w, padding, block):
-  return _few_channel_conv_vjp(x, w, padding, block), (x, w)
-
-
-def _few_channel_conv_vjp_bwd(padding, block, res, g):
-  x, w = res
-  return (_few_channel_transpose_x(g, w, x.shape, padding=padding, block=block),
-          _few_channel_transpose_w(g, x, w.shape, padding=padding, block=block))
-
-
-_few_channel_conv_vjp.defvjp(_few_channel_conv_vjp_fwd, _few_channel_conv_vjp_bwd)
+  return _FEW_CHANNEL(x, w, padding=padding, block=int(FEW_CHANNEL_FORWARD_BLOCK or 0))
 
 
 def _column_blocks(x, padding, kernel_size, r):
