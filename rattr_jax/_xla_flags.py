@@ -24,7 +24,15 @@ HEAP_TOP_PAD = 512 * 2**20
 #: Setting the pad fixes glibc's otherwise adaptive threshold at its 128 KiB start,
 #: which would send every larger block to ``mmap`` (and its page faults) again.
 HEAP_MMAP_THRESHOLD = 32 * 2**20
-_M_TOP_PAD, _M_MMAP_THRESHOLD = -2, -3  # glibc's <malloc.h>
+#: At most this many blocks at a time come from ``mmap`` (``mallopt(M_MMAP_MAX, ...)``):
+#: none, so that larger blocks come from the heap too and are reused. A block above the
+#: threshold was otherwise mapped and unmapped around every call whenever the heap's
+#: free top could not hold it, which depended on what else the process had allocated:
+#: XLA:CPU's temporary buffer of one MNIST CNN Hessian-norm step at batch 128 is 96 MB,
+#: and with a PyTorch peer in the same process some runs took 24,500 minor page faults per
+#: step, every step (117-139 against 45-53 ms), others none (`benchmarks/retain_heap.py`).
+HEAP_MMAP_MAX = 0
+_M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -2, -3, -4  # glibc's <malloc.h>
 
 
 def _glibc_mallopt():
@@ -46,8 +54,10 @@ def heap_settings_supported() -> bool:
   return _glibc_mallopt() is not None
 
 
-def retain_heap(top_pad: int = HEAP_TOP_PAD, mmap_threshold: int = HEAP_MMAP_THRESHOLD) -> bool:
-  """``mallopt`` the heap pad and ``mmap`` threshold on Linux with glibc; whether both applied.
+def retain_heap(top_pad: int = HEAP_TOP_PAD, mmap_threshold: int = HEAP_MMAP_THRESHOLD,
+                mmap_max: int | None = HEAP_MMAP_MAX) -> bool:
+  """``mallopt`` the heap pad, the ``mmap`` threshold and (unless ``mmap_max`` is ``None``)
+  the most ``mmap``-ed blocks, on Linux with glibc; whether all applied.
 
   Process-wide and immediate (they apply to later ``malloc``/``free`` calls); a no-op
   returning ``False`` on other platforms or C libraries.
@@ -55,8 +65,11 @@ def retain_heap(top_pad: int = HEAP_TOP_PAD, mmap_threshold: int = HEAP_MMAP_THR
   mallopt = _glibc_mallopt()
   if mallopt is None:
     return False
-  return bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) & bool(
-      mallopt(_M_TOP_PAD, int(top_pad)))
+  ok = bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)))
+  ok &= bool(mallopt(_M_TOP_PAD, int(top_pad)))
+  if mmap_max is not None:
+    ok &= bool(mallopt(_M_MMAP_MAX, int(mmap_max)))
+  return ok
 
 
 #: The XLA:CPU flag `rattr_jax.configure_cpu` adds with ``eigen_convolutions=True``.

@@ -254,6 +254,80 @@ def test_fast_conv_gradients_inside_scan_match_lax_float32(cin):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(b))))
 
 
+def _onednn_calls(fn, *args) -> int:
+  return jax.jit(fn).lower(*args).as_text().count("__onednn$convolution")
+
+
+@pytest.mark.parametrize("cin,cout,k,padding", [
+    (8, 16, 3, "SAME"), (16, 32, 5, "SAME"), (5, 7, 3, "VALID"), (6, 4, 1, "SAME"),
+    (9, 3, 5, ((2, 1), (0, 2))), (8, 8, 7, ((3, 3), (3, 3))), (12, 5, 3, ((0, 2), (1, 0))),
+    (1, 16, 5, "SAME"), (3, 8, 3, ((1, 0), (2, 1)))])
+def test_onednn_convolution_matches_lax_to_second_order_float32(monkeypatch, cin, cout, k,
+                                                                padding):
+  # With oneDNN (`_conv.ONEDNN`), the fast primitive's forward and input-gradient
+  # convolutions are XLA:CPU's `__onednn$convolution` custom call: value, input and kernel
+  # gradients, forward mode and the second-order terms the regularizers train through
+  # equal lax's to float32 rounding; the weight gradients stay XLA convolutions. Input
+  # layers (`_conv.FEW_CHANNELS`) take oneDNN for the forward only (their input gradient
+  # is `_col2im_input_grad`).
+  from rattr_jax.models import _conv
+  if not _conv.onednn_available():
+    pytest.skip("this jaxlib has no oneDNN convolutions")
+  monkeypatch.setattr(_conv, "ONEDNN", True)
+  x = jax.random.normal(jax.random.key(0), (3, 11, 9, cin))
+  w = jax.random.normal(jax.random.key(1), (k, k, cin, cout)) / np.sqrt(k * k * cin)
+  conv = lambda impl: lambda x, w: models.conv2d(x, w, padding=padding, impl=impl)
+  loss = lambda impl: lambda x, w: jnp.sum(jax.nn.softplus(conv(impl)(x, w)) ** 2)
+
+  def close(a, b, rtol=3e-5):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_allclose(u, v, rtol=rtol, atol=rtol * float(jnp.max(jnp.abs(v))))
+
+  assert _onednn_calls(conv("fast"), x, w) == 1
+  assert _onednn_calls(conv("lax"), x, w) == 0
+  close(jax.jit(conv("fast"))(x, w), conv("lax")(x, w))
+  grads = lambda impl: jax.grad(loss(impl), (0, 1))
+  few = cin <= _conv.FEW_CHANNELS
+  assert _onednn_calls(grads("fast"), x, w) == (1 if few else 2)  # forward, input gradient
+  close(jax.jit(grads("fast"))(x, w), grads("lax")(x, w))
+  vx = jax.random.normal(jax.random.key(2), x.shape)
+  vw = jax.random.normal(jax.random.key(3), w.shape) / np.sqrt(k * k * cin)
+  close(jax.jit(lambda x, w: jax.jvp(conv("fast"), (x, w), (vx, vw)))(x, w),
+        jax.jvp(conv("lax"), (x, w), (vx, vw)))
+  second = lambda impl: jax.grad(lambda w: jnp.sum(jax.grad(loss(impl))(x, w) ** 2))
+  close(jax.jit(second("fast"))(w), second("lax")(w), rtol=1e-4)
+  hvp = lambda impl: lambda x, w: jax.jvp(grads(impl), (x, w), (vx, vw))[1]
+  close(jax.jit(hvp("fast"))(x, w), hvp("lax")(x, w), rtol=1e-4)
+  # vmapped over models (input and kernel mapped): one oneDNN convolution per pair
+  xs, ws = jnp.stack([x, -x]), jnp.stack([w, 2 * w])
+  assert _onednn_calls(jax.vmap(conv("fast")), xs, ws) == 2
+  close(jax.jit(jax.vmap(conv("fast")))(xs, ws), jax.vmap(conv("lax"))(xs, ws))
+
+
+def test_onednn_takes_only_float32_small_window_convolutions(monkeypatch, x64):
+  # float64 (finite-difference tests) and window-sized weight-gradient convolutions keep
+  # XLA's kernels; ONEDNN=False turns the custom call off everywhere.
+  from rattr_jax.models import _conv
+  if not _conv.onednn_available():
+    pytest.skip("this jaxlib has no oneDNN convolutions")
+  monkeypatch.setattr(_conv, "ONEDNN", True)
+  x = jax.random.normal(jax.random.key(0), (4, 12, 12, 8), jnp.float32)
+  w = jax.random.normal(jax.random.key(1), (3, 3, 8, 8), jnp.float32)
+  conv = lambda x, w: models.conv2d(x, w, impl="fast")
+  assert _onednn_calls(conv, x.astype(jnp.float64), w.astype(jnp.float64)) == 0
+  wgrad = lambda x, w: jax.grad(lambda w: jnp.sum(conv(x, w) ** 2))(w)
+  text = jax.jit(wgrad).lower(x, w).as_text()
+  assert text.count("__onednn$convolution") == 1 and "convolution(" in text.replace(
+      "__onednn$convolution", "")  # the forward on oneDNN, the weight gradient not
+  assert not _conv._onednn_suits(jax.ShapeDtypeStruct((8, 12, 12, 4), jnp.float32),
+                                 jax.ShapeDtypeStruct((12, 12, 4, 8), jnp.float32),
+                                 jax.ShapeDtypeStruct((8, 3, 3, 8), jnp.float32))
+  monkeypatch.setattr(_conv, "ONEDNN", False)
+  assert _onednn_calls(conv, x, w) == 0
+  np.testing.assert_allclose(jax.jit(conv)(x, w), models.conv2d(x, w, impl="lax"), rtol=1e-5,
+                             atol=1e-5)
+
+
 def _first_max_selection(x):
   """numpy: ``P[b, i, j, c] -> (row, col)`` of each 2x2 window's FIRST maximum (row-major)."""
   b, h, w, c = x.shape
@@ -470,8 +544,9 @@ def test_import_changes_no_jax_setting_and_configure_cpu_is_explicit(setting):
 def test_configure_cpu_retain_heap_keeps_freed_blocks_on_the_heap():
   # glibc gave the memory freed after each XLA:CPU call back to the kernel and the next
   # call faulted it in again (page faults per step: benchmarks/retain_heap.py). With
-  # retain_heap a 16 MiB block comes from the heap (not mmap) and stays with the heap after
-  # free; by default (a fresh process: mmap threshold 128 KiB) it is mmapped and unmapped.
+  # retain_heap a 16 MiB block, and a 48 MiB one (above the 32 MiB mmap threshold: no block
+  # is mmapped), come from the heap and stay with it after free; by default (a fresh
+  # process: mmap threshold 128 KiB) both are mmapped and unmapped.
   import os
   import subprocess
   import sys
@@ -489,13 +564,14 @@ libc.mallinfo2.restype = Info
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 print(rattr_jax.configure_cpu(retain_heap=sys.argv[1] == "1")["retain_heap"])
-n = 16 << 20
-before = libc.mallinfo2().arena
-p = libc.malloc(n)
-ctypes.memset(p, 1, n)
-mmapped = libc.mallinfo2().hblkhd >= n
-libc.free(p)
-print(mmapped, libc.mallinfo2().arena - before >= n)
+for n in (16 << 20, 48 << 20):
+  p = libc.malloc(n)
+  ctypes.memset(p, 1, n)
+  info = libc.mallinfo2()
+  mmapped = info.hblkhd >= n
+  libc.free(p)
+  # came from the heap, which still holds at least that much after the free
+  print(mmapped, not mmapped and libc.mallinfo2().arena >= n)
 """
   if not rattr_jax._xla_flags.heap_settings_supported():
     pytest.skip("not Linux with glibc")
@@ -506,8 +582,8 @@ print(mmapped, libc.mallinfo2().arena - before >= n)
                              text=True, check=True).stdout.split()
   if out["0"] == ["skip"]:  # pragma: no cover - glibc < 2.33
     pytest.skip("no mallinfo2")
-  assert out["1"] == ["True", "False", "True"], out   # heap block, kept after free
-  assert out["0"] == ["False", "True", "False"], out  # mmapped, returned
+  assert out["1"] == ["True"] + ["False", "True"] * 2, out   # heap blocks, kept after free
+  assert out["0"] == ["False"] + ["True", "False"] * 2, out  # mmapped, returned
 
 
 def test_enable_compilation_cache_writes_and_reuses_entries(tmp_path):
