@@ -14,8 +14,8 @@ class RattrDeprecationWarning(DeprecationWarning):
   """A deprecation of rattr_jax itself (the test suite turns these into errors)."""
 
 
-from rattr_jax._xla_flags import (EIGEN_CONV_FLAG, HEAP_MMAP_THRESHOLD, HEAP_TOP_PAD,  # noqa: E402
-                                  UNROLL_FLAG)
+from rattr_jax._xla_flags import (EIGEN_CONV_FLAG, HEAP_MMAP_MAX,  # noqa: E402
+                                  HEAP_MMAP_THRESHOLD, HEAP_TOP_PAD, UNROLL_FLAG)
 from rattr_jax._xla_flags import retain_heap as _retain_heap  # noqa: E402
 from rattr_jax._xla_flags import convolutions_on_eigen as _convolutions_on_eigen  # noqa: E402
 
@@ -60,10 +60,14 @@ def configure_cpu(*, inline_dispatch: bool = True, eigen_convolutions: bool = Tr
     noise to 1.03x; CNN SmoothGrad at batch 1 1.7x; MLPs unchanged. Skipped
     when ``XLA_FLAGS`` already names ``xla_backend_extra_options``.
   * ``retain_heap``: glibc's ``malloc`` keeps `HEAP_TOP_PAD` bytes (512 MiB) at
-    the top of its heaps when it trims (``mallopt(M_TOP_PAD)``; blocks up to
-    `HEAP_MMAP_THRESHOLD`, 32 MiB, from the heap; Linux with glibc only),
-    instead of giving the memory freed after each XLA:CPU call back to the
-    kernel and faulting it in again on the next call. Both settings in one
+    the top of its heaps when it trims (``mallopt(M_TOP_PAD)``) and takes every
+    block from the heap, none from ``mmap`` (`HEAP_MMAP_THRESHOLD`, 32 MiB, and
+    `HEAP_MMAP_MAX`, 0; Linux with glibc only), instead of giving the memory
+    freed after each XLA:CPU call back to the kernel and faulting it in again on
+    the next call. (Without ``HEAP_MMAP_MAX`` a block above 32 MiB, such as
+    XLA's 96 MB temporary buffer of an MNIST CNN Hessian-norm step at batch 128,
+    was mapped and unmapped around every call whenever the heap's free top could
+    not hold it: 24,500 page faults per step, 2.5x the time, in some runs.) Both settings in one
     process, alternating (`benchmarks/retain_heap.py`, batch 128, single /
     fused steps, without / with): MNIST CNN CE 1.79x / 1.33x (page faults per
     step 7,300 -> 110), gradient alignment 1.26x / 1.20x, Hessian norm 1.13x /

@@ -85,3 +85,47 @@ def test_data_parallel_equals_single_device():
   for ha, hb in zip(dp["history"], single["history"]):
     assert abs(ha["train_loss"] - hb["train_loss"]) < 1e-4
     assert abs(ha["test_accuracy"] - hb["test_accuracy"]) <= 1 / 128 + 1e-9
+
+
+_ONEDNN_SCRIPT = r"""
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from rattr_jax.models import _conv
+
+assert len(jax.devices()) == 2, jax.devices()
+mesh = Mesh(np.array(jax.devices()), ("data",))
+x = jax.random.normal(jax.random.key(0), (4, 9, 9, 8))
+w = jax.random.normal(jax.random.key(1), (3, 3, 8, 6)) * 0.2
+loss = lambda x, w: jnp.sum(jax.nn.softplus(_conv.conv2d(x, w, impl="fast")) ** 2)
+step = jax.jit(jax.grad(loss, (0, 1)))
+xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+text = lambda a: step.lower(a, w).as_text()
+one, sharded = step(x, w), step(xs, w)
+print("RESULT" + json.dumps({
+    "available": _conv.onednn_available(),
+    "one_device_calls": text(x).count("__onednn$convolution"),
+    "sharded_calls": text(xs).count("__onednn$convolution"),
+    "max_diff": max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(one, sharded)),
+    "scale": max(float(jnp.max(jnp.abs(a))) for a in one)}))
+"""
+
+
+def test_onednn_convolutions_only_in_one_device_programs():
+  # XLA's SPMD partitioner has no rule for the oneDNN custom call (it would gather the
+  # batch onto every device), so a program sharded over a mesh keeps XLA's convolutions;
+  # a one-device program in the same process uses oneDNN; both give the same gradients.
+  env = dict(os.environ)
+  env["JAX_NUM_CPU_DEVICES"] = "2"
+  env["JAX_PLATFORMS"] = "cpu"
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+  proc = subprocess.run([sys.executable, "-c", _ONEDNN_SCRIPT], env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
+  out = json.loads(line[len("RESULT"):])
+  if not out["available"]:
+    pytest.skip("this jaxlib has no oneDNN convolutions")
+  assert out["one_device_calls"] == 2 and out["sharded_calls"] == 0, out
+  assert out["max_diff"] <= 1e-5 * out["scale"], out

@@ -15,6 +15,15 @@ lowers its transposed convolution to a slow generic emitter on CPU (measured
   with at most `FEW_CHANNELS` input channels (image input layers) take
   `_few_channel_conv`, a primitive whose input gradient is the transpose of
   im2col (one GEMM, then shifted adds).
+* On the CPU backend, the primitives' forward and input-gradient convolutions
+  (float32, a window of at most `ONEDNN_MAX_TAPS` taps, one-device programs) are
+  lowered to oneDNN's convolution, through XLA:CPU's own
+  ``__onednn$convolution`` custom call (`ONEDNN`, `onednn_available`), instead of
+  XLA's Eigen kernels: alone at batch 128, the MNIST CNN's conv2 forward 2.0 ->
+  1.3 ms and input gradient 2.6 -> 1.4 ms, the CIFAR LeNet's conv1 forward
+  1.8 -> 0.7 ms and conv4 6.6 -> 4.6 ms (`benchmarks/conv_ops.py`). The weight
+  gradients (a window as large as the feature map) stay on Eigen, which ran
+  them 1.1-2x faster than oneDNN's forward kernels.
 * ``impl="lax"``: plain `lax.conv_general_dilated`.
 * ``impl="auto"`` (default): ``fast`` on the CPU backend, ``lax`` elsewhere.
 
@@ -128,7 +137,7 @@ def _onednn_or(forward):
   def lower(ctx, x, w, **params):
     xa, wa = ctx.avals_in
     (ya,) = ctx.avals_out
-    if _onednn_suits(xa, wa, ya) and _use_onednn():
+    if _onednn_suits(xa, wa, ya) and _one_device(ctx) and _use_onednn():
       return _onednn_lowering(ctx, x, w, padding=params["padding"])
     return fallback(ctx, x, w, **params)
 
@@ -150,6 +159,17 @@ def _onednn_suits(xa, wa, ya) -> bool:
   kh, kw = wa.shape[0], wa.shape[1]
   return (xa.dtype == np.float32 and wa.dtype == np.float32 and kh * kw <= ONEDNN_MAX_TAPS
           and ya.shape[1] >= kh and ya.shape[2] >= kw)
+
+
+def _one_device(ctx) -> bool:
+  """Whether the program being lowered runs on one device.
+
+  XLA's SPMD partitioner has no rule for the custom call: in a program partitioned
+  over several devices (a ``"data"`` mesh: `rattr_jax.distributed`, data-parallel
+  training) it would gather the whole batch onto every device. There, convolutions
+  stay XLA's own, which it partitions.
+  """
+  return getattr(ctx.module_context.axis_context, "num_devices", None) == 1
 
 
 def _use_onednn() -> bool:
