@@ -109,6 +109,11 @@ CASES = {
                          ("_layers", "POOL_FORWARD"), ("pairs", "windows")),
     "lenet_pool_forward": ("lenet", (32, 32, 3), None, 128, ("forward", "ce"),
                            ("_layers", "POOL_FORWARD"), ("pairs", "windows")),
+    "cnn_onednn": ("cnn", (28, 28, 1), None, 128, _SOFTPLUS_METHODS + ("activation_sensitivity",),
+                   ("_conv", "ONEDNN"), (True, False)),
+    "lenet_onednn": ("lenet", (32, 32, 3), None, 128,
+                     _SOFTPLUS_METHODS + ("activation_sensitivity",),
+                     ("_conv", "ONEDNN"), (True, False)),
 }
 
 

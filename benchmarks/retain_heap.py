@@ -7,7 +7,13 @@ timed in the same process, alternating per repeat (separate processes on this
 * ``on``: `rattr_jax.HEAP_TOP_PAD` (512 MiB) kept at the top of the heap when it
   trims (``mallopt(M_TOP_PAD)``);
 * ``off``: no pad (``mallopt(M_TOP_PAD, 0)``, then ``malloc_trim(0)`` so that the
-  memory freed so far goes back to the kernel, as glibc does by default).
+  memory freed so far goes back to the kernel, as glibc does by default);
+* ``mmap`` (with ``--mmap``): the pad, but blocks above the threshold from ``mmap``
+  as glibc does (``M_MMAP_MAX`` at its default, 65,536), the setting before
+  `rattr_jax.HEAP_MMAP_MAX` (0: no block from ``mmap``) was added;
+* with ``--peer`` a PyTorch CE step of the same architecture runs before each
+  setting's calls (the in-process peer of the other benchmarks, whose own
+  allocations change what the heap's top can hold).
 
 Both keep blocks up to `rattr_jax.HEAP_MMAP_THRESHOLD` (32 MiB) on the heap:
 glibc's own threshold adapts towards that value as large blocks are freed, and
@@ -45,7 +51,8 @@ from rattr_jax import models, training  # noqa: E402
 from _timing import device_info, write_result  # noqa: E402
 from training_cost import MODELS, method_configs, objective  # noqa: E402
 
-_M_TOP_PAD, _M_MMAP_THRESHOLD = -2, -3
+_M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -2, -3, -4
+_GLIBC_MMAP_MAX = 65536  # glibc's default M_MMAP_MAX
 
 
 def _faults() -> int:
@@ -59,6 +66,10 @@ def main():
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--steps", type=int, default=4)
   p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--mmap", action="store_true",
+                 help="also time the pad with mmap-ed large blocks (setting 'mmap')")
+  p.add_argument("--peer", action="store_true",
+                 help="run a PyTorch CE step before each setting (needs the bench extra)")
   p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                "results", "retain_heap.json"))
   args = p.parse_args()
@@ -93,13 +104,24 @@ def main():
 
       single()
       fused()
-      times = {f"{k}_{s}": [] for k in ("single", "fused") for s in ("off", "on")}
+      peer = None
+      if args.peer:
+        from training_cost import torch_steps
+        ref = models.create_model(name, input_shape=shape, num_classes=10,
+                                  activation="softplus:3", seed=0)
+        peer = torch_steps(ref, np.asarray(x[:b]), np.asarray(y[:b]), cfgs)[1]["ce"]
+      settings = ("off", "mmap", "on") if args.mmap else ("off", "on")
+      times = {f"{k}_{s}": [] for k in ("single", "fused") for s in settings}
       faults = {k: [] for k in times}
       for _ in range(args.repeats):
-        for setting in ("off", "on"):
-          libc.mallopt(_M_TOP_PAD, rattr_jax.HEAP_TOP_PAD if setting == "on" else 0)
+        for setting in settings:
+          libc.mallopt(_M_TOP_PAD, 0 if setting == "off" else rattr_jax.HEAP_TOP_PAD)
+          libc.mallopt(_M_MMAP_MAX, rattr_jax.HEAP_MMAP_MAX if setting == "on"
+                       else _GLIBC_MMAP_MAX)
           if setting == "off":
             libc.malloc_trim(0)
+          if peer is not None:
+            peer()
           for kind, f, n in (("single", single, 1), ("fused", fused, steps)):
             f()
             f0, t0 = _faults(), time.perf_counter()
@@ -112,20 +134,25 @@ def main():
              "median_page_faults_per_step": {k: statistics.median(v) for k, v in faults.items()},
              "all_s": times, "load_average": list(os.getloadavg())}
       for kind in ("single", "fused"):
-        r = [a / c for a, c in zip(times[f"{kind}_off"], times[f"{kind}_on"])]
-        row[f"{kind}_off_over_on"] = {"median": round(statistics.median(r), 3),
-                                      "min": round(min(r), 3), "max": round(max(r), 3)}
+        for base in settings[:-1]:
+          r = [a / c for a, c in zip(times[f"{kind}_{base}"], times[f"{kind}_on"])]
+          row[f"{kind}_{base}_over_on"] = {"median": round(statistics.median(r), 3),
+                                           "min": round(min(r), 3), "max": round(max(r), 3)}
       rows.append(row)
       print(name, method, row["median_ms_per_step"],
-            {k: row[f"{k}_off_over_on"]["median"] for k in ("single", "fused")},
+            {f"{k}_{base}": row[f"{k}_{base}_over_on"]["median"]
+             for k in ("single", "fused") for base in settings[:-1]},
             {k: int(v) for k, v in row["median_page_faults_per_step"].items()}, flush=True)
   result = {"benchmark": "retain_heap",
             "settings": {"repeats": args.repeats, "steps": args.steps, "batch": b,
                          "activation": "softplus:3", "optimizer": "adam 1e-3",
                          "top_pad_bytes": rattr_jax.HEAP_TOP_PAD,
                          "mmap_threshold_bytes": rattr_jax.HEAP_MMAP_THRESHOLD,
+                         "mmap_max": {"on": rattr_jax.HEAP_MMAP_MAX, "off": _GLIBC_MMAP_MAX,
+                                      "mmap": _GLIBC_MMAP_MAX},
+                         "settings": list(settings), "peer": bool(args.peer),
                          "timing": "one process; settings alternate per repeat; one untimed "
-                                   "call then one timed call each; ratio = off / on "
+                                   "call then one timed call each; ratio = off (or mmap) / on "
                                    "(> 1: retaining the heap helps)"},
             "device": device_info(load_average_start=load_start,
                                   load_average_end=list(os.getloadavg())),

@@ -78,7 +78,7 @@ def test_retain_heap_quick_run_without_bench_extra(tmp_path):
   out = tmp_path / "retain_heap.json"
   proc = _run(ROOT / "benchmarks" / "retain_heap.py",
               ["--models", "cnn", "--methods", "ce", "--batch", "16", "--steps", "2",
-               "--repeats", "1", "--out", str(out)], _env(tmp_path / "no_peers"))
+               "--repeats", "1", "--mmap", "--out", str(out)], _env(tmp_path / "no_peers"))
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(out.read_text())
   assert list(result) == ["benchmark", "settings", "device", "results"]
@@ -89,3 +89,7 @@ def test_retain_heap_quick_run_without_bench_extra(tmp_path):
   assert device["torch"] is None and "torch_threads" not in device
   assert device["jax_devices"] and device["cpu_count"] == os.cpu_count()
   assert [r["model"] for r in result["results"]] == ["cnn"]
+  row = result["results"][0]
+  assert set(row["median_ms_per_step"]) == {f"{k}_{s}" for k in ("single", "fused")
+                                            for s in ("off", "mmap", "on")}
+  assert {"single_off_over_on", "single_mmap_over_on", "fused_mmap_over_on"} <= set(row)

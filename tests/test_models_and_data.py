@@ -608,6 +608,39 @@ def test_enable_compilation_cache_writes_and_reuses_entries(tmp_path):
     rattr_jax.enable_compilation_cache(str(tmp_path), min_compile_time_secs=-1)
 
 
+def test_compilation_cache_with_and_without_onednn_convolutions(tmp_path):
+  # A program with a oneDNN convolution cannot be serialized by jaxlib 0.10.2's XLA:CPU:
+  # it is not stored, and the one warning JAX gives for that is silenced (warnings are
+  # errors here, so any other would fail). With RATTR_JAX_ONEDNN=0 the same program is
+  # an XLA convolution and is stored.
+  import os
+  import subprocess
+  import sys
+  from rattr_jax.models import _conv
+  if not _conv.onednn_available():
+    pytest.skip("this jaxlib has no oneDNN convolutions")
+  code = ("import sys, warnings, rattr_jax, jax, jax.numpy as jnp\n"
+          "warnings.simplefilter('error')\n"
+          "rattr_jax.enable_compilation_cache(sys.argv[1], min_compile_time_secs=0)\n"
+          "from rattr_jax.models import conv2d\n"
+          "def doubled(x, w):\n"
+          "  return conv2d(x, w, impl='fast') * 2.0\n"
+          "f = jax.jit(doubled)\n"
+          "print(f.lower(jnp.ones((2, 9, 9, 8)), jnp.ones((3, 3, 8, 8))).as_text()"
+          ".count('__onednn$convolution'))\n"
+          "print(float(f(jnp.ones((2, 9, 9, 8)), jnp.ones((3, 3, 8, 8))).sum()))\n")
+  out = {}
+  for setting in ("auto", "0"):
+    cache = tmp_path / setting
+    env = dict(os.environ, RATTR_JAX_ONEDNN=setting)
+    proc = subprocess.run([sys.executable, "-c", code, str(cache)], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out[setting] = (proc.stdout.split(), [n for n in os.listdir(cache) if "doubled" in n])
+  assert out["auto"][0] == ["1", "160000.0"] and out["auto"][1] == [], out
+  assert out["0"][0] == ["0", "160000.0"] and len(out["0"][1]) == 1, out
+
+
 def test_view_shares_weights_and_leaves_the_model_alone():
   from flax import nnx
   m = models.create_model("cnn", input_shape=(8, 8, 1), num_classes=3, seed=0, widths=(4, 8, 16))

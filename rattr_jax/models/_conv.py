@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -110,7 +111,10 @@ def _shape_of(a):
 #: the CPU backend, to oneDNN's convolution (XLA:CPU's ``__onednn$convolution``
 #: custom call) instead of XLA's own (Eigen) kernels: ``"auto"`` (when this
 #: jaxlib has it, `onednn_available`), ``True`` or ``False``. Read when lowered.
-ONEDNN = "auto"
+#: Its default comes from the environment variable ``RATTR_JAX_ONEDNN`` (``0``:
+#: off, ``1``: on, unset or ``auto``: auto).
+ONEDNN = {"0": False, "false": False, "off": False, "1": True, "true": True, "on": True}.get(
+    os.environ.get("RATTR_JAX_ONEDNN", "auto").strip().lower(), "auto")
 
 
 def _onednn_config(padding) -> str:
