@@ -23,7 +23,16 @@ PyTorch's OpenMP threads, which keep spinning after their work (CIFAR LeNet conv
 forward 5.95 ms after PyTorch's weight gradient, 3.01 ms without PyTorch in the
 process; MNIST CNN conv1 forward 1.09 against 0.62 ms).
 
+Since 2026-12-05 (fourth session) the forward and input-gradient convolutions are
+oneDNN's (`rattr_jax.models._conv.ONEDNN`), which split each call statically over
+the cores: a PyTorch call before them leaves its OpenMP threads spin-waiting (for
+milliseconds) on the same cores, and the pause before a call leaves them cold. The
+README's table is therefore measured with ``OMP_WAIT_POLICY=PASSIVE`` (PyTorch's
+threads sleep as soon as their work is done; its own times were unchanged) and
+``--settle 0``; the JSON records both settings.
+
 Usage: python benchmarks/conv_ops.py [--quick] [--repeats N] [--out PATH]
+       OMP_WAIT_POLICY=PASSIVE python benchmarks/conv_ops.py --settle 0
 """
 
 from __future__ import annotations
@@ -132,6 +141,8 @@ def main():
                          "padding": "SAME", "configure_cpu": settings,
                          "xla_flags": os.environ.get("XLA_FLAGS", ""),
                          "settle_s": args.settle,
+                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                         "onednn": os.environ.get("RATTR_JAX_ONEDNN", "auto"),
                          "timing": "round-robin in one process, warmup 2, settle, rewarm 1; "
                                    "torch_over_jax paired per repeat (> 1: rattr_jax faster)"},
             "device": device_info(load_average_start=load_start),
