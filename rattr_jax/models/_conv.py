@@ -226,6 +226,9 @@ def _bilinear_primitive(name, forward, transpose_x, transpose_w, static_names,
   `MAPPED_KERNELS_UNROLLED` pairs are one primitive each; otherwise it is the
   `lax` computation under `jax.vmap` (a grouped convolution).
 
+  ``cpu_lowering(forward)``, if given, is its lowering rule on the CPU backend
+  (`_onednn_or`: oneDNN where it suits, else ``forward``'s).
+
   With ``AD_RULES="custom_vjp"`` (read when traced) ``apply`` is instead a
   `jax.custom_vjp` of ``forward`` whose backward pass is the same two transposes
   (reverse mode only; the form before, for benchmarks).
@@ -243,7 +246,8 @@ def _bilinear_primitive(name, forward, transpose_x, transpose_w, static_names,
     shape, dtype = out_type(x.shape, x.dtype, w.shape, w.dtype, tuple(sorted(params.items())))
     return ShapedArray(shape, dtype)
 
-  p.def_impl(jax.jit(forward, static_argnames=static_names))  # eager calls: one compiled program
+  # Eager calls: one compiled program of the primitive itself (so with its CPU lowering).
+  p.def_impl(jax.jit(lambda x, w, **params: p.bind(x, w, **params), static_argnames=static_names))
   p.def_abstract_eval(abstract)
   mlir.register_lowering(p, mlir.lower_fun(forward, multiple_results=False))
   if cpu_lowering is not None:
@@ -284,7 +288,6 @@ def _bilinear_primitive(name, forward, transpose_x, transpose_w, static_names,
       return vjp_form(x, w, tuple(sorted(params.items())))
     return p.bind(x, w, **params)
 
-  apply.primitive = p
   return apply
 
 
