@@ -61,18 +61,23 @@ print("RESULT" + json.dumps(out))
 """
 
 
-@pytest.mark.slow
-def test_data_parallel_equals_single_device():
+def _run(script: str, devices: int) -> dict:
+  """``script`` in a subprocess with ``devices`` CPU devices; its ``RESULT`` JSON line."""
   env = dict(os.environ)
-  env["JAX_NUM_CPU_DEVICES"] = "4"
+  env["JAX_NUM_CPU_DEVICES"] = str(devices)
   env["JAX_PLATFORMS"] = "cpu"
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-  proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True,
+  proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                         timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
-  out = json.loads(line[len("RESULT"):])
+  return json.loads(line[len("RESULT"):])
+
+
+@pytest.mark.slow
+def test_data_parallel_equals_single_device():
+  out = _run(_SCRIPT, 4)
   assert out["num_devices_used"] == 4
   assert out["addressable"] and out["init_replicated"]
   assert out["shardings"] == ["NamedSharding"]
@@ -115,16 +120,7 @@ def test_onednn_convolutions_only_in_one_device_programs():
   # XLA's SPMD partitioner has no rule for the oneDNN custom call (it would gather the
   # batch onto every device), so a program sharded over a mesh keeps XLA's convolutions;
   # a one-device program in the same process uses oneDNN; both give the same gradients.
-  env = dict(os.environ)
-  env["JAX_NUM_CPU_DEVICES"] = "2"
-  env["JAX_PLATFORMS"] = "cpu"
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-  proc = subprocess.run([sys.executable, "-c", _ONEDNN_SCRIPT], env=env, capture_output=True,
-                        text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
-  out = json.loads(line[len("RESULT"):])
+  out = _run(_ONEDNN_SCRIPT, 2)
   if not out["available"]:
     pytest.skip("this jaxlib has no oneDNN convolutions")
   assert out["one_device_calls"] == 2 and out["sharded_calls"] == 0, out

@@ -193,10 +193,12 @@ def onednn_available() -> bool:
     cpu = jax.devices("cpu")[0]
   except RuntimeError:
     return False
+  def probe_type(x, w, *, padding):  # the `lax` convolution's output type
+    out = jax.eval_shape(functools.partial(_lax_conv, padding=padding), x, w)
+    return ShapedArray(out.shape, out.dtype)
+
   probe = Primitive("rattr_onednn_probe")
-  probe.def_abstract_eval(lambda x, w, *, padding: ShapedArray(
-      (x.shape[0], x.shape[1] + sum(padding[0]) - w.shape[0] + 1,
-       x.shape[2] + sum(padding[1]) - w.shape[1] + 1, w.shape[3]), x.dtype))
+  probe.def_abstract_eval(probe_type)
   mlir.register_lowering(probe, _onednn_lowering, platform="cpu")
   rng = np.random.default_rng(0)
   x = rng.standard_normal((2, 5, 6, 3)).astype(np.float32)
@@ -359,8 +361,7 @@ def _weight_grad(x, g, kernel_size, padding, *, blocked=True):
 
 _CONV = _bilinear_primitive(
     "rattr_conv2d", lambda x, w, *, padding: _lax_conv(x, w, padding),
-    _conv_transpose_x, _conv_transpose_w, ("padding",),
-    cpu_lowering=lambda forward: _onednn_or(forward))
+    _conv_transpose_x, _conv_transpose_w, ("padding",), cpu_lowering=_onednn_or)
 
 
 def _weight_grad_out_chunk() -> int:
@@ -412,8 +413,7 @@ def _few_channel_transpose_w(g, x, w_shape, *, padding, block):
 
 _FEW_CHANNEL = _bilinear_primitive("rattr_few_channel_conv2d", _few_channel_forward,
                                    _few_channel_transpose_x, _few_channel_transpose_w,
-                                   ("padding", "block"),
-                                   cpu_lowering=lambda forward: _onednn_or(forward))
+                                   ("padding", "block"), cpu_lowering=_onednn_or)
 
 
 def _few_channel_conv(x, w, padding):
