@@ -338,15 +338,17 @@ def _first_max_selection(x):
       2 * np.arange(w // 2)[None, None, :, None] + k % 2
 
 
-@pytest.mark.parametrize("form", ["pairs", "windows"])
+@pytest.mark.parametrize("form,by_select", [("pairs", True), ("windows", True), ("pairs", False)])
 @pytest.mark.parametrize("jit", [False, True])
-def test_max_pool2_value_gradient_and_hessian_follow_the_first_maximum(monkeypatch, form, jit):
+def test_max_pool2_value_gradient_and_hessian_follow_the_first_maximum(monkeypatch, form,
+                                                                       by_select, jit):
   # Value: lax.reduce_window's max (odd trailing row / column dropped), with either
-  # form of the undifferentiated value. Derivatives, to second order: the first
+  # form of the undifferentiated value. Derivatives, to third order: the first
   # maximum of each window in row-major order takes the whole derivative (PyTorch's
   # rule), on integer inputs where many windows tie.
   from rattr_jax.models import _layers
   monkeypatch.setattr(_layers, "POOL_FORWARD", form)
+  monkeypatch.setattr(_layers, "POOL_VALUE_BY_SELECT", by_select)  # the rule's primal output
   rng = np.random.default_rng(0)
   x = rng.integers(0, 3, (2, 7, 9, 3)).astype(np.float32)
   pool = jax.jit(models.max_pool2) if jit else models.max_pool2
@@ -372,6 +374,13 @@ def test_max_pool2_value_gradient_and_hessian_follow_the_first_maximum(monkeypat
   want_h = np.zeros_like(x)
   want_h[bi, rows, cols, ci] = 2 * c * t[bi, rows, cols, ci]
   np.testing.assert_allclose(hvp, want_h, rtol=1e-6, atol=1e-6)
+  # Third order (JAX differentiates the rule's own primal output): D^3 of
+  # sum(c * pool(v)^3) / 3 along (t, t) is 2 c t^2 at the selected element.
+  d3 = jax.jvp(lambda v: jax.jvp(jax.grad(lambda u: jnp.sum(c * pool(u) ** 3) / 3), (v,),
+                                 (jnp.asarray(t),))[1], (jnp.asarray(x),), (jnp.asarray(t),))[1]
+  want_3 = np.zeros_like(x)
+  want_3[bi, rows, cols, ci] = 2 * c * t[bi, rows, cols, ci] ** 2
+  np.testing.assert_allclose(d3, want_3, rtol=1e-5, atol=1e-5)
 
 
 def test_zoo_shapes_and_surrogate():
