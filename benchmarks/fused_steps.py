@@ -34,6 +34,10 @@ when a program is traced):
   (``"custom_vjp"``), the four softplus methods and activation sensitivity (the
   Hessian-norm term's HVP mode is probed with the switch set: forward-over-reverse
   with the primitive, reverse-over-reverse with the custom VJP).
+* the same two at batch 128, the random input-shaped draws of gradient
+  alignment, Hessian norm, activation sensitivity and PGD-AT made as ``[B, rest]``
+  matrices (``_random.MATRIX_DRAWS``; the same values) against their own shape;
+* the same two at batch 128, oneDNN convolutions (``_conv.ONEDNN``) on and off.
 
 Every variant is compiled first, then timed round-robin (paired per repeat).
 
@@ -61,11 +65,15 @@ rattr_jax.configure_cpu()
 from _timing import device_info, medians, round_robin, write_result  # noqa: E402
 
 from rattr_jax import models, training  # noqa: E402
+from rattr_jax import _random  # noqa: E402  (a before/after switch)
 from rattr_jax.models import _activation, _conv, _layers  # noqa: E402  (the before/after switches)
 from rattr_jax.regularizers import _hessian_norm  # noqa: E402
 
-_SWITCH_MODULES = {"_conv": _conv, "_activation": _activation, "_layers": _layers}
+_SWITCH_MODULES = {"_conv": _conv, "_activation": _activation, "_layers": _layers,
+                   "_random": _random}
 _SOFTPLUS_METHODS = ("ce", "gradient_alignment", "hessian_norm", "pgd")
+#: The methods that draw a random input-shaped array every step.
+_RANDOM_METHODS = ("gradient_alignment", "hessian_norm", "activation_sensitivity", "pgd")
 
 #: name -> (zoo model, input shape, widths, batch, methods, the switch (module, name) and
 #: its (after, before) values)
@@ -109,6 +117,10 @@ CASES = {
                          ("_layers", "POOL_FORWARD"), ("pairs", "windows")),
     "lenet_pool_forward": ("lenet", (32, 32, 3), None, 128, ("forward", "ce"),
                            ("_layers", "POOL_FORWARD"), ("pairs", "windows")),
+    "cnn_random": ("cnn", (28, 28, 1), None, 128, _RANDOM_METHODS,
+                   ("_random", "MATRIX_DRAWS"), (True, False)),
+    "lenet_random": ("lenet", (32, 32, 3), None, 128, _RANDOM_METHODS,
+                     ("_random", "MATRIX_DRAWS"), (True, False)),
     "cnn_onednn": ("cnn", (28, 28, 1), None, 128, _SOFTPLUS_METHODS + ("activation_sensitivity",),
                    ("_conv", "ONEDNN"), (True, False)),
     "lenet_onednn": ("lenet", (32, 32, 3), None, 128,

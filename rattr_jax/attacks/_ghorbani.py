@@ -39,6 +39,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from rattr_jax import _random
 from rattr_jax import _validation as V
 from rattr_jax import core
 from rattr_jax._jit import jit_with_callables
@@ -177,7 +178,7 @@ def _signed_core(fn, explain, surrogate, objective, config, key, args):
                     static_argnames=("objective", "chunk_size"))
 def _signed_attack(fn, explain, surrogate, objective, x, t, mask, config, key, chunk_size):
   k_start, key = jax.random.split(key)
-  signs = jax.random.rademacher(k_start, x.shape, x.dtype) if config.random_start else None
+  signs = _random.rademacher(k_start, x.shape, x.dtype) if config.random_start else None
   run = functools.partial(_signed_core, fn, explain, surrogate, objective, config, key)
   out = _engine.chunked(run, (x, t, mask, signs), chunk_size)
   return AttackResult(num_steps=jnp.asarray(config.num_steps, jnp.int32), **out)
@@ -210,7 +211,7 @@ def _random_sign_core(fn, explain, surrogate, objective, config, key, args):
                     static_argnames=("objective", "chunk_size"))
 def _random_sign(fn, explain, surrogate, objective, x, t, mask, config, key, chunk_size):
   k_sign, k_rest = jax.random.split(key)
-  signs = jax.random.rademacher(k_sign, x.shape, x.dtype)
+  signs = _random.rademacher(k_sign, x.shape, x.dtype)
   run = functools.partial(_random_sign_core, fn, explain, surrogate, objective, config, k_rest)
   out = _engine.chunked(run, (x, t, mask, signs), chunk_size)
   return AttackResult(num_steps=jnp.asarray(1, jnp.int32), **out)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from rattr_jax import _random
 from rattr_jax import _validation as V
 from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import PRNGKey, Target
@@ -51,7 +52,7 @@ def noisy_gradient_moments(fn, x, t, key, stddev, num_samples, chunk_size,
     idx = c * bs + jnp.arange(bs)
     valid = (idx < s_total).astype(x.dtype)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
-    eps = jax.vmap(lambda k: jax.random.normal(k, x.shape, x.dtype))(keys)
+    eps = jax.vmap(lambda k: _random.normal(k, x.shape, x.dtype))(keys)
     pts = (x[None] + sigma[None] * eps).reshape((bs * bsz,) + feat)
     g = core.target_gradient(fn, pts, jnp.tile(t, bs)).reshape((bs, bsz) + feat)
     return tuple(jnp.tensordot(valid, g if m == 1 else g * g, axes=1) for m in moments)

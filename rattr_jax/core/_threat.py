@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from rattr_jax import _random
 from rattr_jax import _validation as V
 
 NORMS = ("linf", "l2")
@@ -78,7 +79,7 @@ class ThreatModel:
     """A uniform random offset in the ball, ``[B, *F]`` (one per example; no box)."""
     eps = jnp.asarray(self.epsilon, dtype)
     if self.norm == "linf":
-      return eps * jax.random.uniform(key, shape, dtype, -1.0, 1.0)
+      return eps * _random.uniform(key, shape, dtype, -1.0, 1.0)
     k1, k2 = jax.random.split(key)
     n = math.prod(shape[1:])
     g = jax.random.normal(k1, (shape[0], n), dtype)

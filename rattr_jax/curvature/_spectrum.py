@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from rattr_jax import _random
 from rattr_jax import _validation as V
 from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import Target
@@ -105,7 +106,7 @@ def slq(matvec: Callable, shape: tuple[int, int], dtype, key: jax.Array, num_sam
 
   def one(kk):
     kv, kr = jax.random.split(kk)
-    v0 = jax.random.rademacher(kv, shape, dtype)
+    v0 = _random.rademacher(kv, shape, dtype)
     tri = _lanczos.lanczos(matvec, v0, num_iters, kr)
     theta, s = _lanczos.tridiagonal_eigh(tri)
     return theta, s[:, 0, :] ** 2

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from rattr_jax import _random
 from rattr_jax import _validation as V
 from rattr_jax._jit import jit_with_callables
 from rattr_jax._typing import Target
@@ -20,7 +21,7 @@ def probe_products(op: Callable, x: jax.Array, key: jax.Array, num_samples: int,
   axes = tuple(range(1, x.ndim))
 
   def one(kk):
-    v = jax.random.rademacher(kk, x.shape, x.dtype)
+    v = _random.rademacher(kk, x.shape, x.dtype)
     hv = op(v)
     return jnp.sum(v * hv, axis=axes), jnp.sum(hv * hv, axis=axes)
 

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float
 
+from rattr_jax import _random
 from rattr_jax import _validation as V
 from rattr_jax import core
 from rattr_jax._typing import Target
@@ -95,7 +96,7 @@ def jacobian_values(features: Callable, x: jax.Array, *, key: jax.Array,
   total = jnp.zeros(x.shape[:1], x.dtype)
   keys = jax.random.split(key, len(feats))
   for i, a in enumerate(feats):
-    v = jax.random.normal(keys[i], (num_projections,) + a.shape, a.dtype)
+    v = _random.normal(keys[i], (num_projections,) + a.shape, a.dtype)
     if neuron_weights is not None and neuron_weights[i] is not None:
       v = v * jnp.sqrt(neuron_weights[i])
 

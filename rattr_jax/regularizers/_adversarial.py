@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from rattr_jax import _random
 from rattr_jax import _validation as V
 from rattr_jax import core
 from rattr_jax._jit import jit_with_callables
@@ -76,7 +77,7 @@ def trades_adversary_core(fn, x, *, key, epsilon, step_size, num_steps, input_ra
   """Unvalidated core of `trades_adversary`."""
   x = jax.lax.stop_gradient(x)
   p_logits = jax.lax.stop_gradient(fn(x))
-  x0 = x + 0.001 * jax.random.normal(key, x.shape, x.dtype)
+  x0 = x + 0.001 * _random.normal(key, x.shape, x.dtype)
 
   def body(_, z):
     g = jax.grad(lambda w: jnp.sum(_kl_rows(p_logits, fn(w))))(z)

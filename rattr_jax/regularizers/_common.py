@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rattr_jax import _random
 from rattr_jax import _validation as V
 from rattr_jax import core
 
@@ -47,8 +48,8 @@ def reduce(values: jax.Array, reduction: str) -> jax.Array:
 def random_delta(key: jax.Array, shape, dtype, epsilon: jax.Array, kind: str) -> jax.Array:
   """``epsilon * U[-1, 1]`` or ``epsilon * N(0, 1)`` of ``shape``."""
   if kind == "uniform":
-    return epsilon * jax.random.uniform(key, shape, dtype, -1.0, 1.0)
-  return epsilon * jax.random.normal(key, shape, dtype)
+    return epsilon * _random.uniform(key, shape, dtype, -1.0, 1.0)
+  return epsilon * _random.normal(key, shape, dtype)
 
 
 def per_example_sum(a: jax.Array) -> jax.Array:

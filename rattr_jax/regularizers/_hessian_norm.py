@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from rattr_jax import _random
 from rattr_jax import _jit
 from rattr_jax import _validation as V
 from rattr_jax._jit import jit_with_callables
@@ -82,7 +83,7 @@ def hessian_norm_values(fn: Callable, x: jax.Array, t: jax.Array, *, key: jax.Ar
                         num_samples: int = 1, mode: str = "forward_over_reverse") -> jax.Array:
   """Unvalidated core of `hessian_norm`: per-example estimates ``[B]``."""
   def one(k):
-    v = jax.random.normal(k, x.shape, x.dtype)
+    v = _random.normal(k, x.shape, x.dtype)
     hv = target_hvp(fn, x, t, v, mode)
     return _common.per_example_sum(hv * hv)
 

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rattr_jax import _random
 from rattr_jax.models import Conv2D, max_pool2
 
 PARAMETRIZERS = ("mlp", "lenet", "vgg")
@@ -27,7 +28,7 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None, *,
   """
   if key is None or rate == 0.0:
     return x
-  keep = jax.random.bernoulli(key, 1.0 - rate, tuple(shape) if shape else x.shape)
+  keep = _random.bernoulli(key, 1.0 - rate, tuple(shape) if shape else x.shape)
   return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rattr_jax import _random
 from rattr_jax import attacks as A
 from rattr_jax import attribution
 from rattr_jax import curvature
@@ -324,7 +325,7 @@ def senn_scores(model, x, t, *, names, epsilon: float, num_steps: int,
 
 def random_attribution(x, *, key) -> np.ndarray:
   """A random-map baseline attribution (uniform noise, shaped like ``x``)."""
-  return np.asarray(jax.random.uniform(key, x.shape, jnp.float32))
+  return np.asarray(_random.uniform(key, x.shape, jnp.float32))
 
 
 # ------------------------------------------------------------------- diagnostics
