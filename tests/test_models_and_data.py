@@ -338,17 +338,18 @@ def _first_max_selection(x):
       2 * np.arange(w // 2)[None, None, :, None] + k % 2
 
 
-@pytest.mark.parametrize("form,by_select", [("pairs", True), ("windows", True), ("pairs", False)])
+@pytest.mark.parametrize("form,value", [("pairs", "reduce"), ("windows", "reduce"),
+                                        ("pairs", "select"), ("pairs", "gather")])
 @pytest.mark.parametrize("jit", [False, True])
 def test_max_pool2_value_gradient_and_hessian_follow_the_first_maximum(monkeypatch, form,
-                                                                       by_select, jit):
+                                                                       value, jit):
   # Value: lax.reduce_window's max (odd trailing row / column dropped), with either
   # form of the undifferentiated value. Derivatives, to third order: the first
   # maximum of each window in row-major order takes the whole derivative (PyTorch's
   # rule), on integer inputs where many windows tie.
   from rattr_jax.models import _layers
   monkeypatch.setattr(_layers, "POOL_FORWARD", form)
-  monkeypatch.setattr(_layers, "POOL_VALUE_BY_SELECT", by_select)  # the rule's primal output
+  monkeypatch.setattr(_layers, "POOL_VALUE", value)  # how the rule computes its primal output
   rng = np.random.default_rng(0)
   x = rng.integers(0, 3, (2, 7, 9, 3)).astype(np.float32)
   pool = jax.jit(models.max_pool2) if jit else models.max_pool2
@@ -358,6 +359,7 @@ def test_max_pool2_value_gradient_and_hessian_follow_the_first_maximum(monkeypat
   nan = x.copy()
   nan[0, 0, 1, 0] = np.nan
   assert np.isnan(pool(jnp.asarray(nan))[0, 0, 0, 0])
+  assert np.isnan(jax.jvp(pool, (jnp.asarray(nan),), (jnp.ones_like(nan),))[0][0, 0, 0, 0])
   rows, cols = _first_max_selection(x)
   bi, ci = np.arange(2)[:, None, None, None], np.arange(3)[None, None, None, :]
   c = rng.normal(size=ref.shape).astype(np.float32)
@@ -381,6 +383,9 @@ def test_max_pool2_value_gradient_and_hessian_follow_the_first_maximum(monkeypat
   want_3 = np.zeros_like(x)
   want_3[bi, rows, cols, ci] = 2 * c * t[bi, rows, cols, ci] ** 2
   np.testing.assert_allclose(d3, want_3, rtol=1e-5, atol=1e-5)
+  # vmapped (several models per program, per-sample maps): the same gradients.
+  gv = jax.vmap(jax.grad(lambda v, cc: jnp.sum(cc * pool(v[None])[0])))(jnp.asarray(x), c)
+  np.testing.assert_array_equal(gv, want)
 
 
 def test_zoo_shapes_and_surrogate():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from rattr_jax.models import _conv
@@ -57,10 +58,14 @@ POOL_FORWARD = "pairs"
 #: rows) or ``-1`` (``[B, H2, W2, C, 4]``, the layout before; for
 #: `benchmarks/fused_steps.py`). Read when traced.
 WINDOW_AXIS = -2
-#: Whether the pool's value in its derivative rule is the window's element at the
-#: argmax picked by a select and a 4-term sum (``True``) or by `take_along_axis`
-#: (a gather whose index array, 5 int32 per element, XLA:CPU builds in full).
-POOL_VALUE_BY_SELECT = True
+#: How the pool's derivative rule computes its value (the primal output) next to
+#: the argmax: ``"reduce"`` (one variadic reduction yields both the first maximum's
+#: value and its index, `_first_max`), ``"select"`` (the window's element at the
+#: argmax by a select and a 4-term sum over a ``[B, H2, W2, 4, C]`` array that
+#: XLA:CPU builds in full, with the activation recomputed in it; the form before)
+#: or ``"gather"`` (`take_along_axis`: a gather whose index array, 5 int32 per
+#: element, XLA:CPU builds in full). Read when traced.
+POOL_VALUE = "reduce"
 
 
 def _windows(x):
@@ -108,14 +113,50 @@ def _max4_jvp(primals, tangents):
   # (README, "Training steps against plain PyTorch").
   ax = WINDOW_AXIS
   r = _windows(x)
-  i = jnp.expand_dims(jnp.argmax(r, ax), ax)
-  pick = i == jnp.arange(4, dtype=i.dtype).reshape((4, 1) if ax == -2 else (4,))
   zero = jnp.zeros((), x.dtype)
-  if POOL_VALUE_BY_SELECT:
-    m = jnp.sum(jnp.where(pick, r, zero), ax)
+  if POOL_VALUE == "reduce":
+    m, i = _first_max(r)
+    i = jnp.expand_dims(i, ax)
   else:
+    i = jnp.expand_dims(jnp.argmax(r, ax), ax)
+  pick = i == jnp.arange(4, dtype=i.dtype).reshape((4, 1) if ax == -2 else (4,))
+  if POOL_VALUE == "select":
+    m = jnp.sum(jnp.where(pick, r, zero), ax)
+  elif POOL_VALUE == "gather":
     m = jnp.take_along_axis(r, i, ax).squeeze(ax)
   return m, jnp.sum(jnp.where(pick, _windows(t), jnp.zeros((), t.dtype)), ax)
+
+
+def _argmax_reducer(op, acc):
+  """`lax.argmax`'s comparator: the larger value (a NaN wins), the lower index on ties."""
+  (ov, oi), (av, ai) = op, acc
+  pick_value = (ov > av) | (ov != ov)
+  pick_index = pick_value | ((ov == av) & (oi < ai))
+  return jnp.where(pick_value, ov, av), jnp.where(pick_index, oi, ai)
+
+
+@jax.custom_jvp
+def _first_max(r):
+  """``(value, index)`` of each window's first maximum along `WINDOW_AXIS` of `_windows`'
+  output, from one variadic reduction (`jnp.argmax` computes the value too, then drops it)."""
+  ax = r.ndim + WINDOW_AXIS
+  idx = jax.lax.broadcasted_iota(jnp.int32, r.shape, ax)
+  init = (jnp.array(-jnp.inf, r.dtype), jnp.array(0, jnp.int32))
+  return jax.lax.reduce((r, idx), init, _argmax_reducer, (ax,))
+
+
+@_first_max.defjvp
+def _first_max_jvp(primals, tangents):
+  # The value's derivative is the tangent at the first maximum (the pool's tie
+  # rule); at higher orders JAX differentiates this rule, which calls
+  # `_first_max` again. The index is piecewise constant (a float0 tangent).
+  (r,), (tr,) = primals, tangents
+  m, i = _first_max(r)
+  ax = WINDOW_AXIS
+  pick = jnp.expand_dims(i, ax) == jnp.arange(4, dtype=i.dtype).reshape(
+      (4, 1) if ax == -2 else (4,))
+  dm = jnp.sum(jnp.where(pick, tr, jnp.zeros((), tr.dtype)), ax)
+  return (m, i), (dm, np.zeros(i.shape, jax.dtypes.float0))
 
 
 def max_pool2(x: jax.Array) -> jax.Array:
