@@ -135,28 +135,38 @@ def _argmax_reducer(op, acc):
   return jnp.where(pick_value, ov, av), jnp.where(pick_index, oi, ai)
 
 
-@jax.custom_jvp
 def _first_max(r):
   """``(value, index)`` of each window's first maximum along `WINDOW_AXIS` of `_windows`'
-  output, from one variadic reduction (`jnp.argmax` computes the value too, then drops it)."""
+  output, from one variadic reduction (`jnp.argmax` computes the value too, then drops
+  it). The value is differentiable (`_value_at`); the reduction itself never is."""
   ax = r.ndim + WINDOW_AXIS
+  rc = jax.lax.stop_gradient(r)  # at higher orders: a zero tangent, no rule needed
   idx = jax.lax.broadcasted_iota(jnp.int32, r.shape, ax)
   init = (jnp.array(-jnp.inf, r.dtype), jnp.array(0, jnp.int32))
-  return jax.lax.reduce((r, idx), init, _argmax_reducer, (ax,))
+  m, i = jax.lax.reduce((rc, idx), init, _argmax_reducer, (ax,))
+  return _value_at(r, i, m), i
 
 
-@_first_max.defjvp
-def _first_max_jvp(primals, tangents):
-  # The value's derivative is the tangent at the first maximum (the pool's tie
-  # rule); at higher orders JAX differentiates this rule, which calls
-  # `_first_max` again. The index is piecewise constant (a float0 tangent).
-  (r,), (tr,) = primals, tangents
-  m, i = _first_max(r)
+def _pick_tangent(tr, i):
   ax = WINDOW_AXIS
   pick = jnp.expand_dims(i, ax) == jnp.arange(4, dtype=i.dtype).reshape(
       (4, 1) if ax == -2 else (4,))
-  dm = jnp.sum(jnp.where(pick, tr, jnp.zeros((), tr.dtype)), ax)
-  return (m, i), (dm, np.zeros(i.shape, jax.dtypes.float0))
+  return jnp.sum(jnp.where(pick, tr, jnp.zeros((), tr.dtype)), ax)
+
+
+@jax.custom_jvp
+def _value_at(r, i, m):
+  """``m``, the value of ``r`` at window index ``i`` already computed, with the derivative
+  of that value: the tangent at ``i`` (the pool's tie rule, at every order: the rule
+  calls `_value_at` again and is linear in the tangent)."""
+  del r, i
+  return m
+
+
+@_value_at.defjvp
+def _value_at_jvp(primals, tangents):
+  (r, i, m), (tr, _, _) = primals, tangents
+  return _value_at(r, i, m), _pick_tangent(tr, i)
 
 
 def max_pool2(x: jax.Array) -> jax.Array:
