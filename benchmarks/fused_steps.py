@@ -34,6 +34,9 @@ when a program is traced):
   (``"custom_vjp"``), the four softplus methods and activation sensitivity (the
   Hessian-norm term's HVP mode is probed with the switch set: forward-over-reverse
   with the primitive, reverse-over-reverse with the custom VJP).
+* the same two at batch 128, the max-pool derivative rule's value from its argmax's own
+  reduction (``_layers.POOL_VALUE`` ``"reduce"``) against a select-sum (``"select"``),
+  the four softplus methods and activation sensitivity;
 * the same two at batch 128, the random input-shaped draws of gradient
   alignment, Hessian norm, activation sensitivity and PGD-AT made as ``[B, rest]``
   matrices (``_random.MATRIX_DRAWS``; the same values) against their own shape;
