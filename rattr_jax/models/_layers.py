@@ -113,18 +113,15 @@ def _max4_jvp(primals, tangents):
   # (README, "Training steps against plain PyTorch").
   ax = WINDOW_AXIS
   r = _windows(x)
-  zero = jnp.zeros((), x.dtype)
   if POOL_VALUE == "reduce":
     m, i = _first_max(r)
-    i = jnp.expand_dims(i, ax)
   else:
-    i = jnp.expand_dims(jnp.argmax(r, ax), ax)
-  pick = i == jnp.arange(4, dtype=i.dtype).reshape((4, 1) if ax == -2 else (4,))
-  if POOL_VALUE == "select":
-    m = jnp.sum(jnp.where(pick, r, zero), ax)
-  elif POOL_VALUE == "gather":
-    m = jnp.take_along_axis(r, i, ax).squeeze(ax)
-  return m, jnp.sum(jnp.where(pick, _windows(t), jnp.zeros((), t.dtype)), ax)
+    i = jnp.argmax(r, ax)
+    if POOL_VALUE == "select":
+      m = _at_index(r, i)
+    else:
+      m = jnp.take_along_axis(r, jnp.expand_dims(i, ax), ax).squeeze(ax)
+  return m, _at_index(_windows(t), i)
 
 
 def _argmax_reducer(op, acc):
@@ -147,11 +144,13 @@ def _first_max(r):
   return _value_at(r, i, m), i
 
 
-def _pick_tangent(tr, i):
+def _at_index(a, i):
+  """Each window's element at index ``i`` (``[B, H2, W2, C]`` ints) of `_windows`' output
+  ``a``, by a select and a 4-term sum: linear in ``a``."""
   ax = WINDOW_AXIS
   pick = jnp.expand_dims(i, ax) == jnp.arange(4, dtype=i.dtype).reshape(
       (4, 1) if ax == -2 else (4,))
-  return jnp.sum(jnp.where(pick, tr, jnp.zeros((), tr.dtype)), ax)
+  return jnp.sum(jnp.where(pick, a, jnp.zeros((), a.dtype)), ax)
 
 
 @jax.custom_jvp
@@ -166,7 +165,7 @@ def _value_at(r, i, m):
 @_value_at.defjvp
 def _value_at_jvp(primals, tangents):
   (r, i, m), (tr, _, _) = primals, tangents
-  return _value_at(r, i, m), _pick_tangent(tr, i)
+  return _value_at(r, i, m), _at_index(tr, i)
 
 
 def max_pool2(x: jax.Array) -> jax.Array:
