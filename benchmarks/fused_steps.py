@@ -72,7 +72,7 @@ from rattr_jax import _random  # noqa: E402  (a before/after switch)
 from rattr_jax.models import _activation, _conv, _layers  # noqa: E402  (the before/after switches)
 from rattr_jax.regularizers import _hessian_norm  # noqa: E402
 
-_SWITCH_MODULES = {"_conv": _conv, "_activation": _activation, "_layers": _layers,
+SWITCH_MODULES = {"_conv": _conv, "_activation": _activation, "_layers": _layers,
                    "_random": _random}
 _SOFTPLUS_METHODS = ("ce", "gradient_alignment", "hessian_norm", "pgd")
 #: The methods that draw a random input-shaped array every step.
@@ -138,9 +138,9 @@ CASES = {
 
 
 @contextlib.contextmanager
-def _switched(switch, value):
+def switched(switch, value):
   """``<module>.<name> = value`` inside the block (the switches are read when a program is traced)."""
-  module, attr = _SWITCH_MODULES[switch[0]], switch[1]
+  module, attr = SWITCH_MODULES[switch[0]], switch[1]
   old = getattr(module, attr)
   setattr(module, attr, value)
   _hessian_norm._MODE_CACHE.clear()  # the HVP mode probe's answer may depend on the switch
@@ -154,7 +154,7 @@ def _switched(switch, value):
 def _first_calls(switch, value, first_step, first_run):
   """Seconds of the first (tracing + compiling) call of ``first_step`` and ``first_run``,
   both made with ``<module>.<name> = value``."""
-  with _switched(switch, value):
+  with switched(switch, value):
     seconds = {}
     for key, call in (("first_step_s", first_step), ("first_run_s", first_run)):
       t0 = time.perf_counter()
@@ -189,7 +189,7 @@ def _variant(model_name, shape, widths, batch, steps, method, switch, value):
   idx = np.arange(steps * batch, dtype=np.int32).reshape(steps, batch)
   if method == "forward":
     return _forward_variant(m, x, batch, steps, switch, value)
-  with _switched(switch, value):  # terms may probe the model (e.g. the HVP mode)
+  with switched(switch, value):  # terms may probe the model (e.g. the HVP mode)
     terms = training.resolve_terms(training.method_terms(method), m, x, y)
   ts = training.make_train_step(m, optax.adam(1e-3), terms)
   box = {"state": ts.init(0)}

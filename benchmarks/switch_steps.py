@@ -7,8 +7,9 @@ between two values whose programs differ only in a random draw's shape
 (method, value), one untimed step and then ``--steps`` timed ones, the values
 alternating within the repeat, and the ratio is paired per repeat.
 
-Switches: ``<module>.<NAME>`` of `rattr_jax._random`, `rattr_jax.models._layers`,
-`rattr_jax.models._conv` or `rattr_jax.models._activation` (read when traced).
+Switches: ``<module>.<NAME>`` of a module of `fused_steps.SWITCH_MODULES`
+(`rattr_jax._random`, `rattr_jax.models._layers`, ``_conv`` or ``_activation``; read
+when traced), set with `fused_steps.switched`.
 
   python benchmarks/switch_steps.py --model cnn --methods ce,gradient_alignment \\
       --switch _layers.POOL_VALUE --values select,reduce --out NAME.json
@@ -23,15 +24,8 @@ import statistics
 import sys
 import time
 
-SWITCH_MODULES = ("_random", "_layers", "_conv", "_activation")
-SHAPES = {"cnn": (28, 28, 1), "lenet": (32, 32, 3)}
-
-
-def _module(name):
-  from rattr_jax import _random
-  from rattr_jax.models import _activation, _conv, _layers
-  return {"_random": _random, "_layers": _layers, "_conv": _conv,
-          "_activation": _activation}[name]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from training_cost import MODELS  # noqa: E402  (imports no JAX: ``--help`` stays quick)
 
 
 def _value(text):
@@ -43,11 +37,12 @@ def _value(text):
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--model", default="cnn", choices=sorted(SHAPES))
+  p.add_argument("--model", default="cnn", choices=sorted(MODELS))
   p.add_argument("--methods", default="ce,gradient_alignment,hessian_norm,"
                  "activation_sensitivity,pgd")
-  p.add_argument("--switch", required=True, help="<module>.<NAME>, module one of "
-                 + ", ".join(SWITCH_MODULES))
+  p.add_argument("--switch", required=True,
+                 help="<module>.<NAME>, module one of fused_steps.SWITCH_MODULES (_random, "
+                 "_layers, _conv, _activation)")
   p.add_argument("--values", required=True, help="two values, before,after (Python literals "
                  "or strings)")
   p.add_argument("--batch", type=int, default=128)
@@ -56,26 +51,21 @@ def main():
   p.add_argument("--out", default="switch_steps.json", help="file name in benchmarks/results")
   args = p.parse_args()
   module_name, _, attr = args.switch.partition(".")
-  if module_name not in SWITCH_MODULES or not attr:
-    p.error(f"--switch must be <module>.<NAME> with module one of {', '.join(SWITCH_MODULES)}; "
-            f"got {args.switch!r}")
   values = [_value(v) for v in args.values.split(",")]
   if len(values) != 2:
     p.error(f"--values needs two values; got {args.values!r}")
 
   import jax
   import numpy as np
-  import optax
 
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import rattr_jax
   from _timing import device_info, write_result
-  from training_cost import method_configs, objective
+  from fused_steps import SWITCH_MODULES, switched  # configures the CPU as `rattr` does
+  from training_cost import method_configs, step_runner
 
-  from rattr_jax import models, training
-  rattr_jax.configure_cpu()
-  module = _module(module_name)
-  if not hasattr(module, attr):
+  if module_name not in SWITCH_MODULES or not attr:
+    p.error(f"--switch must be <module>.<NAME> with module one of {', '.join(SWITCH_MODULES)}; "
+            f"got {args.switch!r}")
+  if not hasattr(SWITCH_MODULES[module_name], attr):
     p.error(f"{module_name} has no switch {attr!r}")
   methods = args.methods.split(",")
   cfgs = method_configs()
@@ -83,33 +73,20 @@ def main():
   if unknown:
     p.error(f"unknown methods {unknown}; valid: {', '.join(cfgs)}")
 
-  shape = SHAPES[args.model]
+  shape = MODELS[args.model]
   rng = np.random.default_rng(0)
   x_np = rng.uniform(0, 1, (args.batch,) + shape).astype(np.float32)
   y_np = rng.integers(0, 10, args.batch).astype(np.int32)
   x, y = jax.numpy.asarray(x_np), jax.numpy.asarray(y_np)
-  old = getattr(module, attr)
   steps, compile_s = {}, {}
-  try:
-    for m in methods:
-      for v in values:
-        setattr(module, attr, v)  # read when the step is traced (its first call, below)
-        model = models.create_model(args.model, input_shape=shape, num_classes=10,
-                                    activation="softplus:3", seed=0)
-        terms = training.resolve_terms(objective(cfgs[m]), model, x_np, y_np)
-        ts = training.make_train_step(model, optax.adam(1e-3), terms)
-        box = {"state": ts.init(0)}
-
-        def step(ts=ts, box=box):
-          box["state"], met = ts.step(box["state"], x, y)
-          jax.block_until_ready(met["loss"])
-
+  for m in methods:
+    for v in values:
+      with switched((module_name, attr), v):  # read when the step is traced: its first call
+        step = step_runner(args.model, shape, cfgs[m], x_np, y_np, x, y)
         t0 = time.perf_counter()
         step()
         compile_s[f"{m}[{v}]"] = time.perf_counter() - t0
-        steps[(m, v)] = step
-  finally:
-    setattr(module, attr, old)
+      steps[(m, v)] = step
   load_start = list(os.getloadavg())
   times = {k: [] for k in steps}
   for _ in range(args.repeats):

@@ -267,6 +267,29 @@ def peer_checks(model, tm, values, x, y, cfgs, methods) -> dict:
 
 
 # ------------------------------------------------------------------ child ----
+def step_runner(model_name, shape, term, x_np, y_np, x, y, *, conv_impl="auto",
+                attack_conv_impl="auto"):
+  """A zero-argument call of one `TrainStep.step` (Adam 1e-3) of ``objective(term)`` on the
+  zoo model ``model_name`` (softplus-3, seed 0), batch ``(x, y)``; it keeps its own state.
+  Nothing is traced until the first call."""
+  import jax
+  import optax
+
+  from rattr_jax import models, training
+  model = models.create_model(model_name, input_shape=shape, num_classes=10,
+                              activation="softplus:3", seed=0)
+  terms = training.resolve_terms(objective(term), model, x_np, y_np, conv_impl=conv_impl)
+  ts = training.make_train_step(model, optax.adam(1e-3), terms, conv_impl=conv_impl,
+                                attack_conv_impl=attack_conv_impl)
+  holder = {"state": ts.init(0)}
+
+  def run():
+    holder["state"], met = ts.step(holder["state"], x, y)
+    jax.block_until_ready(met["loss"])
+
+  return run
+
+
 def child(args) -> dict:
   import jax
   import jax.numpy as jnp
@@ -338,17 +361,8 @@ def child(args) -> dict:
           compile_s[label] = time.perf_counter() - t0
           runners[label] = fn
     for label, (conv_impl, attack_impl, cfg) in variants.items():
-      model = models.create_model(name, input_shape=shape, num_classes=10,
-                                  activation="softplus:3", seed=0)
-      terms = training.resolve_terms(objective(cfg), model, x_np, y_np, conv_impl=conv_impl)
-      ts = training.make_train_step(model, optax.adam(1e-3), terms, conv_impl=conv_impl,
-                                    attack_conv_impl=attack_impl)
-      holder = {"state": ts.init(0)}
-
-      def run(ts=ts, holder=holder):
-        holder["state"], met = ts.step(holder["state"], x, y)
-        jax.block_until_ready(met["loss"])
-
+      run = step_runner(name, shape, cfg, x_np, y_np, x, y, conv_impl=conv_impl,
+                        attack_conv_impl=attack_impl)
       t0 = time.perf_counter()
       run()
       compile_s[label] = time.perf_counter() - t0
