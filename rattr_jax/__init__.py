@@ -121,11 +121,14 @@ def enable_compilation_cache(path: str, *, min_compile_time_secs: float = 0.5,
   programs compiled afterwards.
 
   Programs with oneDNN convolutions (`rattr_jax.models.conv2d` on CPU; see
-  ``RATTR_JAX_ONEDNN``) are not stored: jaxlib 0.10.2's XLA:CPU cannot serialize
-  that custom call (``std::bad_alloc``), so they compile on every run. JAX's
-  warning for that one failure is silenced here; any other write error still
-  warns. Measured on the quick study (2 cores): cold 88 s either way; a second
-  study on the same cache 78 s with oneDNN, 45 s with ``RATTR_JAX_ONEDNN=0``.
+  `rattr_jax.models.onednn_convolutions` and ``RATTR_JAX_ONEDNN``) are not stored:
+  jaxlib 0.10.2's XLA:CPU cannot serialize that custom call (``std::bad_alloc``), so
+  they compile on every run; lowered with XLA's own convolutions
+  (``onednn_convolutions(False)``, ``RATTR_JAX_ONEDNN=0``, a study's
+  ``compute.onednn = "off"``) they are stored. JAX's warning for that one failure is
+  silenced here; any other write error still warns. Measured on the quick study
+  (2 cores, `benchmarks/compile_cache.py`): a second study on the same cache 80-86 s
+  with oneDNN, 46-50 s without (no program compiled).
 
   Args:
     path: cache directory (created if missing).

@@ -304,6 +304,40 @@ def test_onednn_convolution_matches_lax_to_second_order_float32(monkeypatch, cin
   close(jax.jit(jax.vmap(conv("fast")))(xs, ws), jax.vmap(conv("lax"))(xs, ws))
 
 
+def test_onednn_convolutions_setting_is_scoped_and_keeps_programs_serializable(monkeypatch):
+  # `models.onednn_convolutions` sets the lowering of the block's new programs and restores
+  # the module setting after it (also on an exception). Under False a conv net's training
+  # gradient has no oneDNN custom call, so it can be serialized (what the persistent
+  # compilation cache stores) and loaded back with the same results.
+  from jax.experimental import serialize_executable
+  from rattr_jax.models import _conv
+  monkeypatch.setattr(_conv, "ONEDNN", "auto")
+  x = jax.random.normal(jax.random.key(0), (4, 12, 12, 8))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 8, 8)) / 8.0
+  def grads():  # a new function each time: JAX caches a function's lowering
+    loss = lambda x, w: jnp.sum(jnp.tanh(models.conv2d(x, w, impl="fast")))
+    return lambda x, w: jax.grad(loss, (0, 1))(x, w)
+  grad = grads()
+  with models.onednn_convolutions(False):
+    assert _conv.ONEDNN is False and not models.onednn_in_use()
+    assert _onednn_calls(grad, x, w) == 0
+    compiled = jax.jit(grad).lower(x, w).compile()
+  assert _conv.ONEDNN == "auto"
+  loaded = serialize_executable.deserialize_and_load(*serialize_executable.serialize(compiled))
+  for a, b in zip(loaded(x, w), compiled(x, w)):
+    np.testing.assert_array_equal(a, b)
+  if _conv.onednn_available():
+    with models.onednn_convolutions(True):
+      assert models.onednn_in_use() and _onednn_calls(grads(), x, w) == 2  # forward, dx
+  with pytest.raises(KeyError):
+    with models.onednn_convolutions(False):
+      raise KeyError("inside")
+  assert _conv.ONEDNN == "auto"
+  with pytest.raises(ValueError, match="`setting`"):
+    with models.onednn_convolutions("yes"):
+      pass
+
+
 def test_onednn_takes_only_float32_small_window_convolutions(monkeypatch, x64):
   # float64 (finite-difference tests) and window-sized weight-gradient convolutions keep
   # XLA's kernels; ONEDNN=False turns the custom call off everywhere.

@@ -136,6 +136,8 @@ def _write(tmp_path, text, name="c.toml"):
     (lambda t: t.replace("[training]", "[training]\nbogus = 1"), "training.bogus"),
     (lambda t: t.replace("[training]", '[training]\nvectorize_seeds = "maybe"'),
      "training.vectorize_seeds"),
+    (lambda t: t + '\n[compute]\nonednn = "fast"\n', "compute.onednn"),
+    (lambda t: t + "\n[compute]\nthreads = 2\n", "compute.threads"),
     (lambda t: t + '\n[explainers.decoy]\nbase = "lime"\n', "explainers.decoy.base"),
     (lambda t: t + "\n[explainers.decoy]\npatches = 3\n", "explainers.decoy.patches"),
     (lambda t: t + '\n[explainers.decoy]\nlayer = "conv9"\n', "explainers.decoy.layer"),
@@ -191,6 +193,48 @@ def test_presets_parse():
   assert len(full.seeds) >= 3 and full.data.num_eval >= 100
   objectives = {m.objective for m in full.methods}
   assert set(study.OBJECTIVES) <= objectives
+
+
+def test_study_lowers_its_programs_under_compute_onednn(tmp_path, monkeypatch):
+  # `compute.onednn` decides the convolutions of every program the study lowers (restored
+  # after it, also when it fails); an explicitly set RATTR_JAX_ONEDNN wins (the process
+  # keeps the setting it read from it); `auto` keeps the process's setting. The quick
+  # preset runs on XLA's convolutions (cacheable programs).
+  from rattr_jax import models
+  from rattr_jax.models import _conv
+  from rattr_jax.study import _pipeline as Pl
+  assert study.load_config(preset="quick").onednn == "off"
+  assert study.load_config(preset="mnist").onednn == "auto"
+  seen = []
+  def spy(config, **kw):
+    seen.append((_conv.ONEDNN, models.onednn_in_use()))
+    if config.name == "boom":
+      raise RuntimeError("boom")
+  monkeypatch.setattr(Pl, "_run_study", spy)
+  monkeypatch.delenv("RATTR_JAX_ONEDNN", raising=False)
+  monkeypatch.setattr(_conv, "ONEDNN", "auto")
+  for value, want in [("off", False), ("on", True), ("auto", None)]:
+    cfg = study.load_config(_write(tmp_path, TINY + f'\n[compute]\nonednn = "{value}"\n'))
+    assert cfg.onednn == value and Pl.onednn_setting(cfg) is want
+    study.run_study(cfg, out_dir=str(tmp_path / value), progress=False)
+    assert seen[-1][0] == ("auto" if want is None else want) and _conv.ONEDNN == "auto"
+  assert seen[0][1] is False and seen[2][1] == _conv.onednn_available()
+  assert study.load_config(_write(tmp_path, TINY + "\n[compute]\nonednn = true\n")).onednn == "on"
+  boom = study.load_config(_write(tmp_path, TINY.replace('name = "tiny"', 'name = "boom"')
+                                  + '\n[compute]\nonednn = "off"\n'))
+  with pytest.raises(RuntimeError, match="boom"):
+    study.run_study(boom, out_dir=str(tmp_path / "boom"), progress=False)
+  assert seen[-1][0] is False and _conv.ONEDNN == "auto"
+  # RATTR_JAX_ONEDNN=0 was read at import (ONEDNN False): the quick study (`off`) and an `on`
+  # study keep it; with =1 (ONEDNN True) the quick study runs on oneDNN
+  on = study.load_config(_write(tmp_path, TINY + '\n[compute]\nonednn = "on"\n'))
+  for env, process in [("0", False), ("1", True)]:
+    monkeypatch.setenv("RATTR_JAX_ONEDNN", env)
+    monkeypatch.setattr(_conv, "ONEDNN", process)
+    for cfg in (study.load_config(preset="quick"), on):
+      assert Pl.onednn_setting(cfg) is None
+      study.run_study(cfg, out_dir=str(tmp_path / f"env{env}{cfg.name}"), progress=False)
+      assert seen[-1][0] is process and _conv.ONEDNN is process
 
 
 @pytest.mark.slow

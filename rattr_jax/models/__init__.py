@@ -5,6 +5,9 @@ from rattr_jax.models._activation import Activation
 from rattr_jax.models._activation import as_activation
 from rattr_jax.models._conv import conv2d
 from rattr_jax.models._conv import CONV_IMPLS
+from rattr_jax.models._conv import onednn_available
+from rattr_jax.models._conv import onednn_convolutions
+from rattr_jax.models._conv import onednn_in_use
 from rattr_jax.models._features import call_with_features
 from rattr_jax.models._features import check_layers
 from rattr_jax.models._features import feature_fn
@@ -25,7 +28,8 @@ from rattr_jax.models._zoo import ResNet18
 from rattr_jax.models._zoo import WIDTHS
 
 __all__ = [
-    "ACTIVATIONS", "Activation", "as_activation", "conv2d", "CONV_IMPLS", "as_fn",
+    "ACTIVATIONS", "Activation", "as_activation", "conv2d", "CONV_IMPLS", "onednn_available",
+    "onednn_convolutions", "onednn_in_use", "as_fn",
     "functional", "surrogate_fn", "Conv2D", "max_pool2", "BasicBlock", "CifarLeNet",
     "create_model", "MLP", "MnistCNN", "MODELS", "ResNet18", "feature_fn", "call_with_features", "layer_names",
     "check_layers", "view",

@@ -38,6 +38,7 @@ CIFAR LeNet, batch 128, `benchmarks/fused_steps.py` case ``*_ad_rules``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -180,6 +181,44 @@ def _use_onednn() -> bool:
   if ONEDNN == "auto":
     return onednn_available()
   return bool(ONEDNN)
+
+
+def onednn_in_use() -> bool:
+  """Whether the CPU lowering of a convolution would use oneDNN now (`ONEDNN`, resolved)."""
+  return _use_onednn()
+
+
+def _onednn_setting(setting, name: str):
+  if setting is True or setting is False or setting == "auto":
+    return setting
+  raise ValueError(f"`{name}` must be True, False or 'auto'; got {setting!r}.")
+
+
+@contextlib.contextmanager
+def onednn_convolutions(setting):
+  """Within the block, convolutions are lowered with oneDNN (``True``), XLA's own (``False``)
+  or by `ONEDNN`'s default rule (``"auto"``: where this jaxlib has it); restored after.
+
+  The setting is read when a program is *lowered* (its first call with new shapes):
+  a function JAX has already lowered for these shapes keeps the convolutions it was
+  lowered with (JAX caches lowerings by function, also across new `jax.jit` wrappers). It decides two things: speed (oneDNN's forward and input-gradient
+  convolutions are 1.1-1.7x XLA's Eigen kernels, README "Speed") and whether a
+  program can be stored in JAX's persistent compilation cache (jaxlib 0.10.2 cannot
+  serialize the oneDNN custom call, so such programs compile on every run;
+  `rattr_jax.enable_compilation_cache`). Values differ between the two at float32
+  rounding. Not thread-safe: it sets the module-wide `ONEDNN`.
+
+  Args:
+    setting: ``True``, ``False`` or ``"auto"``.
+  """
+  global ONEDNN
+  setting = _onednn_setting(setting, "setting")
+  before = ONEDNN
+  ONEDNN = setting
+  try:
+    yield
+  finally:
+    ONEDNN = before
 
 
 @functools.lru_cache(maxsize=1)

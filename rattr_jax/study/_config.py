@@ -44,6 +44,13 @@ MODELS = ("cnn", "mlp", "lenet", "resnet18")
 VECTORIZE = ("auto", "always", "never")
 #: Models on which ``auto`` vectorizes the seeds.
 VECTORIZE_WINS = ("mlp",)
+#: ``compute.onednn``: which convolutions the study's programs use on CPU
+#: (`rattr_jax.models.onednn_convolutions`). ``on``: oneDNN's (faster to run; jaxlib
+#: 0.10.2 cannot store those programs in the persistent compilation cache, so they
+#: compile again on every run); ``off``: XLA's own (every program cacheable);
+#: ``auto``: the process default (``RATTR_JAX_ONEDNN``, else oneDNN where available).
+#: An explicitly set ``RATTR_JAX_ONEDNN`` wins over ``on``/``off``.
+ONEDNN_SETTINGS = ("auto", "on", "off")
 STAGES = ("train", "explain", "attack", "score", "aggregate", "report")
 
 # Training-method keys passed to `rattr_jax.training.method_terms` (set on every term that has the field).
@@ -220,6 +227,7 @@ class StudyConfig:
   baseline_method: str
   source: str = ""
   vectorize_seeds: str = "auto"
+  onednn: str = "auto"
 
   def method(self, label: str) -> MethodSpec:
     return {m.label: m for m in self.methods}[label]
@@ -329,7 +337,7 @@ def _explainer(name: str, d: Any) -> ExplainerSpec:
 def parse_config(raw: dict[str, Any], *, source: str = "") -> StudyConfig:
   """Validates a parsed TOML document and returns a `StudyConfig`."""
   top = {"name", "description", "model", "data", "training", "methods", "explainers", "attacks",
-         "metrics", "diagnostics"}
+         "metrics", "diagnostics", "compute"}
   _unknown(raw, top, "study")
   name = raw.get("name", "study")
   if not isinstance(name, str) or not name:
@@ -447,12 +455,18 @@ def parse_config(raw: dict[str, Any], *, source: str = "") -> StudyConfig:
       hutchinson_samples=_posint(dg.get("hutchinson_samples", ds.hutchinson_samples),
                                  "diagnostics.hutchinson_samples"),
       num_examples=_posint(dg.get("num_examples", ds.num_examples), "diagnostics.num_examples"))
+  ct = _table(raw, "compute", "compute")
+  _unknown(ct, {"onednn"}, "compute")
+  onednn = ct.get("onednn", "auto")
+  if isinstance(onednn, bool):
+    onednn = "on" if onednn else "off"
+  _choice(onednn, "compute.onednn", ONEDNN_SETTINGS)
   return StudyConfig(name=name, description=description, model=model,
                      model_settings=model_settings, data=data, seeds=tuple(seeds), epochs=epochs,
                      batch_size=batch_size, learning_rate=lr, methods=methods,
                      explainers=explainers, attacks=attacks, metrics=metrics,
                      diagnostics=diagnostics, baseline_method=baseline, source=source,
-                     vectorize_seeds=vectorize)
+                     vectorize_seeds=vectorize, onednn=onednn)
 
 
 def preset_names() -> tuple[str, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -292,6 +293,18 @@ def _diagnostics_payload(config, run_key, label) -> dict:
   return payload
 
 
+def onednn_setting(config: C.StudyConfig) -> bool | None:
+  """The `rattr_jax.models.onednn_convolutions` setting a study runs under.
+
+  ``compute.onednn`` ``on``/``off`` give ``True``/``False``, unless the environment
+  variable ``RATTR_JAX_ONEDNN`` is set, which wins; ``None``: the process's own
+  setting is kept (``auto``, or the variable set).
+  """
+  if config.onednn == "auto" or os.environ.get("RATTR_JAX_ONEDNN", "").strip():
+    return None
+  return config.onednn == "on"
+
+
 def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
               progress: bool = True, console=None) -> StudyResult:
   """Runs (or resumes) a study and writes its outputs to ``out_dir``.
@@ -311,7 +324,18 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
   over every device of the job, process 0 alone writes (units, models' ``DONE.json``,
   ``study.json``, tables, figures, report, manifest) and decides which units are done,
   and every process returns once the outputs are complete.
+
+  Its programs are lowered under `onednn_setting` (``compute.onednn``).
   """
+  from rattr_jax import models as Mo
+
+  setting = onednn_setting(config)
+  with (contextlib.nullcontext() if setting is None else Mo.onednn_convolutions(setting)):
+    return _run_study(config, out_dir=out_dir, force=force, progress=progress,
+                      console=console)
+
+
+def _run_study(config, *, out_dir, force, progress, console) -> StudyResult:
   import jax
   from rattr_jax import models as Mo
   from rattr_jax import training
@@ -579,6 +603,11 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
                      stage_seconds=stage_seconds, nothing_to_do=nothing)
 
 
+def _onednn_in_use() -> bool:
+  from rattr_jax import models as Mo
+  return Mo.onednn_in_use()
+
+
 class _StageClock(dict):
   """Stage wall times of this run; each is also appended to ``timings.jsonl``, so a study
   resumed over several runs (a long preset, a killed run) reports its total time per stage.
@@ -598,6 +627,7 @@ class _StageClock(dict):
     rec = {"stage": stage, "seconds": round(float(seconds), 3),
            "computed_units": self._counts["computed"],
            "load_average": [round(v, 2) for v in os.getloadavg()],
+           "onednn": _onednn_in_use(),
            "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with open(self._path, "a") as f:
       f.write(json.dumps(rec) + "\n")

@@ -379,6 +379,12 @@ def write_report(out, config: C.StudyConfig, runs, rows, summary, *, x_eval, y_e
             "up its runs; `timings.jsonl` has each run's stages with the load average).", "",
             "| stage | seconds |", "|---|---|"]
   lines += [f"| {k} | {v:.1f} |" for k, v in stage_seconds.items()]
+  import jax
+  from rattr_jax import models as Mo
+  if jax.default_backend() == "cpu":
+    lines += ["", f"Convolutions on CPU: {'oneDNN' if Mo.onednn_in_use() else 'XLA'}'s "
+              f"(`compute.onednn = \"{config.onednn}\"`; with oneDNN, programs are faster to "
+              "run but cannot be stored in the persistent compilation cache)."]
   lines += ["", "## Notes", "",
             "- Activation-sensitivity regularization (Moshe et al. 2024) has no public formula; "
             "the method here is rattr_jax's documented reconstruction "
