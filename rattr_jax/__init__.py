@@ -127,8 +127,9 @@ def enable_compilation_cache(path: str, *, min_compile_time_secs: float = 0.5,
   (``onednn_convolutions(False)``, ``RATTR_JAX_ONEDNN=0``, a study's
   ``compute.onednn = "off"``) they are stored. JAX's warning for that one failure is
   silenced here; any other write error still warns. Measured on the quick study
-  (2 cores, `benchmarks/compile_cache.py`): a second study on the same cache 80-86 s
-  with oneDNN, 46-50 s without (no program compiled).
+  (2 cores, `benchmarks/results/compile_cache.json`): cold 88-91 s either way; a
+  second study on the same cache 89-93 s with oneDNN, 52 s without (no program
+  compiled).
 
   Args:
     path: cache directory (created if missing).

@@ -292,6 +292,12 @@ def test_tiny_study_end_to_end(tmp_path):
   # the diverged model stopped cleanly and is reported; the others were evaluated
   report = (out / "REPORT.md").read_text()
   assert "diverged-s0" in report and "did not finish" in report
+  # which convolutions ran (compute.onednn = "auto": oneDNN where this jaxlib has it)
+  from rattr_jax.models import _conv
+  ran = "oneDNN" if _conv.onednn_available() else "XLA"
+  assert f'Convolutions on CPU: {ran}\'s (`compute.onednn = "auto"`' in report
+  timings = [json.loads(l) for l in (out / "timings.jsonl").read_text().splitlines() if l]
+  assert timings and all(t["onednn"] is (ran == "oneDNN") for t in timings)
   rows = study.read_scores(str(out / "scores.csv"))
   methods = {r["method"] for r in rows}
   assert methods == {"ce", "softplus"}

@@ -382,9 +382,12 @@ def write_report(out, config: C.StudyConfig, runs, rows, summary, *, x_eval, y_e
   import jax
   from rattr_jax import models as Mo
   if jax.default_backend() == "cpu":
+    env = os.environ.get("RATTR_JAX_ONEDNN", "").strip()
     lines += ["", f"Convolutions on CPU: {'oneDNN' if Mo.onednn_in_use() else 'XLA'}'s "
-              f"(`compute.onednn = \"{config.onednn}\"`; with oneDNN, programs are faster to "
-              "run but cannot be stored in the persistent compilation cache)."]
+              f"(`compute.onednn = \"{config.onednn}\"`"
+              + (f", `RATTR_JAX_ONEDNN={env}`, which wins" if env else "")
+              + "; with oneDNN, programs are faster to run but cannot be stored in the "
+              "persistent compilation cache)."]
   lines += ["", "## Notes", "",
             "- Activation-sensitivity regularization (Moshe et al. 2024) has no public formula; "
             "the method here is rattr_jax's documented reconstruction "
