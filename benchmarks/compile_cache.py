@@ -14,7 +14,10 @@ programs it compiled (XLA compilations that were not persistent-cache hits), the
 persistent-cache hits, and the seconds in tracing, lowering and XLA compilation.
 
 jaxlib 0.10.2 cannot store programs with oneDNN convolutions (the custom call does not
-serialize), so with ``1`` a warm study compiles every convolutional program again.
+serialize), so with ``1`` a warm study compiles every convolutional program again; since
+the sixth session of 2026-12-05 `rattr study` runs such a study without the persistent
+cache at all (the results file was measured just before: the cache on, the oneDNN
+programs not stored).
 
 Writes ``benchmarks/results/compile_cache.json`` (``--out``) with the settings, the device
 and the load average before and after.

@@ -120,16 +120,15 @@ def enable_compilation_cache(path: str, *, min_compile_time_secs: float = 0.5,
   is the smallest executable kept. Safe to call at any time; it applies to
   programs compiled afterwards.
 
-  Programs with oneDNN convolutions (`rattr_jax.models.conv2d` on CPU; see
-  `rattr_jax.models.onednn_convolutions` and ``RATTR_JAX_ONEDNN``) are not stored:
-  jaxlib 0.10.2's XLA:CPU cannot serialize that custom call (``std::bad_alloc``), so
-  they compile on every run; lowered with XLA's own convolutions
-  (``onednn_convolutions(False)``, ``RATTR_JAX_ONEDNN=0``, a study's
-  ``compute.onednn = "off"``) they are stored. JAX's warning for that one failure is
-  silenced here; any other write error still warns. Measured on the quick study
-  (2 cores, `benchmarks/results/compile_cache.json`): cold 88-91 s either way; a
-  second study on the same cache 89-93 s with oneDNN, 52 s without (no program
-  compiled).
+  While the cache is on, convolutions are lowered with XLA's own kernels, not
+  oneDNN's (`rattr_jax.models.persistent_cache_enabled`): jaxlib 0.10.2's XLA:CPU
+  cannot serialize the oneDNN custom call (``std::bad_alloc``, and once a crash). So
+  that no program lowered before with oneDNN is compiled again under the cache, this
+  drops JAX's in-memory caches (`jax.clear_caches`): programs compile again on their
+  next call. Measured on the quick study (2 cores,
+  `benchmarks/results/compile_cache.json`): cold 88-91 s; a second study on the same
+  cache 52 s, no program compiled. A study that wants oneDNN (``[compute] onednn``)
+  runs without the cache (`rattr study` says so).
 
   Args:
     path: cache directory (created if missing).
@@ -145,12 +144,7 @@ def enable_compilation_cache(path: str, *, min_compile_time_secs: float = 0.5,
     raise ValueError(f"`min_compile_time_secs` must be >= 0; got {min_compile_time_secs!r}.")
   if not (isinstance(min_entry_size_bytes, int) and min_entry_size_bytes >= 0):
     raise ValueError(f"`min_entry_size_bytes` must be an integer >= 0; got {min_entry_size_bytes!r}.")
-  import warnings
-
   import jax
-  warnings.filterwarnings(
-      "ignore", message=r"Error writing persistent compilation cache entry .*std::bad_alloc",
-      category=UserWarning)
   path = _os.path.abspath(_os.fspath(path))
   _os.makedirs(path, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", path)
@@ -159,6 +153,7 @@ def enable_compilation_cache(path: str, *, min_compile_time_secs: float = 0.5,
   # jax remembers "is the cache initialised" from its first use; reset it for a new directory
   from jax.experimental.compilation_cache import compilation_cache as _cc
   _cc.reset_cache()
+  jax.clear_caches()  # lowerings made before (possibly with oneDNN) are made again
   return path
 
 

@@ -338,6 +338,27 @@ def test_onednn_convolutions_setting_is_scoped_and_keeps_programs_serializable(m
       pass
 
 
+def test_no_onednn_while_the_persistent_compilation_cache_is_on(tmp_path, monkeypatch):
+  # JAX serializes every program it compiles while the cache is on; oneDNN programs cannot
+  # be, so convolutions are XLA's then, even under onednn_convolutions(True).
+  from rattr_jax.models import _conv
+  monkeypatch.setattr(_conv, "ONEDNN", "auto")
+  assert not models.persistent_cache_enabled()
+  x, w = jnp.ones((2, 9, 9, 8)), jnp.ones((3, 3, 8, 8))
+  def fresh():  # a new function each time: JAX caches a function's lowering
+    return lambda x, w: models.conv2d(x, w, impl="fast") * 2.0
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path))  # conftest restores it
+  assert models.persistent_cache_enabled() and not models.onednn_in_use()
+  with models.onednn_convolutions(True):
+    assert not models.onednn_in_use() and _onednn_calls(fresh(), x, w) == 0
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    assert not models.persistent_cache_enabled()
+    assert models.onednn_in_use() == _conv.onednn_available()
+  finally:
+    jax.config.update("jax_enable_compilation_cache", True)
+
+
 def test_onednn_takes_only_float32_small_window_convolutions(monkeypatch, x64):
   # float64 (finite-difference tests) and window-sized weight-gradient convolutions keep
   # XLA's kernels; ONEDNN=False turns the custom call off everywhere.
@@ -657,10 +678,10 @@ def test_enable_compilation_cache_writes_and_reuses_entries(tmp_path):
 
 
 def test_compilation_cache_with_and_without_onednn_convolutions(tmp_path):
-  # A program with a oneDNN convolution cannot be serialized by jaxlib 0.10.2's XLA:CPU:
-  # it is not stored, and the one warning JAX gives for that is silenced (warnings are
-  # errors here, so any other would fail). With RATTR_JAX_ONEDNN=0 the same program is
-  # an XLA convolution and is stored.
+  # A program with a oneDNN convolution cannot be serialized by jaxlib 0.10.2's XLA:CPU
+  # (std::bad_alloc, once a segmentation fault). With the persistent cache on, the
+  # convolution is XLA's whatever RATTR_JAX_ONEDNN says, and the program is stored
+  # without a warning (warnings are errors here); without the cache it is oneDNN's.
   import os
   import subprocess
   import sys
@@ -678,15 +699,20 @@ def test_compilation_cache_with_and_without_onednn_convolutions(tmp_path):
           ".count('__onednn$convolution'))\n"
           "print(float(f(jnp.ones((2, 9, 9, 8)), jnp.ones((3, 3, 8, 8))).sum()))\n")
   out = {}
-  for setting in ("auto", "0"):
+  for setting in ("auto", "1", "0"):
     cache = tmp_path / setting
     env = dict(os.environ, RATTR_JAX_ONEDNN=setting)
     proc = subprocess.run([sys.executable, "-c", code, str(cache)], env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out[setting] = (proc.stdout.split(), [n for n in os.listdir(cache) if "doubled" in n])
-  assert out["auto"][0] == ["1", "160000.0"] and out["auto"][1] == [], out
-  assert out["0"][0] == ["0", "160000.0"] and len(out["0"][1]) == 1, out
+  for setting in ("auto", "1", "0"):
+    assert out[setting][0] == ["0", "160000.0"] and len(out[setting][1]) == 1, out
+  # without the cache, the same lowering has the oneDNN convolution
+  no_cache = code.replace("rattr_jax.enable_compilation_cache(sys.argv[1], min_compile_time_secs=0)\n", "")
+  proc = subprocess.run([sys.executable, "-c", no_cache, "unused"], capture_output=True, text=True,
+                        env=dict(os.environ, RATTR_JAX_ONEDNN="auto"))
+  assert proc.returncode == 0 and proc.stdout.split() == ["1", "160000.0"], proc.stderr[-3000:]
 
 
 def test_view_shares_weights_and_leaves_the_model_alone():

@@ -237,6 +237,37 @@ def test_study_lowers_its_programs_under_compute_onednn(tmp_path, monkeypatch):
       assert seen[-1][0] is process and _conv.ONEDNN is process
 
 
+def test_study_with_onednn_runs_without_the_persistent_cache(tmp_path, monkeypatch, capsys):
+  # `rattr study` leaves JAX's persistent compilation cache off for a study whose
+  # convolutions are oneDNN's (jaxlib 0.10.2 cannot store them) and says so; a study on
+  # XLA's convolutions (the quick preset) or without convolutions (an MLP) turns it on.
+  from rattr_jax import models
+  from rattr_jax.models import _conv
+  monkeypatch.delenv("RATTR_JAX_ONEDNN", raising=False)
+  monkeypatch.setattr(_conv, "ONEDNN", "auto")
+  mlp = study.load_config(_write(tmp_path, TINY + '\n[compute]\nonednn = "on"\n'))
+  cnn_on = study.load_config(_write(tmp_path, TINY.replace('name = "mlp"', 'name = "cnn"')
+                                    + '\n[compute]\nonednn = "on"\n', name="cnn.toml"))
+  assert not study.uses_onednn(mlp) and not study.uses_onednn(study.load_config(preset="quick"))
+  assert study.uses_onednn(cnn_on) == _conv.onednn_available()
+  assert study.uses_onednn(study.load_config(preset="mnist")) == _conv.onednn_available()
+  enabled = []
+  monkeypatch.setattr(study, "enable_compilation_cache", enabled.append)
+  def stop(config, **kw):
+    raise ValueError(f"stopped before running {config.name}")
+  monkeypatch.setattr(study, "run_study", stop)
+  for path, cached in [(str(tmp_path / "cnn.toml"), not _conv.onednn_available()),
+                       (_write(tmp_path, TINY), True)]:
+    enabled.clear()
+    assert main(["study", path, "--out", str(tmp_path / "o"), "--cache-dir",
+                 str(tmp_path / "cache")]) == 2
+    printed = capsys.readouterr()
+    assert "stopped before running" in printed.err
+    assert enabled == ([str(tmp_path / "cache")] if cached else [])
+    assert ("Persistent compilation cache off" in printed.out) is not cached
+  assert models.persistent_cache_enabled() is False
+
+
 @pytest.mark.slow
 def test_model_settings_reach_every_model_the_study_builds(tmp_path, monkeypatch):
   # `[model] widths` (here one hidden layer of 7 units) is the architecture of the models the
@@ -292,12 +323,11 @@ def test_tiny_study_end_to_end(tmp_path):
   # the diverged model stopped cleanly and is reported; the others were evaluated
   report = (out / "REPORT.md").read_text()
   assert "diverged-s0" in report and "did not finish" in report
-  # which convolutions ran (compute.onednn = "auto": oneDNN where this jaxlib has it)
-  from rattr_jax.models import _conv
-  ran = "oneDNN" if _conv.onednn_available() else "XLA"
-  assert f'Convolutions on CPU: {ran}\'s (`compute.onednn = "auto"`' in report
+  # which convolutions ran: XLA's, since an MLP study keeps the persistent cache on
+  assert ('Convolutions on CPU: XLA\'s (`compute.onednn = "auto"`; the persistent compilation '
+          'cache was on') in report
   timings = [json.loads(l) for l in (out / "timings.jsonl").read_text().splitlines() if l]
-  assert timings and all(t["onednn"] is (ran == "oneDNN") for t in timings)
+  assert timings and all(t["onednn"] is False for t in timings)
   rows = study.read_scores(str(out / "scores.csv"))
   methods = {r["method"] for r in rows}
   assert methods == {"ce", "softplus"}

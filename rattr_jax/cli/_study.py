@@ -74,6 +74,12 @@ def run(args) -> int:
   import rattr_jax
   if hasattr(rattr_jax, "configure_cpu"):
     rattr_jax.configure_cpu()
+  note = None
+  if cache != "none" and S.uses_onednn(config):
+    note = (f"Persistent compilation cache off: this study's convolutions are oneDNN's "
+            f"(compute.onednn = {config.onednn!r}), which jaxlib 0.10.2 cannot store; "
+            f"compute.onednn = 'off' makes every program cacheable.")
+    cache = "none"
   if cache != "none":
     S.enable_compilation_cache(cache)
   import jax
@@ -89,6 +95,8 @@ def run(args) -> int:
                   f"{len(config.attacks.names)} attacks x {len(config.attacks.epsilons)} "
                   f"radii, {config.data.num_eval} images -> {out}"
                   + (f" ({jax.process_count()} processes)" if jax.process_count() > 1 else ""))
+    if note:
+      console.print(note)
   res = run_study(config, out_dir=out, force=args.force, progress=not args.no_progress,
                   console=console)
   if not distributed.is_main_process():

@@ -8,6 +8,7 @@ from rattr_jax.models._conv import CONV_IMPLS
 from rattr_jax.models._conv import onednn_available
 from rattr_jax.models._conv import onednn_convolutions
 from rattr_jax.models._conv import onednn_in_use
+from rattr_jax.models._conv import persistent_cache_enabled
 from rattr_jax.models._features import call_with_features
 from rattr_jax.models._features import check_layers
 from rattr_jax.models._features import feature_fn
@@ -29,7 +30,7 @@ from rattr_jax.models._zoo import WIDTHS
 
 __all__ = [
     "ACTIVATIONS", "Activation", "as_activation", "conv2d", "CONV_IMPLS", "onednn_available",
-    "onednn_convolutions", "onednn_in_use", "as_fn",
+    "onednn_convolutions", "onednn_in_use", "persistent_cache_enabled", "as_fn",
     "functional", "surrogate_fn", "Conv2D", "max_pool2", "BasicBlock", "CifarLeNet",
     "create_model", "MLP", "MnistCNN", "MODELS", "ResNet18", "feature_fn", "call_with_features", "layer_names",
     "check_layers", "view",

@@ -178,13 +178,29 @@ def _one_device(ctx) -> bool:
 
 
 def _use_onednn() -> bool:
+  if persistent_cache_enabled():
+    return False
   if ONEDNN == "auto":
     return onednn_available()
   return bool(ONEDNN)
 
 
+def persistent_cache_enabled() -> bool:
+  """Whether JAX's persistent compilation cache is on (a directory set and the cache enabled).
+
+  While it is, convolutions are lowered with XLA's own kernels whatever `ONEDNN` says:
+  jaxlib 0.10.2's XLA:CPU cannot serialize a program with the oneDNN custom call, and
+  JAX tries to whenever it compiles one. The attempt fails with ``std::bad_alloc``, and
+  it crashed the process once (a segmentation fault in the serializer, in a test
+  worker that had the cache on).
+  """
+  return bool(jax.config.jax_compilation_cache_dir) and bool(
+      jax.config.jax_enable_compilation_cache)
+
+
 def onednn_in_use() -> bool:
-  """Whether the CPU lowering of a convolution would use oneDNN now (`ONEDNN`, resolved)."""
+  """Whether the CPU lowering of a convolution would use oneDNN now: `ONEDNN` resolved,
+  and off while the persistent compilation cache is on (`persistent_cache_enabled`)."""
   return _use_onednn()
 
 
@@ -198,11 +214,12 @@ def onednn_convolutions(setting):
   lowered with (JAX caches lowerings by function, also across new `jax.jit`
   wrappers). It decides two things: speed (oneDNN's forward and input-gradient
   convolutions are 1.4-2.6x XLA's Eigen kernels alone at batch 128, module docstring) and
-  whether a program can be stored in JAX's persistent compilation cache (jaxlib
-  0.10.2 cannot serialize the oneDNN custom call, so such programs compile on every
-  run; `rattr_jax.enable_compilation_cache`). Values differ between the two at
-  float32 rounding. Not thread-safe: it sets the module-wide `ONEDNN`. A study sets
-  it from ``[compute] onednn``.
+  whether a program can be stored in JAX's persistent compilation cache: jaxlib
+  0.10.2 cannot serialize the oneDNN custom call, so while that cache is on
+  (`persistent_cache_enabled`, `rattr_jax.enable_compilation_cache`) convolutions are
+  XLA's whatever the setting. Values differ between the two at float32 rounding.
+  Not thread-safe: it sets the module-wide `ONEDNN`. A study sets it from
+  ``[compute] onednn``.
 
   Args:
     setting: ``True``, ``False`` or ``"auto"``.

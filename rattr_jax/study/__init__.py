@@ -22,6 +22,7 @@ from rattr_jax.study._config import StudyConfig
 from rattr_jax.study._pipeline import ModelRun
 from rattr_jax.study._pipeline import run_study
 from rattr_jax.study._pipeline import StudyResult
+from rattr_jax.study._pipeline import uses_onednn
 from rattr_jax.study._report import claims_table
 from rattr_jax.study._report import headline as headline_table
 from rattr_jax.study._run import check_out_dir
@@ -34,4 +35,4 @@ from rattr_jax.study._stats import rank_table
 __all__ = ["read_scores", "summarize", "summarize_file", "ATTACKS", "EXPLAINERS", "load_config",
            "OBJECTIVES", "parse_config", "preset_names", "preset_text", "claims_table",
            "headline_table", "check_out_dir", "enable_compilation_cache", "STAGES", "StudyConfig", "ModelRun",
-           "run_study", "StudyResult", "bootstrap_ci", "holm", "paired_wilcoxon", "rank_table"]
+           "run_study", "StudyResult", "uses_onednn", "bootstrap_ci", "holm", "paired_wilcoxon", "rank_table"]

@@ -46,8 +46,8 @@ VECTORIZE = ("auto", "always", "never")
 VECTORIZE_WINS = ("mlp",)
 #: ``compute.onednn``: which convolutions the study's programs use on CPU
 #: (`rattr_jax.models.onednn_convolutions`). ``on``: oneDNN's (faster to run; jaxlib
-#: 0.10.2 cannot store those programs in the persistent compilation cache, so they
-#: compile again on every run); ``off``: XLA's own (every program cacheable);
+#: 0.10.2 cannot store those programs in the persistent compilation cache, so
+#: `rattr study` runs such a study without it); ``off``: XLA's own (every program cacheable);
 #: ``auto``: the process default (``RATTR_JAX_ONEDNN``, else oneDNN where available).
 #: An explicitly set ``RATTR_JAX_ONEDNN`` wins over ``on``/``off``.
 ONEDNN_SETTINGS = ("auto", "on", "off")

@@ -305,6 +305,22 @@ def onednn_setting(config: C.StudyConfig) -> bool | None:
   return config.onednn == "on"
 
 
+def uses_onednn(config: C.StudyConfig) -> bool:
+  """Whether the study's programs would have oneDNN convolutions (`onednn_setting`).
+
+  Never for an MLP study without SENN models (no convolutions), nor while JAX's
+  persistent compilation cache is on (`rattr_jax.models.persistent_cache_enabled`).
+  `rattr study` asks this before it turns the cache on, and leaves the cache off
+  for a study that answers yes: jaxlib 0.10.2 cannot store such programs.
+  """
+  from rattr_jax import models as Mo
+  if config.model == "mlp" and not any(m.objective == "senn" for m in config.methods):
+    return False
+  setting = onednn_setting(config)
+  with (contextlib.nullcontext() if setting is None else Mo.onednn_convolutions(setting)):
+    return Mo.onednn_in_use()
+
+
 def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
               progress: bool = True, console=None) -> StudyResult:
   """Runs (or resumes) a study and writes its outputs to ``out_dir``.
