@@ -83,7 +83,7 @@ def main() -> None:
   if args.repeats < 1:
     ap.error(f"--repeats must be >= 1; got {args.repeats}")
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  from _timing import device_info, write_result
+  from _timing import device_info, medians, write_result
   load_start = list(os.getloadavg())
   runs = []
   with tempfile.TemporaryDirectory(prefix="rattr_compile_cache_") as tmp:
@@ -98,13 +98,11 @@ def main() -> None:
                 f"{res['programs_compiled']} programs compiled "
                 f"({res['xla_compile_seconds']:.1f} s in XLA), "
                 f"{res['persistent_cache_hits']} cache hits", flush=True)
-  summary = {}
-  for s in settings:
-    for phase in ("cold", "warm"):
-      walls = sorted(x["wall_seconds"] for x in runs if x["setting"] == s and x["phase"] == phase)
-      summary[f"{s}_{phase}"] = {"median_wall_seconds": walls[len(walls) // 2] if len(walls) % 2
-                                 else round((walls[len(walls) // 2 - 1] + walls[len(walls) // 2]) / 2, 2),
-                                 "wall_seconds": walls}
+  walls = {f"{s}_{phase}": sorted(x["wall_seconds"] for x in runs
+                                  if x["setting"] == s and x["phase"] == phase)
+           for s in settings for phase in ("cold", "warm")}
+  summary = {k: {"median_wall_seconds": round(m, 2), "wall_seconds": walls[k]}
+             for k, m in medians(walls).items()}
   write_result(args.out, {
       "benchmark": "compile_cache",
       "settings": {"preset": args.preset, "onednn": settings, "repeats": args.repeats},

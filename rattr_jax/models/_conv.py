@@ -142,7 +142,7 @@ def _onednn_or(forward):
   def lower(ctx, x, w, **params):
     xa, wa = ctx.avals_in
     (ya,) = ctx.avals_out
-    if _onednn_suits(xa, wa, ya) and _one_device(ctx) and _use_onednn():
+    if _onednn_suits(xa, wa, ya) and _one_device(ctx) and onednn_in_use():
       return _onednn_lowering(ctx, x, w, padding=params["padding"])
     return fallback(ctx, x, w, **params)
 
@@ -177,14 +177,6 @@ def _one_device(ctx) -> bool:
   return getattr(ctx.module_context.axis_context, "num_devices", None) == 1
 
 
-def _use_onednn() -> bool:
-  if persistent_cache_enabled():
-    return False
-  if ONEDNN == "auto":
-    return onednn_available()
-  return bool(ONEDNN)
-
-
 def persistent_cache_enabled() -> bool:
   """Whether JAX's persistent compilation cache is on (a directory set and the cache enabled).
 
@@ -201,7 +193,11 @@ def persistent_cache_enabled() -> bool:
 def onednn_in_use() -> bool:
   """Whether the CPU lowering of a convolution would use oneDNN now: `ONEDNN` resolved,
   and off while the persistent compilation cache is on (`persistent_cache_enabled`)."""
-  return _use_onednn()
+  if persistent_cache_enabled():
+    return False
+  if ONEDNN == "auto":
+    return onednn_available()
+  return bool(ONEDNN)
 
 
 @contextlib.contextmanager

@@ -305,6 +305,14 @@ def onednn_setting(config: C.StudyConfig) -> bool | None:
   return config.onednn == "on"
 
 
+def _onednn_scope(config: C.StudyConfig):
+  """The context a study lowers its programs in: `onednn_convolutions(onednn_setting)`,
+  or none when the process keeps its own setting."""
+  from rattr_jax import models as Mo
+  setting = onednn_setting(config)
+  return contextlib.nullcontext() if setting is None else Mo.onednn_convolutions(setting)
+
+
 def uses_onednn(config: C.StudyConfig) -> bool:
   """Whether the study's programs would have oneDNN convolutions (`onednn_setting`).
 
@@ -316,8 +324,7 @@ def uses_onednn(config: C.StudyConfig) -> bool:
   from rattr_jax import models as Mo
   if config.model == "mlp" and not any(m.objective == "senn" for m in config.methods):
     return False
-  setting = onednn_setting(config)
-  with (contextlib.nullcontext() if setting is None else Mo.onednn_convolutions(setting)):
+  with _onednn_scope(config):
     return Mo.onednn_in_use()
 
 
@@ -343,10 +350,7 @@ def run_study(config: C.StudyConfig, *, out_dir: str, force: str | None = None,
 
   Its programs are lowered under `onednn_setting` (``compute.onednn``).
   """
-  from rattr_jax import models as Mo
-
-  setting = onednn_setting(config)
-  with (contextlib.nullcontext() if setting is None else Mo.onednn_convolutions(setting)):
+  with _onednn_scope(config):
     return _run_study(config, out_dir=out_dir, force=force, progress=progress,
                       console=console)
 
@@ -619,11 +623,6 @@ def _run_study(config, *, out_dir, force, progress, console) -> StudyResult:
                      stage_seconds=stage_seconds, nothing_to_do=nothing)
 
 
-def _onednn_in_use() -> bool:
-  from rattr_jax import models as Mo
-  return Mo.onednn_in_use()
-
-
 class _StageClock(dict):
   """Stage wall times of this run; each is also appended to ``timings.jsonl``, so a study
   resumed over several runs (a long preset, a killed run) reports its total time per stage.
@@ -640,10 +639,11 @@ class _StageClock(dict):
     super().__setitem__(stage, seconds)
     if not self._write:  # a process other than 0 of a multi-process study
       return
+    from rattr_jax import models as Mo
     rec = {"stage": stage, "seconds": round(float(seconds), 3),
            "computed_units": self._counts["computed"],
            "load_average": [round(v, 2) for v in os.getloadavg()],
-           "onednn": _onednn_in_use(),
+           "onednn": Mo.onednn_in_use(),
            "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with open(self._path, "a") as f:
       f.write(json.dumps(rec) + "\n")

@@ -385,12 +385,13 @@ def write_report(out, config: C.StudyConfig, runs, rows, summary, *, x_eval, y_e
     env = os.environ.get("RATTR_JAX_ONEDNN", "").strip()
     why = (f"`compute.onednn = \"{config.onednn}\"`"
            + (f", `RATTR_JAX_ONEDNN={env}`, which wins" if env else ""))
-    if Mo.onednn_in_use():
+    onednn = Mo.onednn_in_use()
+    if onednn:
       why += ("; faster to run, but jaxlib 0.10.2 cannot store such programs in the "
               "persistent compilation cache, so it was off")
     elif Mo.persistent_cache_enabled():
       why += "; the persistent compilation cache was on, and it stores XLA's only"
-    lines += ["", f"Convolutions on CPU: {'oneDNN' if Mo.onednn_in_use() else 'XLA'}'s ({why})."]
+    lines += ["", f"Convolutions on CPU: {'oneDNN' if onednn else 'XLA'}'s ({why})."]
   lines += ["", "## Notes", "",
             "- Activation-sensitivity regularization (Moshe et al. 2024) has no public formula; "
             "the method here is rattr_jax's documented reconstruction "
